@@ -1,0 +1,71 @@
+"""One typed settings object, read from the environment.
+
+Defaults give the embedded single-machine mode (`./run.sh`): SQLite under the data dir, a local Redis and a
+local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL` at real services.
+Nothing reads settings at import time; call `Settings()` (or `load_settings()`) where they are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PREFIX = "VOICEFARM_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    database_url: str = Field(default="", validation_alias=AliasChoices("DATABASE_URL", "VOICEFARM_DATABASE_URL"))
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("BROKER_URL", "VOICEFARM_BROKER_URL")
+    )
+
+    s3_endpoint_url: str = Field(
+        default="http://127.0.0.1:8333",
+        validation_alias=AliasChoices("S3_ENDPOINT_URL", "VOICEFARM_S3_ENDPOINT_URL"),
+    )
+    s3_bucket: str = "voicefarm"
+    s3_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "VOICEFARM_S3_REGION"))
+    s3_access_key: str = Field(
+        default="voicefarm", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "VOICEFARM_S3_ACCESS_KEY")
+    )
+    s3_secret_key: str = Field(
+        default="voicefarm-secret",
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "VOICEFARM_S3_SECRET_KEY"),
+    )
+    presign_expiry_s: int = 3600
+
+    engine: str = "kokoro"
+    # Limits checked at the API boundary.
+    max_text_chars: int = 5000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    # Worker behaviour.
+    task_max_retries: int = 5
+    job_lease_s: int = 300
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// URLs mean psycopg 3 here, not psycopg2.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'voicefarm.db').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, warning on misspelled `VOICEFARM_*` variables."""
+    known = {name.upper() for name in Settings.model_fields}
+    for key in os.environ:
+        if key.startswith(_PREFIX) and key[len(_PREFIX) :] not in known:
+            warnings.warn(f"unknown setting {key} is ignored", stacklevel=2)
+    return Settings(**overrides)  # type: ignore[arg-type]

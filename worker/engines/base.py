@@ -1,0 +1,74 @@
+"""The contract every synthesis engine implements.
+
+The worker talks to engines only through `Engine`; adapters stay thin and wrap a real library.
+Nothing here imports numpy-heavy or torch-heavy code at import time beyond numpy itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+Mode = Literal["clone", "cross_lingual", "instruct"]
+Language = Literal["zh", "en", "ja"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the API validates requests against this before enqueueing."""
+
+    name: str
+    languages: tuple[str, ...]
+    modes: tuple[str, ...]
+    sample_rate: int
+    max_segment_chars: int
+    stock_voices: tuple[str, ...]
+    # language -> stock voice used when a job names no voice
+    default_voices: dict[str, str]
+    # instruction catalogue the engine honours (free-form text outside it is reported in warnings)
+    instructions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoiceProfile:
+    """An engine-specific, serialised voice: built once by `clone`, stored in S3, reused by every job."""
+
+    engine: str
+    data: bytes
+
+
+@dataclass
+class Synthesis:
+    """One synthesized segment: float32 mono audio at `sample_rate`, plus anything the engine could not honour."""
+
+    audio: np.ndarray
+    sample_rate: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    capabilities: Capabilities
+
+    def load(self) -> None:
+        """Load weights once per worker process; later calls are no-ops."""
+
+    def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
+        """Build a reusable voice profile from a normalised reference clip."""
+        ...
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str | VoiceProfile,
+        mode: Mode = "clone",
+        instruct: str | None = None,
+        language: str = "en",
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> Synthesis:
+        """Speak one segment (at most `capabilities.max_segment_chars`) in a stock voice or a cloned profile."""
+        ...
