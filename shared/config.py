@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     presign_expiry_s: int = 3600
 
     engine: str = "kokoro"
+    # Set per process by `voicefarm worker`; names the worker in job rows and GET /v1/workers.
+    worker_name: str = ""
+    device: str = "cpu"
     # Limits checked at the API boundary.
     max_text_chars: int = 5000
     max_upload_bytes: int = 20 * 1024 * 1024

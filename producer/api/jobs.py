@@ -1,0 +1,149 @@
+"""Synthesis jobs: submit, inspect, list, download."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from producer.auth import authenticate
+from producer.resources import Farm, farm
+from shared import jobs
+from shared.audio import CONTENT_TYPES
+from shared.errors import BadRequest, Conflict, PayloadTooLarge
+from shared.language import detect_language
+from shared.models import Job
+from shared.queue import enqueue_synthesis
+from shared.schemas import JobRequest
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+MAX_PAGE = 200
+
+
+@bp.post("")
+def submit() -> tuple[Response, int]:
+    resources = farm()
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    req = JobRequest.model_validate(payload)
+    fields = _job_fields(resources, req)
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 200:
+        raise BadRequest("Idempotency-Key is longer than 200 characters", code="invalid_idempotency_key")
+
+    with resources.sessions() as session, session.begin():
+        tenant_id = authenticate(session)
+        job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
+    # Enqueue only after the row is committed: a worker must always find the job it is handed.
+    if created:
+        enqueue_synthesis(resources.celery, job.id, job.engine, job.priority)
+    return jsonify(job_view(resources, job)), 202 if created else 200
+
+
+def _job_fields(resources: Farm, req: JobRequest) -> dict[str, Any]:
+    caps = resources.capabilities
+    if len(req.text) > resources.settings.max_text_chars:
+        raise PayloadTooLarge(
+            f"text is {len(req.text)} characters; the limit is {resources.settings.max_text_chars}",
+            code="text_too_long",
+        )
+    language = req.language or detect_language(req.text)
+    if language not in caps.languages:
+        raise BadRequest(f"language {language!r} is not spoken by engine {caps.name}", code="unsupported_language")
+    if req.mode not in caps.modes:
+        raise BadRequest(f"mode {req.mode!r} is not supported by engine {caps.name}", code="unsupported_mode")
+    voice = req.voice or caps.default_voices[language]
+    if voice not in caps.stock_voices:
+        raise BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
+    return {
+        "engine": caps.name,
+        "text": req.text,
+        "voice": voice,
+        "mode": req.mode,
+        "instruct": req.instruct,
+        "language": language,
+        "speed": req.speed,
+        "format": req.format,
+        "sample_rate": req.sample_rate,
+        "seed": req.seed,
+        "priority": req.priority,
+    }
+
+
+@bp.get("/<job_id>")
+def show(job_id: str) -> Response:
+    resources = farm()
+    with resources.sessions() as session:
+        job = jobs.get_job(session, authenticate(session), job_id)
+    return jsonify(job_view(resources, job))
+
+
+@bp.get("")
+def index() -> Response:
+    resources = farm()
+    status = request.args.get("status") or None
+    if status is not None and status not in jobs.STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(jobs.STATUSES)}", code="invalid_status")
+    try:
+        limit = int(request.args.get("limit", "50"))
+    except ValueError:
+        raise BadRequest("limit must be an integer", code="invalid_limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+    with resources.sessions() as session:
+        tenant_id = authenticate(session)
+        page = jobs.list_jobs(session, tenant_id, status=status, limit=limit, before=request.args.get("cursor"))
+    return jsonify(
+        {
+            "jobs": [job_view(resources, job) for job in page],
+            "next_cursor": page[-1].id if len(page) == limit else None,
+        }
+    )
+
+
+@bp.get("/<job_id>/audio")
+def audio(job_id: str) -> Response | WerkzeugResponse:
+    resources = farm()
+    with resources.sessions() as session:
+        job = jobs.get_job(session, authenticate(session), job_id)
+    if job.status != "succeeded" or not job.result:
+        raise Conflict(f"job {job_id} is {job.status}; audio exists only once it has succeeded", code="not_ready")
+    key = job.result["key"]
+    if request.args.get("redirect") in ("1", "true"):
+        return redirect(resources.storage.presigned_url(key, resources.settings.presign_expiry_s))
+    data = resources.storage.get(key)
+    response = Response(data, mimetype=CONTENT_TYPES.get(job.format, "application/octet-stream"))
+    response.headers["Content-Disposition"] = f'attachment; filename="{job.id}.{job.format}"'
+    response.headers["X-Content-SHA256"] = job.result["sha256"]
+    return response
+
+
+def job_view(resources: Farm, job: Job) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 3),
+        "attempts": job.attempts,
+        "text": job.text,
+        "voice": job.voice,
+        "mode": job.mode,
+        "instruct": job.instruct,
+        "language": job.language,
+        "speed": job.speed,
+        "format": job.format,
+        "priority": job.priority,
+        "created_at": jobs.iso(job.created_at),
+        "started_at": jobs.iso(job.started_at),
+        "finished_at": jobs.iso(job.finished_at),
+    }
+    if job.status == "failed":
+        view["error"] = {"code": job.error_code, "message": job.error_message}
+    if job.status == "succeeded" and job.result:
+        result = {k: v for k, v in job.result.items() if k != "key"}
+        result["url"] = resources.storage.presigned_url(job.result["key"], resources.settings.presign_expiry_s)
+        view["result"] = result
+    return view

@@ -1,0 +1,44 @@
+"""Flask application factory for the API and web UI."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, render_template
+
+from producer.api.health import bp as health_bp
+from producer.api.jobs import bp as jobs_bp
+from producer.errors import register_error_handlers
+from producer.resources import Farm, farm
+from shared.config import Settings, load_settings
+from shared.db import make_engine, make_session_factory
+from shared.queue import make_celery
+from shared.storage import Storage
+from worker.engines import create_engine
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    settings = settings or load_settings(**overrides)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # Capabilities are static: reading them does not load the model.
+    app.extensions["voicefarm"] = Farm(
+        settings=settings,
+        sessions=make_session_factory(make_engine(settings.resolved_database_url())),
+        storage=Storage.from_settings(settings),
+        celery=make_celery(settings),
+        capabilities=create_engine(settings.engine).capabilities,
+    )
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(jobs_bp)
+
+    @app.get("/")
+    def index() -> str:
+        return render_template("index.html", capabilities=farm().capabilities)
+
+    return app

@@ -1,0 +1,44 @@
+"""Request schemas validated at the API boundary."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.audio import FORMATS, SAMPLE_RATES
+
+Format = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm"]
+assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    text: str = Field(min_length=1)
+    voice: str | None = Field(default=None, min_length=1, max_length=64)
+    mode: Literal["clone", "cross_lingual", "instruct"] = "clone"
+    instruct: str | None = Field(default=None, max_length=500)
+    language: Literal["zh", "en", "ja"] | None = None
+    speed: float = Field(default=1.0, ge=0.5, le=2.0)
+    format: Format = "wav"
+    sample_rate: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    priority: int = Field(default=5, ge=0, le=9)
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _known_rate(cls, value: int | None) -> int | None:
+        if value is not None and value not in SAMPLE_RATES:
+            raise ValueError(f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _instruct_matches_mode(self) -> JobRequest:
+        if self.mode == "instruct" and not self.instruct:
+            raise ValueError("mode 'instruct' needs an 'instruct' text")
+        if self.mode != "instruct" and self.instruct:
+            raise ValueError("'instruct' is only used with mode 'instruct'")
+        if self.format == "opus" and self.sample_rate not in (None, 48000):
+            raise ValueError("opus output is always 48000 Hz")
+        return self

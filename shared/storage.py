@@ -1,0 +1,120 @@
+"""S3-compatible object storage (SeaweedFS, MinIO, AWS S3) through boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from shared.audio import CONTENT_TYPES
+from shared.config import Settings
+from shared.errors import Unavailable
+
+
+class Storage:
+    def __init__(
+        self,
+        endpoint_url: str,
+        bucket: str,
+        access_key: str,
+        secret_key: str,
+        region: str = "us-east-1",
+        *,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+    ):
+        self.bucket = bucket
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                # The worker's own retry policy decides about longer outages.
+                retries={"max_attempts": 2, "mode": "standard"},
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        return cls(
+            settings.s3_endpoint_url,
+            settings.s3_bucket,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_region,
+        )
+
+    def ensure_bucket(self) -> None:
+        with _unavailable_on_error():
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+                self._client.create_bucket(Bucket=self.bucket)
+
+    def put(self, key: str, data: bytes, fmt: str = "") -> None:
+        with _unavailable_on_error():
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES.get(fmt, "application/octet-stream")
+            )
+
+    def get(self, key: str) -> bytes:
+        with _unavailable_on_error():
+            body: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
+
+    def exists(self, key: str) -> bool:
+        with _unavailable_on_error():
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=key)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+
+    def delete(self, key: str) -> None:
+        with _unavailable_on_error():
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        with _unavailable_on_error():
+            keys: list[str] = []
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            return keys
+
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+        return url
+
+    def ping(self) -> None:
+        with _unavailable_on_error():
+            self._client.head_bucket(Bucket=self.bucket)
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Turn connection-level failures and 5xx answers into `Unavailable` so callers can retry or answer 503."""
+    try:
+        yield
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status >= 500:
+            raise Unavailable(f"object storage error {status}") from exc
+        raise
+    except (EndpointConnectionError, BotoCoreError) as exc:
+        raise Unavailable(f"object storage unreachable: {type(exc).__name__}") from exc

