@@ -26,6 +26,8 @@ import pytest
 
 from voicefarm import services
 
+pytest_plugins = ["tests.fixtures_farm"]
+
 
 @dataclass(frozen=True)
 class S3Settings:

@@ -94,6 +94,13 @@ def test_seaweedfs_round_trip_and_rejects_bad_signature(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as http_err:
             urllib.request.urlopen(tampered, timeout=5)
         assert http_err.value.code == 403
+        expiring = client.generate_presigned_url(
+            "get_object", Params={"Bucket": good.bucket, "Key": "a/b.txt"}, ExpiresIn=1
+        )
+        time.sleep(2.1)
+        with pytest.raises(urllib.error.HTTPError) as http_err:
+            urllib.request.urlopen(expiring, timeout=5)
+        assert http_err.value.code == 403
     finally:
         svc.stop()
     svc.stop()

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# voicefarm on one machine.
+#   ./run.sh                 the whole farm: embedded Redis + SeaweedFS S3, SQLite, API on :7860, one CPU worker
+#   ./run.sh test [ARGS]     the test suite (pytest ARGS); services for it are started by the fixtures
+#   ./run.sh COMMAND [ARGS]  any other `voicefarm` command, e.g. ./run.sh keys create --tenant acme
+# Honours VOICEFARM_PORT, VOICEFARM_DATA_DIR (default: var/ here) and the other VOICEFARM_* settings.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "run.sh: voicefarm needs Python 3.11 or newer as '$PYTHON' (set PYTHON=... to pick one)" >&2
+        exit 1
+    fi
+    echo "run.sh: creating $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# Install only when pyproject.toml changed since the last install (or when tests need the dev extra for the
+# first time): a fresh install downloads the whole stack.
+install() {
+    local extra="$1" stamp="$VENV/.voicefarm-installed" want have
+    want="$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+    have="$(cat "$stamp" 2>/dev/null || true)"
+    if [[ "$have" == "$want dev" || "$have" == "$want $extra" ]]; then
+        return
+    fi
+    echo "run.sh: installing voicefarm${extra:+ with [$extra]} into $VENV" >&2
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e ".${extra:+[$extra]}"
+    echo "$want $extra" >"$stamp"
+}
+
+data_dir="${VOICEFARM_DATA_DIR:-$ROOT/var}"
+mkdir -p "$data_dir"
+VOICEFARM_DATA_DIR="$(cd "$data_dir" && pwd)"
+export VOICEFARM_DATA_DIR
+
+case "${1:-up}" in
+    test)
+        shift
+        install dev
+        set +e
+        "$VENV/bin/python" -m pytest "$@"
+        rc=$?
+        set -e
+        if [[ $rc -eq 5 ]]; then
+            echo "run.sh: pytest collected no tests; that counts as a failure" >&2
+            exit 1
+        fi
+        exit "$rc"
+        ;;
+    up)
+        install ""
+        exec "$VENV/bin/voicefarm" up
+        ;;
+    *)
+        install ""
+        exec "$VENV/bin/voicefarm" "$@"
+        ;;
+esac
