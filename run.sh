@@ -34,10 +34,14 @@ install() {
     echo "$want $extra" >"$stamp"
 }
 
-data_dir="${VOICEFARM_DATA_DIR:-$ROOT/var}"
-mkdir -p "$data_dir"
-VOICEFARM_DATA_DIR="$(cd "$data_dir" && pwd)"
-export VOICEFARM_DATA_DIR
+# The farm's data dir, absolute so that children started elsewhere agree on it. Tests do not get it: they use
+# temporary dirs and must never touch a real farm's data.
+export_data_dir() {
+    local dir="${VOICEFARM_DATA_DIR:-$ROOT/var}"
+    mkdir -p "$dir"
+    VOICEFARM_DATA_DIR="$(cd "$dir" && pwd)"
+    export VOICEFARM_DATA_DIR
+}
 
 case "${1:-up}" in
     test)
@@ -55,10 +59,12 @@ case "${1:-up}" in
         ;;
     up)
         install ""
+        export_data_dir
         exec "$VENV/bin/voicefarm" up
         ;;
     *)
         install ""
+        export_data_dir
         exec "$VENV/bin/voicefarm" "$@"
         ;;
 esac
