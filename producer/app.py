@@ -7,8 +7,10 @@ from typing import Any
 
 from flask import Flask, render_template
 
+from producer.api.catalog import bp as catalog_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
+from producer.api.voices import bp as voices_bp
 from producer.errors import register_error_handlers
 from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(voices_bp)
+    app.register_blueprint(catalog_bp)
 
     @app.get("/")
     def index() -> str:

@@ -61,6 +61,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # "synthesize" speaks `text`; "clone" builds the profile of the voice named in `voice`.
+    kind: Mapped[str] = mapped_column(String(16), default="synthesize", server_default="synthesize")
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     engine: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
@@ -84,6 +86,29 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Voice(Base):
+    """A cloned voice: its normalised reference clip and the engine profile built from it, both in S3."""
+
+    __tablename__ = "voices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: "v_" + new_id()[:24])
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ready | failed
+    engine: Mapped[str] = mapped_column(String(32))
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    transcript: Mapped[str | None] = mapped_column(Text, default=None)
+    upload_key: Mapped[str] = mapped_column(String(300))
+    reference_key: Mapped[str | None] = mapped_column(String(300), default=None)
+    profile_key: Mapped[str | None] = mapped_column(String(300), default=None)
+    duration_s: Mapped[float | None] = mapped_column(Float, default=None)
+    details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Worker(Base):

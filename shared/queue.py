@@ -10,6 +10,8 @@ from celery import Celery
 from shared.config import Settings
 
 SYNTHESIZE_TASK = "voicefarm.synthesize"
+CLONE_TASK = "voicefarm.clone"
+TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
 # Redis delivers unacked messages again after this long; a task running longer is redelivered, which the
 # conditional job transitions make harmless.
 VISIBILITY_TIMEOUT_S = 900
@@ -48,5 +50,6 @@ def redis_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
-def enqueue_synthesis(app: Celery, job_id: str, engine: str, priority: int) -> None:
-    app.send_task(SYNTHESIZE_TASK, args=[job_id], queue=engine_queue(engine), priority=redis_priority(priority))
+def enqueue_job(app: Celery, job_id: str, kind: str, engine: str, priority: int) -> None:
+    """Send a job's task; the job row must already be committed."""
+    app.send_task(TASKS[kind], args=[job_id], queue=engine_queue(engine), priority=redis_priority(priority))

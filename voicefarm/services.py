@@ -124,6 +124,11 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | Non
         return proc.wait(5)
 
 
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def wait_until(check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -141,6 +141,8 @@ class Supervisor:
             child.failures = 0 if ran >= self.stable_after else child.failures
             delay = min(self.backoff_initial * 2**child.failures, self.backoff_max)
             child.failures += 1
+            # Stragglers of a dead child (gunicorn or celery pool processes) would hold its port or queue.
+            services.kill_group(child.proc.pid)
             child.proc, child.next_start = None, now + delay
             log.warning("%s exited with code %s after %.1fs; restarting in %.1fs", child.spec.name, code, ran, delay)
         if child.proc is None and now >= child.next_start and not self._stopping:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -14,7 +15,8 @@ from shared import jobs
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Unavailable
-from shared.queue import SYNTHESIZE_TASK, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, make_celery
+from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.synthesis import run_synthesis
 
@@ -49,17 +51,24 @@ def create_worker_app() -> Celery:
         if "ctx" in holder:
             holder["ctx"].stop()
 
-    @app.task(bind=True, name=SYNTHESIZE_TASK, max_retries=settings.task_max_retries)
-    def synthesize(self: Task, job_id: str) -> str:
+    def run(task: Task, job: Callable[[WorkerContext, str], str], job_id: str) -> str:
         ctx = context()
         try:
-            return run_synthesis(ctx, job_id)
+            return job(ctx, job_id)
         except TRANSIENT as exc:
-            if self.request.retries >= settings.task_max_retries:
-                _give_up(ctx, job_id, "retries_exhausted", f"gave up after {self.request.retries} retries: {exc}")
+            if task.request.retries >= settings.task_max_retries:
+                _give_up(ctx, job_id, "retries_exhausted", f"gave up after {task.request.retries} retries: {exc}")
                 return "failed"
             log.warning("job %s: transient failure (%s); retrying", job_id, exc)
-            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+            raise task.retry(exc=exc, countdown=backoff_s(task.request.retries)) from exc
+
+    @app.task(bind=True, name=SYNTHESIZE_TASK, max_retries=settings.task_max_retries)
+    def synthesize(self: Task, job_id: str) -> str:
+        return run(self, run_synthesis, job_id)
+
+    @app.task(bind=True, name=CLONE_TASK, max_retries=settings.task_max_retries)
+    def clone(self: Task, job_id: str) -> str:
+        return run(self, run_clone, job_id)
 
     return app
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sqlalchemy import update
@@ -16,11 +17,13 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.models import Worker, utcnow
 from shared.storage import Storage
+from worker.asr import Transcriber
 from worker.engines import create_engine
-from worker.engines.base import Engine
+from worker.engines.base import Engine, VoiceProfile
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
+PROFILE_CACHE = 256
 
 
 @dataclass
@@ -31,6 +34,24 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     name: str
     _stop: threading.Event = field(default_factory=threading.Event)
+    _transcriber: Transcriber | None = None
+    # Profiles are small and immutable once built: keep the recent ones so a voice's jobs skip the S3 fetch.
+    _profiles: OrderedDict[str, VoiceProfile] = field(default_factory=OrderedDict)
+
+    def transcriber(self) -> Transcriber:
+        if self._transcriber is None:
+            self._transcriber = Transcriber(self.settings.data_dir / "cache")
+        return self._transcriber
+
+    def profile(self, key: str) -> VoiceProfile:
+        if key in self._profiles:
+            self._profiles.move_to_end(key)
+            return self._profiles[key]
+        profile = VoiceProfile(engine=self.settings.engine, data=self.storage.get(key))
+        self._profiles[key] = profile
+        while len(self._profiles) > PROFILE_CACHE:
+            self._profiles.popitem(last=False)
+        return profile
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:

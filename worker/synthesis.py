@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from shared import jobs
+from shared import jobs, voices
 from shared.audio import encode, join_segments
 from shared.db import transaction
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Conflict, NotFound, VoicefarmError
 from shared.text import split_text
 from worker.context import WorkerContext
+from worker.engines.base import VoiceProfile
 
 log = logging.getLogger(__name__)
 # Pause between segments: close to a sentence break in read speech.
@@ -56,8 +57,8 @@ def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
         )
     try:
         result = _synthesize(ctx, spec)
-    except (BadRequest, ValueError) as exc:
-        code = exc.code if isinstance(exc, BadRequest) else "synthesis_rejected"
+    except (BadRequest, ValueError, NotFound, Conflict) as exc:
+        code = exc.code if isinstance(exc, VoicefarmError) else "synthesis_rejected"
         with transaction(ctx.sessions) as session:
             jobs.fail(session, job_id, code, str(exc))
         return "failed"
@@ -66,8 +67,20 @@ def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
     return "succeeded"
 
 
+def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:
+    if not voices.is_voice_id(spec.voice):
+        return spec.voice
+    with ctx.sessions() as session:
+        voice = voices.ready_voice(session, spec.tenant_id, spec.voice, ctx.engine.capabilities.name)
+        key = voice.profile_key
+    if key is None:
+        raise BadRequest(f"voice {spec.voice} has no profile", code="voice_not_ready")
+    return ctx.profile(key)
+
+
 def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
     caps = ctx.engine.capabilities
+    voice = _resolve_voice(ctx, spec)
     texts = split_text(spec.text, caps.max_segment_chars)
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
@@ -77,7 +90,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
     for i, text in enumerate(texts):
         out = ctx.engine.synthesize(
             text,
-            voice=spec.voice,
+            voice=voice,
             mode=spec.mode,  # type: ignore[arg-type]
             instruct=spec.instruct,
             language=spec.language,

@@ -7,12 +7,11 @@ from datetime import timedelta
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select, text
 
+from producer.api.catalog import WORKER_STALE_S
 from producer.resources import farm
 from shared.models import Worker, utcnow
 
 bp = Blueprint("health", __name__)
-# A worker whose heartbeat is older than this is presumed dead.
-WORKER_STALE_S = 45
 
 
 @bp.get("/healthz")

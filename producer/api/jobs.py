@@ -6,16 +6,17 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from producer.auth import authenticate
 from producer.resources import Farm, farm
-from shared import jobs
+from shared import jobs, voices
 from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, PayloadTooLarge
 from shared.language import detect_language
 from shared.models import Job
-from shared.queue import enqueue_synthesis
+from shared.queue import enqueue_job
 from shared.schemas import JobRequest
 
 log = logging.getLogger(__name__)
@@ -26,25 +27,23 @@ MAX_PAGE = 200
 @bp.post("")
 def submit() -> tuple[Response, int]:
     resources = farm()
-    payload = request.get_json(silent=True)
-    if not isinstance(payload, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
-    req = JobRequest.model_validate(payload)
-    fields = _job_fields(resources, req)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 200:
         raise BadRequest("Idempotency-Key is longer than 200 characters", code="invalid_idempotency_key")
-
     with resources.sessions() as session, session.begin():
         tenant_id = authenticate(session)
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict):
+            raise BadRequest("the body must be a JSON object", code="invalid_json")
+        fields = _job_fields(resources, session, tenant_id, JobRequest.model_validate(payload))
         job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
-        enqueue_synthesis(resources.celery, job.id, job.engine, job.priority)
+        enqueue_job(resources.celery, job.id, job.kind, job.engine, job.priority)
     return jsonify(job_view(resources, job)), 202 if created else 200
 
 
-def _job_fields(resources: Farm, req: JobRequest) -> dict[str, Any]:
+def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobRequest) -> dict[str, Any]:
     caps = resources.capabilities
     if len(req.text) > resources.settings.max_text_chars:
         raise PayloadTooLarge(
@@ -56,10 +55,15 @@ def _job_fields(resources: Farm, req: JobRequest) -> dict[str, Any]:
         raise BadRequest(f"language {language!r} is not spoken by engine {caps.name}", code="unsupported_language")
     if req.mode not in caps.modes:
         raise BadRequest(f"mode {req.mode!r} is not supported by engine {caps.name}", code="unsupported_mode")
-    voice = req.voice or caps.default_voices[language]
-    if voice not in caps.stock_voices:
+    voice = req.voice or caps.default_voices.get(language)
+    if voice is None:
+        raise BadRequest(f"engine {caps.name} has no stock voices: name a cloned voice", code="voice_required")
+    if voices.is_voice_id(voice):
+        voices.ready_voice(session, tenant_id, voice, caps.name)
+    elif voice not in caps.stock_voices:
         raise BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
     return {
+        "kind": "synthesize",
         "engine": caps.name,
         "text": req.text,
         "voice": voice,
@@ -125,6 +129,7 @@ def audio(job_id: str) -> Response | WerkzeugResponse:
 def job_view(resources: Farm, job: Job) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": job.id,
+        "kind": job.kind,
         "status": job.status,
         "progress": round(job.progress, 3),
         "attempts": job.attempts,

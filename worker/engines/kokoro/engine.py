@@ -84,7 +84,7 @@ class KokoroEngine:
         self._lock = threading.Lock()
         self._model: KokoroModel | None = None
         self._phonemizer = Phonemizer()
-        self._voice_f0: dict[str, float] | None = None
+        self._voice_features: dict[str, matching.VoiceFeatures] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -116,28 +116,33 @@ class KokoroEngine:
                 raise ValueError(f"kokoro profile names an unknown stock voice {base!r}")
             note = (
                 f"The kokoro engine cannot clone voices: this voice is spoken by the stock voice {base!r}, "
-                "the one nearest to the reference in pitch."
+                "the one nearest to the reference in pitch and timbre."
             )
             return base, [note]
         if voice not in STOCK_VOICES:
             raise ValueError(f"unknown kokoro voice {voice!r}; stock voices: {', '.join(STOCK_VOICES)}")
         return voice, []
 
-    def _stock_f0(self) -> dict[str, float]:
-        if self._voice_f0 is None:
+    def _stock_features(self) -> dict[str, matching.VoiceFeatures]:
+        """Pitch and timbre of every stock voice reading the calibration sentence (computed once)."""
+        if self._voice_features is None:
             language, sentence = _CALIBRATION
-            rendered = {name: self._render(sentence, language, name, 1.0)[0] for name in STOCK_VOICES}
-            self._voice_f0 = {name: matching.median_f0(audio, SAMPLE_RATE) for name, audio in rendered.items()}
-        return self._voice_f0
+            features = {}
+            for name in STOCK_VOICES:
+                audio, _ = self._render(sentence, language, name, 1.0)
+                features[name] = matching.voice_features(audio, SAMPLE_RATE)
+            self._voice_features = features
+        return self._voice_features
 
     def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
+        """Match the reference to the nearest stock voice (pitch + average spectrum); see `matching`."""
         audio = np.asarray(reference_audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError("reference audio must be non-empty mono samples")
         if sample_rate < 8000:
             raise ValueError(f"reference sample rate {sample_rate} Hz is too low")
-        reference_f0 = matching.median_f0(audio, sample_rate)
-        match = matching.nearest_voice(reference_f0, self._stock_f0())
+        reference = matching.voice_features(audio, sample_rate)
+        match = matching.nearest_voice(reference, self._stock_features())
         return VoiceProfile(engine=ENGINE_NAME, data=match.to_bytes())
 
     # -- synthesis -------------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Voices: clone one from a reference clip, list stock and cloned voices, inspect, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from producer.auth import authenticate
+from producer.resources import Farm, farm
+from shared import jobs, voices
+from shared.db import transaction
+from shared.errors import BadRequest
+from shared.models import Voice, new_id
+from shared.queue import enqueue_job
+from shared.reference import inspect_upload
+
+bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
+MAX_TRANSCRIPT_CHARS = 1000
+MAX_NAME_CHARS = 200
+
+
+@bp.post("")
+def create() -> tuple[Response, int]:
+    resources = farm()
+    with resources.sessions() as session:
+        tenant_id = authenticate(session)
+    upload = request.files.get("audio")
+    if upload is None:
+        raise BadRequest("send the reference clip as multipart field 'audio'", code="missing_audio")
+    name = (request.form.get("name") or "").strip()
+    transcript = " ".join((request.form.get("transcript") or "").split()) or None
+    language = request.form.get("language") or None
+    if len(name) > MAX_NAME_CHARS:
+        raise BadRequest(f"name is longer than {MAX_NAME_CHARS} characters", code="invalid_name")
+    if transcript and len(transcript) > MAX_TRANSCRIPT_CHARS:
+        raise BadRequest(f"transcript is longer than {MAX_TRANSCRIPT_CHARS} characters", code="transcript_too_long")
+    if language is not None and language not in resources.capabilities.languages:
+        raise BadRequest(
+            f"language must be one of {', '.join(resources.capabilities.languages)}", code="unsupported_language"
+        )
+    data = upload.read()
+    # Decoding here refuses a bad clip at once, before anything is stored or queued.
+    clip = inspect_upload(data)
+
+    voice_id = "v_" + new_id()[:24]
+    resources.storage.put(voices.upload_key(tenant_id, voice_id), data)
+    with transaction(resources.sessions) as session:
+        voice = Voice(
+            id=voice_id,
+            tenant_id=tenant_id,
+            name=name,
+            engine=resources.capabilities.name,
+            language=language,
+            transcript=transcript,
+            upload_key=voices.upload_key(tenant_id, voice_id),
+            duration_s=round(clip.duration_s, 3),
+        )
+        session.add(voice)
+        job, _ = jobs.create_job(
+            session,
+            tenant_id=tenant_id,
+            idempotency_key=None,
+            kind="clone",
+            engine=resources.capabilities.name,
+            text=transcript or "",
+            voice=voice_id,
+            mode="clone",
+            language=language or "",
+            priority=7,
+        )
+    enqueue_job(resources.celery, job.id, "clone", job.engine, job.priority)
+    return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
+
+
+@bp.get("")
+def index() -> Response:
+    resources = farm()
+    with resources.sessions() as session:
+        cloned = voices.list_voices(session, authenticate(session))
+    return jsonify({"stock": stock_voices(resources), "voices": [voice_view(v) for v in cloned]})
+
+
+@bp.get("/<voice_id>")
+def show(voice_id: str) -> Response:
+    resources = farm()
+    with resources.sessions() as session:
+        voice = voices.get_voice(session, authenticate(session), voice_id)
+    return jsonify(voice_view(voice))
+
+
+@bp.delete("/<voice_id>")
+def delete(voice_id: str) -> tuple[str, int]:
+    resources = farm()
+    with transaction(resources.sessions) as session:
+        voice = voices.get_voice(session, authenticate(session), voice_id)
+        for key in resources.storage.list_keys(voices.voice_prefix(voice.tenant_id, voice.id)):
+            resources.storage.delete(key)
+        session.delete(voice)
+    return "", 204
+
+
+def stock_voices(resources: Farm) -> list[dict[str, Any]]:
+    caps = resources.capabilities
+    defaults = {voice: [lang for lang, v in caps.default_voices.items() if v == voice] for voice in caps.stock_voices}
+    return [
+        {"id": voice, "engine": caps.name, "kind": "stock", "default_for": defaults[voice]}
+        for voice in caps.stock_voices
+    ]
+
+
+def voice_view(voice: Voice) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": voice.id,
+        "kind": "cloned",
+        "name": voice.name,
+        "status": voice.status,
+        "engine": voice.engine,
+        "language": voice.language,
+        "transcript": voice.transcript,
+        "duration_s": voice.duration_s,
+        "created_at": jobs.iso(voice.created_at),
+        "ready_at": jobs.iso(voice.ready_at),
+    }
+    if voice.details:
+        view["warnings"] = voice.details.get("warnings", [])
+        view["profile_build_s"] = voice.details.get("build_s")
+    if voice.status == "failed":
+        view["error"] = {"code": voice.error_code, "message": voice.error_message}
+    return view

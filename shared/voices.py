@@ -1,0 +1,63 @@
+"""Cloned voices: rows, object keys, and the lookups both the API and the worker make."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import Conflict, NotFound
+from shared.models import Voice, utcnow
+
+
+def voice_prefix(tenant_id: str, voice_id: str) -> str:
+    return f"voices/{tenant_id}/{voice_id}/"
+
+
+def upload_key(tenant_id: str, voice_id: str) -> str:
+    return voice_prefix(tenant_id, voice_id) + "upload"
+
+
+def reference_key(tenant_id: str, voice_id: str) -> str:
+    return voice_prefix(tenant_id, voice_id) + "reference.wav"
+
+
+def profile_key(tenant_id: str, voice_id: str, engine: str) -> str:
+    return voice_prefix(tenant_id, voice_id) + f"profile.{engine}"
+
+
+def is_voice_id(name: str) -> bool:
+    return name.startswith("v_")
+
+
+def get_voice(session: Session, tenant_id: str, voice_id: str) -> Voice:
+    voice = session.get(Voice, voice_id)
+    if voice is None or voice.tenant_id != tenant_id:
+        raise NotFound(f"voice {voice_id} not found", code="voice_not_found")
+    return voice
+
+
+def ready_voice(session: Session, tenant_id: str, voice_id: str, engine: str) -> Voice:
+    voice = get_voice(session, tenant_id, voice_id)
+    if voice.status != "ready":
+        raise Conflict(f"voice {voice_id} is {voice.status}; it can speak once it is ready", code="voice_not_ready")
+    if voice.engine != engine:
+        raise Conflict(f"voice {voice_id} was cloned for engine {voice.engine}", code="voice_engine_mismatch")
+    return voice
+
+
+def list_voices(session: Session, tenant_id: str) -> list[Voice]:
+    return list(session.scalars(select(Voice).where(Voice.tenant_id == tenant_id).order_by(Voice.created_at)))
+
+
+def mark_ready(session: Session, voice_id: str, **values: Any) -> None:
+    session.execute(update(Voice).where(Voice.id == voice_id).values(status="ready", ready_at=utcnow(), **values))
+
+
+def mark_failed(session: Session, voice_id: str, code: str, message: str) -> None:
+    session.execute(
+        update(Voice)
+        .where(Voice.id == voice_id, Voice.status != "ready")
+        .values(status="failed", error_code=code, error_message=message)
+    )
