@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -59,7 +59,6 @@ class _Child:
     next_start: float = 0.0
     failures: int = 0
     restarts: int = 0
-    history: list[int] = field(default_factory=list)  # exit codes, newest last
 
 
 class Supervisor:
@@ -136,7 +135,6 @@ class Supervisor:
     def _check(self, child: _Child, now: float) -> None:
         if child.proc is not None and child.proc.poll() is not None:
             code, ran = child.proc.returncode, now - child.started_at
-            child.history.append(code)
             # A child that ran a while had a one-off failure; one that keeps dying young backs off further.
             child.failures = 0 if ran >= self.stable_after else child.failures
             delay = min(self.backoff_initial * 2**child.failures, self.backoff_max)
@@ -168,6 +166,7 @@ class Supervisor:
             if child.proc is not None and child.proc.poll() is None:
                 log.info("stopping %s (pid %d)", child.spec.name, child.proc.pid)
                 code = services.terminate(child.proc, self.stop_timeout)
+                services.kill_group(child.proc.pid)  # whatever of its group outlived it
                 log.info("%s stopped (code %s)", child.spec.name, code)
             child.proc = None
 

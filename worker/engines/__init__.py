@@ -8,6 +8,7 @@ from worker.engines.base import Engine
 
 _REGISTRY = {
     "kokoro": "worker.engines.kokoro:KokoroEngine",
+    "cosyvoice": "worker.engines.cosyvoice:CosyVoiceEngine",
 }
 
 

@@ -1,0 +1,1 @@
+"""FAKE of `cosyvoice.utils` (tests only)."""

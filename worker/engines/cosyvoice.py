@@ -1,0 +1,357 @@
+"""The `cosyvoice` engine: upstream CosyVoice2 / Fun-CosyVoice3 (FunAudioLLM) behind the `Engine` protocol.
+
+Upstream is installed beside the farm (docs/cosyvoice.md) and imported only in `load()`: the API process reads
+`capabilities` without torch or upstream.
+* Read-only models: upstream's first load may write TensorRT plans and a `vllm/` export into the directory it loads
+  from, so a worker never hands it `models/` but a private view: symlinks to the model files under
+  `$VOICEFARM_DATA_DIR/engine-cache/cosyvoice/<worker>/models/`, where such artefacts land (kept across restarts of
+  a worker slot, rebuilt when the model files change, flock-ed so two live processes never share one).
+* Profiles are JSON: the reference (float32 PCM at up to 24 kHz, the rate of upstream's prompt features), its
+  transcript and a speaker id hashed from both. Each process writes the clip once as the wav path upstream takes as
+  `prompt_wav` and registers the speaker once with `add_zero_shot_spk`, which caches its features.
+* That cache serves zero-shot ("clone") mode only: upstream's cross-lingual and instruct2 frontends edit a cached
+  entry in place, and instruct2 would speak the transcript prompt instead of the instruction (upstream issues
+  #1357, #1358, #1400), so those modes pass the prompt wav without a speaker id.
+* Instructions reach the model verbatim; `INSTRUCTIONS` lists the phrasings upstream trained on. They never touch
+  `speed` (a "slow" instruction is the model's to follow).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from shared.audio import resample
+from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile
+
+ENGINE_NAME = "cosyvoice"
+SAMPLE_RATE = 24000
+MAX_SEGMENT_CHARS = 200  # deployment guides cap one request at 200 characters
+MODES = ("clone", "cross_lingual", "instruct")
+DEFAULT_MODEL_DIR = "models/Fun-CosyVoice3-0.5B"
+# The languages upstream documents per generation ("yue" is Cantonese).
+LANGUAGES = {3: ("zh", "en", "ja", "ko", "yue", "de", "es", "fr", "it", "ru"), 2: ("zh", "en", "ja", "ko", "yue")}
+SYSTEM_PROMPT, END_OF_PROMPT = "You are a helpful assistant.", "<|endofprompt|>"
+PROFILE_FORMAT = "voicefarm.cosyvoice.profile/1"
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
+MAX_REFERENCE_S = 30.0  # upstream's speech tokenizer refuses longer prompts
+INSTALL_HINT = (
+    "upstream CosyVoice is not importable. Install it beside the farm: clone FunAudioLLM/CosyVoice with its "
+    "submodules, `pip install -r requirements.txt` into the farm's virtualenv next to the `gpu` extra, and put the "
+    "clone and its third_party/Matcha-TTS on PYTHONPATH (see docs/cosyvoice.md)"
+)
+_DIALECTS = (
+    "cantonese Cantonese 广东", "northeastern Northeastern 东北", "gansu Gansu 甘肃", "guizhou Guizhou 贵州",
+    "henan Henan 河南", "hubei Hubei 湖北", "hunan Hunan 湖南", "jiangxi Jiangxi 江西", "minnan Minnan 闽南",
+    "ningxia Ningxia 宁夏", "shanxi Shanxi 山西", "shaanxi Shaanxi 陕西", "shandong Shandong 山东",
+    "shanghai Shanghainese 上海", "sichuan Sichuan 四川", "tianjin Tianjin 天津", "yunnan Yunnan 云南",
+)  # fmt: skip
+_STYLES = (
+    ("loud", "volume", "As loudly as possible", "Please say a sentence as loudly as possible."),
+    ("soft", "volume", "In a very soft voice", "Please say a sentence in a very soft voice."),
+    ("slow", "speed", "As slowly as possible", "请用尽可能慢地语速说一句话。"),
+    ("fast", "speed", "As fast as possible", "请用尽可能快地语速说一句话。"),
+    ("happy", "emotion", "Very happily", "请非常开心地说一句话。"),
+    ("sad", "emotion", "Very sadly", "请非常伤心地说一句话。"),
+    ("angry", "emotion", "Very angrily", "请非常生气地说一句话。"),
+    ("cartoon-pig", "style", "Cartoon pig (Peppa Pig) style", "我想体验一下小猪佩奇风格，可以吗？"),
+    ("robot", "style", "Robot style", "你可以尝试用机器人的方式解答吗？"),
+)
+# The instruct catalogue upstream trained CosyVoice3 on; `text` is what a client sends as `instruct`.
+INSTRUCTIONS: list[dict[str, str]] = [
+    {"id": f"dialect-{key}", "label": f"{label} dialect", "text": f"请用{zh}话表达。", "kind": "dialect"}
+    for key, label, zh in (row.split() for row in _DIALECTS)
+] + [{"id": key, "label": label, "text": text, "kind": kind} for key, kind, label, text in _STYLES]
+_WRAPPING = re.compile(r"^\s*you are a helpful assistant\.?\s*|<\|endofprompt\|>", re.IGNORECASE)
+
+
+def model_version(model_dir: Path) -> int | None:
+    """3 or 2 from the yaml upstream's AutoModel dispatches on; None when neither is there."""
+    return next((v for v in (3, 2) if (model_dir / f"cosyvoice{v}.yaml").is_file()), None)
+
+
+def zero_shot_prompt(transcript: str, version: int) -> str:
+    return f"{SYSTEM_PROMPT}{END_OF_PROMPT}{transcript}" if version >= 3 else transcript
+
+
+def instruct_prompt(instruction: str, version: int) -> str:
+    core = _WRAPPING.sub("", instruction).strip()  # clients may paste upstream's wrapped form
+    return f"{SYSTEM_PROMPT} {core}{END_OF_PROMPT}" if version >= 3 else f"{core}{END_OF_PROMPT}"
+
+
+def cross_lingual_text(text: str, version: int) -> str:
+    # Cross-lingual drops the prompt text from the LLM input, so CosyVoice3's system prompt goes on the text.
+    return f"{SYSTEM_PROMPT}{END_OF_PROMPT}{text}" if version >= 3 else text
+
+
+@dataclass(frozen=True)
+class Profile:
+    spk_id: str
+    transcript: str
+    sample_rate: int
+    audio: np.ndarray
+
+
+def encode_profile(audio: np.ndarray, sample_rate: int, transcript: str) -> bytes:
+    pcm = np.ascontiguousarray(audio, dtype="<f4").tobytes()
+    digest = hashlib.sha256(pcm + f"\0{sample_rate}\0{transcript}".encode()).hexdigest()
+    doc = {"format": PROFILE_FORMAT, "spk_id": f"vf-{digest[:24]}", "transcript": transcript,
+           "sample_rate": sample_rate, "pcm_f32le": base64.b64encode(pcm).decode("ascii")}  # fmt: skip
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def decode_profile(data: bytes) -> Profile:
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"unknown format {doc.get('format')!r}")
+        audio = np.frombuffer(base64.b64decode(doc["pcm_f32le"]), dtype="<f4").astype(np.float32)
+        return Profile(str(doc["spk_id"]), str(doc["transcript"]), int(doc["sample_rate"]), audio)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a cosyvoice voice profile: {exc}") from None
+
+
+def private_model_view(model_dir: Path, root: Path) -> Path:
+    """A writable directory of symlinks to `model_dir`'s entries, named after their names, sizes and times."""
+    entries = sorted(model_dir.iterdir())
+    stamp = hashlib.sha256()
+    for entry in entries:
+        stamp.update(f"{entry.name}\0{entry.stat().st_size}\0{entry.stat().st_mtime_ns}\n".encode())
+    view = root / f"{model_dir.name}-{stamp.hexdigest()[:12]}"
+    for old in root.glob(f"{model_dir.name}-*") if root.is_dir() else ():
+        if old != view:  # a view of older model files holds stale TensorRT plans
+            shutil.rmtree(old, ignore_errors=True)
+    view.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        if not (view / entry.name).exists() and not (view / entry.name).is_symlink():
+            (view / entry.name).symlink_to(entry.resolve())
+    return view
+
+
+def _flag(value: bool | None, env: str) -> bool:
+    raw = os.environ.get(env, "").strip().lower() if value is None else str(value).lower()
+    if raw not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ValueError(f"{env} must be a boolean (1/0, true/false), got {raw!r}")
+    return raw in ("1", "true", "yes", "on")
+
+
+def _collect(chunks: Iterable[dict[str, Any]]) -> np.ndarray:
+    """Join `{'tts_speech': tensor[1, T]}` chunks: torch tensors, numpy arrays or anything with .cpu().numpy()."""
+    parts = []
+    for chunk in chunks:
+        speech = chunk["tts_speech"]
+        for step in ("detach", "cpu", "numpy"):
+            if not isinstance(speech, np.ndarray) and hasattr(speech, step):
+                speech = getattr(speech, step)()
+        array = np.asarray(speech, dtype=np.float32)
+        parts.append(array.mean(axis=0) if array.ndim == 2 else array.reshape(-1))
+    if sum(part.size for part in parts) == 0:
+        raise RuntimeError("upstream CosyVoice produced no audio")
+    return np.concatenate(parts)
+
+
+class CosyVoiceEngine:
+    """Production engine: one model per process, calls serialised (upstream runs batch size 1)."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        worker_name: str | None = None,
+        load_trt: bool | None = None,
+        load_vllm: bool | None = None,
+        fp16: bool | None = None,
+        max_cached_speakers: int = 256,
+    ) -> None:
+        env = os.environ.get
+        self.model_dir = Path(model_dir or env("VOICEFARM_COSYVOICE_MODEL_DIR") or DEFAULT_MODEL_DIR)
+        self.data_dir = Path(data_dir or env("VOICEFARM_DATA_DIR") or "var")
+        self.worker_name = worker_name or env("VOICEFARM_WORKER_NAME") or f"pid{os.getpid()}"
+        self.load_trt = _flag(load_trt, "VOICEFARM_COSYVOICE_LOAD_TRT")
+        self.load_vllm = _flag(load_vllm, "VOICEFARM_COSYVOICE_LOAD_VLLM")
+        self.fp16 = _flag(fp16, "VOICEFARM_COSYVOICE_FP16")
+        self.max_cached_speakers = max(1, max_cached_speakers)
+        self.version = model_version(self.model_dir) or 3  # the API host may hold no model: assume the default
+        self.capabilities = Capabilities(
+            name=ENGINE_NAME, languages=LANGUAGES[self.version], modes=MODES, sample_rate=SAMPLE_RATE,
+            max_segment_chars=MAX_SEGMENT_CHARS, stock_voices=(), default_voices={},
+            instructions=tuple(item["text"] for item in INSTRUCTIONS),
+        )  # fmt: skip
+        self._lock = threading.RLock()
+        self._model: Any = None
+        self._prompt_dir = Path()
+        self._lock_fd: int | None = None
+        self._speakers: OrderedDict[str, bool] = OrderedDict()  # LRU: spk_id -> registered with add_zero_shot_spk
+
+    @property
+    def model_name(self) -> str:
+        return self.model_dir.name
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            try:
+                from cosyvoice.cli.cosyvoice import AutoModel
+            except ImportError as exc:
+                raise RuntimeError(f"{INSTALL_HINT}; the import failed with: {exc}") from exc
+            source = self.model_dir.resolve()
+            version = model_version(source)
+            if version is None:
+                raise RuntimeError(
+                    f"no CosyVoice model in {source} (cosyvoice3.yaml or cosyvoice2.yaml): put Fun-CosyVoice3-0.5B "
+                    "or CosyVoice2-0.5B there or point VOICEFARM_COSYVOICE_MODEL_DIR at it"
+                )
+            work = self._claim_work_dir()
+            view = private_model_view(source, work / "models")
+            self._prompt_dir = work / "prompts"
+            shutil.rmtree(self._prompt_dir, ignore_errors=True)  # left by an earlier process in this slot
+            self._prompt_dir.mkdir(parents=True)
+            if self.load_vllm:  # upstream's vLLM example registers its LLM class first
+                from cosyvoice.vllm.cosyvoice2 import CosyVoice2ForCausalLM
+                from vllm import ModelRegistry
+
+                ModelRegistry.register_model("CosyVoice2ForCausalLM", CosyVoice2ForCausalLM)
+            model = AutoModel(model_dir=str(view), load_trt=self.load_trt, load_vllm=self.load_vllm, fp16=self.fp16)
+            self.version, self._model = version, model
+
+    def _claim_work_dir(self) -> Path:
+        """This worker slot's cache dir, flock-ed for the life of the process; a second live holder gets its own."""
+        base = self.data_dir.resolve() / "engine-cache" / ENGINE_NAME
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", self.worker_name).strip("._") or "worker"
+        for work in (base / tag, base / f"{tag}-pid{os.getpid()}"):
+            work.mkdir(parents=True, exist_ok=True)
+            fd = os.open(work / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._lock_fd = fd
+            return work
+        raise RuntimeError(f"cannot lock a cosyvoice cache directory under {base}")
+
+    # -- voices ----------------------------------------------------------------------------------------------
+    def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
+        audio = np.asarray(reference_audio, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError("reference audio must be non-empty mono samples")
+        if sample_rate < 16000:
+            raise ValueError(f"reference sample rate {sample_rate} Hz is too low; cosyvoice needs at least 16 kHz")
+        if audio.size / sample_rate > MAX_REFERENCE_S:
+            raise ValueError(f"reference is {audio.size / sample_rate:.1f} s; cosyvoice takes at most 30 s")
+        rate = min(sample_rate, SAMPLE_RATE)
+        data = encode_profile(resample(audio, sample_rate, rate), rate, (transcript or "").strip())
+        profile = decode_profile(data)
+        self.load()
+        with self._lock:  # extract and cache the prompt features now: a bad clip fails the clone, not a later job
+            prompt = self._prompt(profile)
+            if profile.transcript:
+                self._register(profile, prompt)
+        return VoiceProfile(engine=ENGINE_NAME, data=data)
+
+    def _prompt(self, profile: Profile) -> Any:
+        """The reference as upstream's `prompt_wav`: a wav path, written once per process (and LRU-bounded)."""
+        if profile.spk_id in self._speakers:
+            self._speakers.move_to_end(profile.spk_id)
+        else:
+            self._speakers[profile.spk_id] = False
+            while len(self._speakers) > self.max_cached_speakers:
+                self._forget(*self._speakers.popitem(last=False))
+        path = self._prompt_dir / f"{profile.spk_id}.wav"
+        if not path.exists():
+            sf.write(path.with_suffix(".partial.wav"), profile.audio, profile.sample_rate, subtype="PCM_16")
+            os.replace(path.with_suffix(".partial.wav"), path)
+        return str(path)
+
+    def _register(self, profile: Profile, prompt: Any) -> None:
+        if not self._speakers.get(profile.spk_id):
+            self._model.add_zero_shot_spk(zero_shot_prompt(profile.transcript, self.version), prompt, profile.spk_id)
+            self._speakers[profile.spk_id] = True
+
+    def _forget(self, spk_id: str, registered: bool) -> None:
+        (self._prompt_dir / f"{spk_id}.wav").unlink(missing_ok=True)
+        cache = getattr(getattr(self._model, "frontend", None), "spk2info", None)
+        if registered and isinstance(cache, dict):
+            cache.pop(spk_id, None)  # upstream would keep every speaker's features in memory
+
+    # -- synthesis -------------------------------------------------------------------------------------------
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str | VoiceProfile,
+        mode: Mode = "clone",
+        instruct: str | None = None,
+        language: str = "en",
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> Synthesis:
+        if not isinstance(voice, VoiceProfile):
+            raise ValueError(
+                f"the cosyvoice engine has no stock voices (got {voice!r}): clone a voice from a 3-30 s sample "
+                "first and synthesize with its profile"
+            )
+        if voice.engine != ENGINE_NAME:
+            raise ValueError(f"voice profile was built by engine {voice.engine!r}, not {ENGINE_NAME!r}")
+        profile = decode_profile(voice.data)
+        languages = self.capabilities.languages
+        if mode not in MODES:
+            raise ValueError(f"unsupported mode {mode!r}; cosyvoice modes: {', '.join(MODES)}")
+        if language not in languages:
+            raise ValueError(f"unsupported language {language!r}; cosyvoice speaks {', '.join(languages)}")
+        if not text or not text.strip():
+            raise ValueError("text is empty")
+        if len(text) > MAX_SEGMENT_CHARS:
+            raise ValueError(f"segment has {len(text)} characters; cosyvoice takes at most {MAX_SEGMENT_CHARS}")
+        if not (isinstance(speed, int | float) and np.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number, got {speed!r}")
+        warnings: list[str] = []
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            clamped = min(max(float(speed), MIN_SPEED), MAX_SPEED)
+            warnings.append(f"Speaking speed {speed:.2f} is outside {MIN_SPEED}-{MAX_SPEED}; used {clamped:.2f}.")
+            speed = clamped
+        instruction = (instruct or "").strip()
+        if mode == "instruct" and not _WRAPPING.sub("", instruction).strip():
+            raise ValueError("mode 'instruct' needs an instruction, e.g. '请用四川话表达。' or 'speak sadly'")
+        if mode != "instruct" and instruction:
+            warnings.append(f"The instruction {instruction!r} was ignored: instructions apply in mode 'instruct'.")
+        if mode == "clone" and not profile.transcript:
+            mode = "cross_lingual"
+            warnings.append("The voice has no transcript of its reference, so it was spoken in cross-lingual mode.")
+
+        self.load()
+        options = {"stream": False, "speed": float(speed)}
+        with self._lock:
+            if seed is not None:
+                from cosyvoice.utils.common import set_all_random_seed  # random, numpy, torch and CUDA
+
+                set_all_random_seed(seed % 2**32)  # numpy takes 32 bits
+            model, prompt, version = self._model, self._prompt(profile), self.version
+            if mode == "clone":
+                self._register(profile, prompt)
+                prompt_text, spk_id = zero_shot_prompt(profile.transcript, version), profile.spk_id
+                chunks = model.inference_zero_shot(text, prompt_text, prompt, zero_shot_spk_id=spk_id, **options)
+            elif mode == "cross_lingual":
+                chunks = model.inference_cross_lingual(cross_lingual_text(text, version), prompt, **options)
+            else:
+                chunks = model.inference_instruct2(text, instruct_prompt(instruction, version), prompt, **options)
+            audio = _collect(chunks)
+            rate = int(getattr(model, "sample_rate", SAMPLE_RATE))
+        if rate != SAMPLE_RATE:
+            audio = resample(audio, rate, SAMPLE_RATE)
+        return Synthesis(audio=np.clip(audio, -1.0, 1.0).astype(np.float32), sample_rate=SAMPLE_RATE, warnings=warnings)
