@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     # Worker behaviour.
     task_max_retries: int = 5
-    job_lease_s: int = 300
+    # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.
+    job_lease_s: int = 60
+    # A job that was started this many times without finishing is quarantined instead of retried.
+    max_attempts: int = 3
+    reconcile_interval_s: float = 15.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:

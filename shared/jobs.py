@@ -100,6 +100,14 @@ def set_progress(session: Session, job_id: str, progress: float, lease_s: int) -
     )
 
 
+def renew_lease(session: Session, job_id: str, lease_s: int) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+
+
 def complete(session: Session, job_id: str, result: dict[str, Any]) -> bool:
     return _finish(session, job_id, status="succeeded", result=result, progress=1.0)
 

@@ -45,9 +45,7 @@ def ctx(farm_settings: Settings) -> Iterator[WorkerContext]:
 
 
 def upload(client: FlaskClient, key: str, data: bytes, **form: str) -> tuple[int, dict]:
-    response = client.post(
-        "/v1/voices", data={"audio": (io.BytesIO(data), "ref.wav"), **form}, headers=auth(key)
-    )
+    response = client.post("/v1/voices", data={"audio": (io.BytesIO(data), "ref.wav"), **form}, headers=auth(key))
     return response.status_code, response.get_json()
 
 

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
     worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
 
+    rec = sub.add_parser("reconcile", help="re-enqueue jobs the broker lost and recover jobs of dead workers")
+    rec.add_argument("--once", action="store_true", help="one pass, then exit")
+
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--tenant", required=True)
@@ -45,12 +48,48 @@ def main(argv: list[str] | None = None) -> int:
         print("database is at the latest migration")
         return 0
     if args.command == "api":
+        # Migrations run before serving, so a new release never answers on an old schema.
+        from shared.db import migrate
+
+        migrate(settings.resolved_database_url())
         return _exec_api(settings, args.workers)
     if args.command == "worker":
         from voicefarm.workers import run_workers
 
         return run_workers(settings, gpus=args.gpus, cpu=args.cpu)
+    if args.command == "reconcile":
+        return _reconcile(settings, once=args.once)
     return _keys(settings, args)
+
+
+def _reconcile(settings: Settings, *, once: bool) -> int:
+    import logging
+    import signal
+    import threading
+
+    from shared.db import make_engine, make_session_factory
+    from shared.queue import make_celery
+    from shared.reconcile import reconcile
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("voicefarm.reconcile")
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    celery = make_celery(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while True:
+        try:
+            report = reconcile(sessions, celery, max_attempts=settings.max_attempts)
+            if once:
+                print(report)
+                return 0
+        except Exception:  # an outage of the database or broker: try again next round
+            log.warning("reconcile pass failed", exc_info=True)
+            if once:
+                return 1
+        if stop.wait(settings.reconcile_interval_s):
+            return 0
 
 
 def _exec_api(settings: Settings, workers: int) -> int:

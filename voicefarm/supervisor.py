@@ -9,9 +9,9 @@ Which services it starts itself (the rule, kept deliberately simple):
   Anything else (a remote host, or a loopback port already answering) is used as it is, never started.
 The database needs no service: empty `DATABASE_URL` means SQLite under the data dir.
 
-Then it runs, as `python -m voicefarm.cli ...`: `migrate` and `keys ensure-local` once, then `api` and
-`worker --cpu 1` for good. Any long-lived child that dies is restarted with exponential backoff. On SIGINT or
-SIGTERM it stops the farm processes, then the services (reverse start order), and exits 0.
+Then it runs, as `python -m voicefarm.cli ...`: `migrate` and `keys ensure-local` once, then `api`,
+`worker --cpu 1` and `reconcile` for good. Any long-lived child that dies is restarted with exponential backoff.
+On SIGINT or SIGTERM it stops the farm processes, then the services (reverse start order), and exits 0.
 """
 
 from __future__ import annotations
@@ -319,6 +319,7 @@ def run_farm(settings: Settings) -> int:
                 return 0
             log.warning("the API is not answering on port %d yet; it keeps being supervised", settings.port)
         sup.add(ChildSpec("worker", [*cli, "worker", "--cpu", "1"], env))
+        sup.add(ChildSpec("reconciler", [*cli, "reconcile"], env))
         print(_banner(settings, data_dir, ["redis" if s.name == "redis" else "s3" for s in specs]), flush=True)
         return sup.run()
     finally:

@@ -17,38 +17,36 @@ log = logging.getLogger(__name__)
 
 
 def run_clone(ctx: WorkerContext, job_id: str) -> str:
-    with transaction(ctx.sessions) as session:
-        job = jobs.start_attempt(session, job_id, ctx.name, ctx.settings.job_lease_s)
+    with ctx.attempt(job_id) as job:
         if job is None:
             return "skipped"
-        voice = session.get(Voice, job.voice)
+        with ctx.sessions() as session:
+            voice = session.get(Voice, job.voice)
         if voice is None:
-            jobs.fail(session, job_id, "voice_not_found", f"voice {job.voice} was deleted")
+            with transaction(ctx.sessions) as session:
+                jobs.fail(session, job_id, "voice_not_found", f"voice {job.voice} was deleted")
             return "failed"
-        tenant_id, voice_id, given_transcript, given_language = (
-            voice.tenant_id, voice.id, voice.transcript, voice.language,
-        )  # fmt: skip
-    try:
-        result = _clone(ctx, job_id, tenant_id, voice_id, given_transcript, given_language)
-    except (BadRequest, ValueError) as exc:
-        code = exc.code if isinstance(exc, BadRequest) else "clone_rejected"
+        try:
+            result = _clone(ctx, job_id, voice.tenant_id, voice.id, voice.transcript, voice.language)
+        except (BadRequest, ValueError) as exc:
+            code = exc.code if isinstance(exc, BadRequest) else "clone_rejected"
+            with transaction(ctx.sessions) as session:
+                voices.mark_failed(session, voice.id, code, str(exc))
+                jobs.fail(session, job_id, code, str(exc))
+            return "failed"
         with transaction(ctx.sessions) as session:
-            voices.mark_failed(session, voice_id, code, str(exc))
-            jobs.fail(session, job_id, code, str(exc))
-        return "failed"
-    with transaction(ctx.sessions) as session:
-        voices.mark_ready(
-            session,
-            voice_id,
-            reference_key=result["reference_key"],
-            profile_key=result["profile_key"],
-            transcript=result["transcript"],
-            language=result["language"],
-            duration_s=result["duration_s"],
-            details={k: result[k] for k in ("warnings", "build_s", "transcribed")},
-        )
-        jobs.complete(session, job_id, result)
-    return "succeeded"
+            voices.mark_ready(
+                session,
+                voice.id,
+                reference_key=result["reference_key"],
+                profile_key=result["profile_key"],
+                transcript=result["transcript"],
+                language=result["language"],
+                duration_s=result["duration_s"],
+                details={k: result[k] for k in ("warnings", "build_s", "transcribed")},
+            )
+            jobs.complete(session, job_id, result)
+        return "succeeded"
 
 
 def _clone(

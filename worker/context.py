@@ -7,15 +7,18 @@ import os
 import socket
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import jobs
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
-from shared.models import Worker, utcnow
+from shared.models import Job, Worker, utcnow
 from shared.storage import Storage
 from worker.asr import Transcriber
 from worker.engines import create_engine
@@ -35,6 +38,8 @@ class WorkerContext:
     name: str
     _stop: threading.Event = field(default_factory=threading.Event)
     _transcriber: Transcriber | None = None
+    # The job this process is running, whose lease the heartbeat renews.
+    current_job: str | None = None
     # Profiles are small and immutable once built: keep the recent ones so a voice's jobs skip the S3 fetch.
     _profiles: OrderedDict[str, VoiceProfile] = field(default_factory=OrderedDict)
 
@@ -105,10 +110,36 @@ class WorkerContext:
     def stop(self) -> None:
         self._stop.set()
 
+    @contextmanager
+    def attempt(self, job_id: str) -> Iterator[Job | None]:
+        """Start an attempt at a job, renewing its lease until the block ends; yields None when the job is
+        finished already or has just been quarantined."""
+        job = self._claim(job_id)
+        try:
+            yield job
+        finally:
+            self.current_job = None
+
+    def _claim(self, job_id: str) -> Job | None:
+        with transaction(self.sessions) as session:
+            job = jobs.start_attempt(session, job_id, self.name, self.settings.job_lease_s)
+            if job is None:
+                log.info("job %s already finished; skipping redelivery", job_id)
+                return None
+            if job.attempts > self.settings.max_attempts:
+                message = f"the job was started {job.attempts - 1} times without finishing; it is not retried again"
+                jobs.fail(session, job_id, "quarantined", message)
+                log.error("job %s quarantined", job_id)
+                return None
+        self.current_job = job_id
+        return job
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 with transaction(self.sessions) as session:
                     session.execute(update(Worker).where(Worker.name == self.name).values(last_seen=utcnow()))
+                    if self.current_job is not None:
+                        jobs.renew_lease(session, self.current_job, self.settings.job_lease_s)
             except Exception:  # a database outage must not kill the worker; the next beat retries
                 log.warning("heartbeat failed", exc_info=True)

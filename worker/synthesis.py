@@ -46,25 +46,20 @@ def object_key(spec: JobSpec) -> str:
 
 def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
     """Run a job; returns the outcome ("succeeded", "failed" or "skipped" when it was already finished)."""
-    lease = ctx.settings.job_lease_s
-    with transaction(ctx.sessions) as session:
-        job = jobs.start_attempt(session, job_id, ctx.name, lease)
+    with ctx.attempt(job_id) as job:
         if job is None:
-            log.info("job %s already finished; skipping redelivery", job_id)
             return "skipped"
-        spec = JobSpec(
-            **{name: getattr(job, name) for name in JobSpec.__dataclass_fields__}  # noqa: B035
-        )
-    try:
-        result = _synthesize(ctx, spec)
-    except (BadRequest, ValueError, NotFound, Conflict) as exc:
-        code = exc.code if isinstance(exc, VoicefarmError) else "synthesis_rejected"
+        spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
+        try:
+            result = _synthesize(ctx, spec)
+        except (BadRequest, ValueError, NotFound, Conflict) as exc:
+            code = exc.code if isinstance(exc, VoicefarmError) else "synthesis_rejected"
+            with transaction(ctx.sessions) as session:
+                jobs.fail(session, job_id, code, str(exc))
+            return "failed"
         with transaction(ctx.sessions) as session:
-            jobs.fail(session, job_id, code, str(exc))
-        return "failed"
-    with transaction(ctx.sessions) as session:
-        jobs.complete(session, job_id, result)
-    return "succeeded"
+            jobs.complete(session, job_id, result)
+        return "succeeded"
 
 
 def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:

@@ -117,8 +117,8 @@ def encode_profile(audio: np.ndarray, sample_rate: int, transcript: str) -> byte
 def decode_profile(data: bytes) -> Profile:
     try:
         doc = json.loads(data)
-        if doc.get("format") != PROFILE_FORMAT:
-            raise ValueError(f"unknown format {doc.get('format')!r}")
+        if doc.get("format") != PROFILE_FORMAT or not re.fullmatch(r"vf-[0-9a-f]{24}", str(doc.get("spk_id"))):
+            raise ValueError(f"unknown format {doc.get('format')!r} or speaker id {doc.get('spk_id')!r}")
         audio = np.frombuffer(base64.b64decode(doc["pcm_f32le"]), dtype="<f4").astype(np.float32)
         return Profile(str(doc["spk_id"]), str(doc["transcript"]), int(doc["sample_rate"]), audio)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
