@@ -17,7 +17,7 @@ from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
 from shared.queue import make_celery
 from shared.storage import Storage
-from worker.engines import create_engine
+from worker.engines import create_engine, engine_options
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         sessions=make_session_factory(make_engine(settings.resolved_database_url())),
         storage=Storage.from_settings(settings),
         celery=make_celery(settings),
-        capabilities=create_engine(settings.engine).capabilities,
+        capabilities=create_engine(settings.engine, **engine_options(settings.engine, settings)).capabilities,
     )
     register_error_handlers(app)
     app.register_blueprint(health_bp)

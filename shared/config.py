@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     presign_expiry_s: int = 3600
 
     engine: str = "kokoro"
+    # Intra-op threads for CPU inference; 0 means every core.
+    engine_threads: int = 0
+    # The cosyvoice engine: a CosyVoice2/3 model dir supplied by the operator (read-only to the farm).
+    cosyvoice_model_dir: Path = Path("models/Fun-CosyVoice3-0.5B")
+    cosyvoice_load_trt: bool = False
+    cosyvoice_load_vllm: bool = False
+    cosyvoice_fp16: bool = False
     # Set per process by `voicefarm worker`; names the worker in job rows and GET /v1/workers.
     worker_name: str = ""
     device: str = "cpu"

@@ -148,3 +148,23 @@ def test_unknown_route_is_json(client: FlaskClient) -> None:
 def test_web_ui(client: FlaskClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and b"voicefarm" in page.data and b"jf_alpha" in page.data
+
+
+def test_instruction_catalogue(client: FlaskClient, api_key: str) -> None:
+    engines = client.get("/v1/instructions", headers=auth(api_key)).get_json()["engines"]
+    cosy = engines["cosyvoice"]["honoured"]
+    dialects = [i for i in cosy if i["kind"] == "dialect"]
+    assert len(dialects) == 17 and any("四川" in i["text"] for i in dialects)
+    assert {i["kind"] for i in cosy} >= {"dialect", "emotion", "speed", "volume", "style"}
+    assert {i["text"] for i in engines["kokoro"]["honoured"]} >= {"slow", "fast"}
+
+
+def test_workers_listing(client: FlaskClient, api_key: str, sessions: sessionmaker[Session]) -> None:
+    from shared.models import Worker
+
+    assert client.get("/v1/workers", headers=auth(api_key)).get_json() == {"workers": []}
+    with transaction(sessions) as session:
+        session.add(Worker(name="kokoro-cpu0@h", engine="kokoro", device="cpu", jobs_done=4,
+                           audio_seconds=10.0, compute_seconds=5.0))  # fmt: skip
+    (worker,) = client.get("/v1/workers", headers=auth(api_key)).get_json()["workers"]
+    assert worker["name"] == "kokoro-cpu0@h" and worker["jobs_done"] == 4 and worker["mean_rtf"] == 0.5

@@ -21,7 +21,7 @@ from shared.db import make_engine, make_session_factory, transaction
 from shared.models import Job, Worker, utcnow
 from shared.storage import Storage
 from worker.asr import Transcriber
-from worker.engines import create_engine
+from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class WorkerContext:
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
         name = settings.worker_name or f"{settings.engine}@{socket.gethostname()}-{os.getpid()}"
-        engine = create_engine(settings.engine)
+        engine = create_engine(settings.engine, **engine_options(settings.engine, settings))
         engine.load()
         ctx = cls(
             settings=settings,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from importlib import import_module
-from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
@@ -12,7 +10,7 @@ from sqlalchemy import select
 from producer.auth import authenticate
 from producer.resources import farm
 from shared.models import Worker, utcnow
-from worker.engines import create_engine, engine_names
+from worker.engines import engine_names, instruction_catalogue
 
 bp = Blueprint("catalog", __name__, url_prefix="/v1")
 # A worker whose heartbeat is older than this is presumed dead.
@@ -23,17 +21,14 @@ WORKER_STALE_S = 45
 def instructions() -> Response:
     with farm().sessions() as session:
         authenticate(session)
-    engines: dict[str, Any] = {}
-    for name in engine_names():
-        caps = create_engine(name).capabilities
-        module = import_module(type(create_engine(name)).__module__)
-        catalogue = getattr(module, "INSTRUCTIONS", None)
-        engines[name] = {
-            "honoured": catalogue if catalogue is not None else [{"text": text} for text in caps.instructions],
-            "free_form": "passed to the model"
-            if catalogue is not None
-            else "reported in result.warnings when not honoured",
+    engines = {
+        name: {
+            "honoured": instruction_catalogue(name),
+            # cosyvoice reads free-form instructions itself; kokoro reports what it could not honour.
+            "free_form": "passed to the model" if name == "cosyvoice" else "reported in result.warnings",
         }
+        for name in engine_names()
+    }
     return jsonify({"engines": engines})
 
 

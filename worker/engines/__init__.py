@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from shared.config import Settings
 from worker.engines.base import Engine
 
 _REGISTRY = {
@@ -16,6 +17,22 @@ def engine_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def engine_options(name: str, settings: Settings) -> dict[str, object]:
+    """Constructor arguments for an engine, from the settings."""
+    if name == "kokoro":
+        return {"threads": settings.engine_threads or None}
+    if name == "cosyvoice":
+        return {
+            "model_dir": settings.cosyvoice_model_dir,
+            "data_dir": settings.data_dir,
+            "worker_name": settings.worker_name or None,
+            "load_trt": settings.cosyvoice_load_trt,
+            "load_vllm": settings.cosyvoice_load_vllm,
+            "fp16": settings.cosyvoice_fp16,
+        }
+    return {}
+
+
 def create_engine(name: str, **options: object) -> Engine:
     try:
         target = _REGISTRY[name]
@@ -25,3 +42,12 @@ def create_engine(name: str, **options: object) -> Engine:
     cls = getattr(import_module(module_name), cls_name)
     engine: Engine = cls(**options)
     return engine
+
+
+def instruction_catalogue(name: str) -> list[dict[str, str]]:
+    """The instructions an engine honours: its structured `INSTRUCTIONS` list when its module has one."""
+    engine = create_engine(name)
+    catalogue = getattr(import_module(type(engine).__module__), "INSTRUCTIONS", None)
+    if catalogue is not None:
+        return list(catalogue)
+    return [{"text": text} for text in engine.capabilities.instructions]
