@@ -5,6 +5,8 @@ This module imports no engine code: the producer sends tasks by name and never l
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from shared.config import Settings
@@ -15,6 +17,7 @@ TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
 # Redis delivers unacked messages again after this long; a task running longer is redelivered, which the
 # conditional job transitions make harmless.
 VISIBILITY_TIMEOUT_S = 900
+log = logging.getLogger(__name__)
 
 
 def engine_queue(engine: str) -> str:
@@ -41,6 +44,10 @@ def make_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
         },
         task_default_queue=engine_queue(settings.engine),
+        # Fail a send fast when Redis is down: the job row is committed and the reconciler re-sends it.
+        broker_connection_timeout=2,
+        broker_connection_max_retries=1,
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
     )
     return app
 
@@ -50,6 +57,33 @@ def redis_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
-def enqueue_job(app: Celery, job_id: str, kind: str, engine: str, priority: int) -> None:
+def time_limits(kind: str, text_chars: int) -> tuple[float, float]:
+    """Soft and hard limits in seconds, growing with the text: a CPU engine speaks ~2 chars/s at worst."""
+    if kind == "clone":
+        return 300.0, 360.0
+    soft = 120.0 + 2.0 * text_chars
+    return soft, soft + 60.0
+
+
+def enqueue_job(app: Celery, job_id: str, kind: str, engine: str, priority: int, text_chars: int = 0) -> None:
     """Send a job's task; the job row must already be committed."""
-    app.send_task(TASKS[kind], args=[job_id], queue=engine_queue(engine), priority=redis_priority(priority))
+    soft, hard = time_limits(kind, text_chars)
+    app.send_task(
+        TASKS[kind],
+        args=[job_id],
+        queue=engine_queue(engine),
+        priority=redis_priority(priority),
+        soft_time_limit=soft,
+        time_limit=hard,
+    )
+
+
+def try_enqueue(app: Celery, job_id: str, kind: str, engine: str, priority: int, text_chars: int = 0) -> bool:
+    """Enqueue, but treat a broker outage as survivable: the row is committed, so the reconciler sends the task
+    once the broker is back. Returns whether the send succeeded."""
+    try:
+        enqueue_job(app, job_id, kind, engine, priority, text_chars)
+        return True
+    except Exception:  # kombu raises several connection error types; all mean "not sent"
+        log.warning("could not enqueue job %s; the reconciler will send it", job_id, exc_info=True)
+        return False

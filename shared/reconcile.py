@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -66,7 +66,7 @@ def _first_arg(argsrepr: str) -> str:
 def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: int, grace_s: float = 30.0) -> Report:
     report = Report()
     now = utcnow()
-    recovered: list[tuple[str, str, str, int]] = []
+    recovered: list[tuple[str, str, str, int, int]] = []
     with transaction(sessions) as session:
         expired = session.scalars(
             select(Job).where(Job.status == "running", Job.lease_expires_at < now).with_for_update(skip_locked=True)
@@ -79,21 +79,21 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: 
                 report.quarantined += 1
             else:
                 job.status, job.lease_expires_at, job.worker = "queued", None, None
-                recovered.append((job.id, job.kind, job.engine, job.priority))
+                recovered.append((job.id, job.kind, job.engine, job.priority, len(job.text)))
     # The dead worker's message may sit unacked until Redis's visibility timeout: send a fresh one now.
-    for job_id, kind, engine, priority in recovered:
-        enqueue_job(celery, job_id, kind, engine, priority)
+    for job_id, kind, engine, priority, chars in recovered:
+        enqueue_job(celery, job_id, kind, engine, priority, chars)
     report.recovered_expired = len(recovered)
     in_broker = job_ids_in_broker(celery)
     with sessions() as session:
         queued = session.execute(
-            select(Job.id, Job.kind, Job.engine, Job.priority).where(
+            select(Job.id, Job.kind, Job.engine, Job.priority, func.length(Job.text)).where(
                 Job.status == "queued", Job.created_at < now - timedelta(seconds=grace_s)
             )
         ).all()
-    for job_id, kind, engine, priority in queued:
+    for job_id, kind, engine, priority, chars in queued:
         if job_id not in in_broker and job_id not in {r[0] for r in recovered}:
-            enqueue_job(celery, job_id, kind, engine, priority)
+            enqueue_job(celery, job_id, kind, engine, priority, chars)
             report.requeued_lost += 1
     if report.requeued_lost or report.recovered_expired or report.quarantined:
         log.info("reconciled: %s", report)

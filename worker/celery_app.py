@@ -8,13 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
-from shared import jobs
+from shared import jobs, voices
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Unavailable
+from shared.models import Job
 from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
@@ -55,6 +57,10 @@ def create_worker_app() -> Celery:
         ctx = context()
         try:
             return job(ctx, job_id)
+        except SoftTimeLimitExceeded:
+            limit = task.request.timelimit[1] if task.request.timelimit else None
+            _give_up(ctx, job_id, "time_limit_exceeded", f"the job ran past its time limit ({limit} s)")
+            return "failed"
         except TRANSIENT as exc:
             if task.request.retries >= settings.task_max_retries:
                 _give_up(ctx, job_id, "retries_exhausted", f"gave up after {task.request.retries} retries: {exc}")
@@ -75,4 +81,7 @@ def create_worker_app() -> Celery:
 
 def _give_up(ctx: WorkerContext, job_id: str, code: str, message: str) -> None:
     with transaction(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.kind == "clone":
+            voices.mark_failed(session, job.voice, code, message)
         jobs.fail(session, job_id, code, message)

@@ -16,7 +16,7 @@ from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, PayloadTooLarge
 from shared.language import detect_language
 from shared.models import Job
-from shared.queue import enqueue_job
+from shared.queue import try_enqueue
 from shared.schemas import JobRequest
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def submit() -> tuple[Response, int]:
         job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
-        enqueue_job(resources.celery, job.id, job.kind, job.engine, job.priority)
+        try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text))
     return jsonify(job_view(resources, job)), 202 if created else 200
 
 

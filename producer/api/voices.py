@@ -12,7 +12,7 @@ from shared import jobs, voices
 from shared.db import transaction
 from shared.errors import BadRequest
 from shared.models import Voice, new_id
-from shared.queue import enqueue_job
+from shared.queue import try_enqueue
 from shared.reference import inspect_upload
 
 bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
@@ -69,7 +69,7 @@ def create() -> tuple[Response, int]:
             language=language or "",
             priority=7,
         )
-    enqueue_job(resources.celery, job.id, "clone", job.engine, job.priority)
+    try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority)
     return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
 
 
