@@ -12,6 +12,7 @@ from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
 from producer.api.voices import bp as voices_bp
 from producer.errors import register_error_handlers
+from producer.limits import RateLimiter, init_cors
 from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
@@ -34,7 +35,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         storage=Storage.from_settings(settings),
         celery=make_celery(settings),
         capabilities=create_engine(settings.engine, **engine_options(settings.engine, settings)).capabilities,
+        rate_limiter=RateLimiter(settings.broker_url, settings.rate_limit_per_minute),
     )
+    init_cors(app, settings.cors_origins)
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)

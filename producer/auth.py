@@ -6,6 +6,7 @@ from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from producer.resources import farm
 from shared.errors import Unauthorized
 from shared.keys import hash_key
 from shared.models import ApiKey
@@ -21,4 +22,5 @@ def authenticate(session: Session) -> str:
     if row is None or row.revoked_at is not None:
         raise Unauthorized("the API key is unknown or revoked", code="invalid_api_key")
     g.tenant_id = row.tenant_id
+    farm().rate_limiter.check(row.id)
     return row.tenant_id

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import TooManyRequests, Unavailable, VoicefarmError
 
@@ -47,6 +47,11 @@ def register_error_handlers(app: Flask) -> None:
         response, status = error_response("database_unavailable", "the job database is unavailable", 503)
         response.headers["Retry-After"] = "5"
         return response, status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return error_response("payload_too_large", f"the request body is larger than the {limit}-byte limit", 413)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:

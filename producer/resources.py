@@ -8,6 +8,7 @@ from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.limits import RateLimiter
 from shared.config import Settings
 from shared.storage import Storage
 from worker.engines.base import Capabilities
@@ -20,6 +21,7 @@ class Farm:
     storage: Storage
     celery: Celery
     capabilities: Capabilities
+    rate_limiter: RateLimiter
 
 
 def farm() -> Farm:

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # Limits checked at the API boundary.
     max_text_chars: int = 5000
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Requests per minute per API key (0: unlimited) and queued jobs per tenant (0: unlimited).
+    rate_limit_per_minute: int = 6000
+    max_queued_per_tenant: int = 10000
+    # Origins allowed to call the API from a browser; none by default.
+    cors_origins: list[str] = []
     # Worker behaviour.
     task_max_retries: int = 5
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.

@@ -42,6 +42,14 @@ def create_job(session: Session, *, tenant_id: str, idempotency_key: str | None,
     return job, True
 
 
+def idempotent_match(session: Session, tenant_id: str, idempotency_key: str) -> bool:
+    """Whether this key already names a job (a retried submission, which must not count against limits)."""
+    return (
+        session.scalar(select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
+        is not None
+    )
+
+
 def _check_same_request(job: Job, fields: dict[str, Any]) -> None:
     for name in ("text", "voice", "mode", "format"):
         if name in fields and getattr(job, name) != fields[name]:

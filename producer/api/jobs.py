@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from producer.auth import authenticate
+from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
 from shared import jobs, voices
 from shared.audio import CONTENT_TYPES
@@ -36,6 +37,8 @@ def submit() -> tuple[Response, int]:
         if not isinstance(payload, dict):
             raise BadRequest("the body must be a JSON object", code="invalid_json")
         fields = _job_fields(resources, session, tenant_id, JobRequest.model_validate(payload))
+        if key is None or not jobs.idempotent_match(session, tenant_id, key):
+            check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
         job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
