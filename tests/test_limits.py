@@ -17,14 +17,13 @@ def client_with(settings: Settings, **overrides: object) -> FlaskClient:
 
 def test_rate_limit_per_key_answers_429_with_retry_after(farm_settings: Settings, api_key: str) -> None:
     client = client_with(farm_settings, rate_limit_per_minute=3)
-    codes = [client.get("/v1/jobs", headers=auth(api_key)).status_code for _ in range(4)]
-    assert codes[:3] == [200, 200, 200] or codes.count(429) >= 1  # a minute boundary may reset the window
-    response = client.get("/v1/jobs", headers=auth(api_key))
-    while response.status_code == 200:  # at most one window rollover
-        response = client.get("/v1/jobs", headers=auth(api_key))
-    assert response.status_code == 429
-    assert response.get_json()["error"]["code"] == "rate_limited"
-    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    responses = [client.get("/v1/jobs", headers=auth(api_key)) for _ in range(7)]
+    codes = [r.status_code for r in responses]
+    # Three per window; seven requests span at most two windows, so at least one is refused.
+    assert codes.count(200) <= 6 and 429 in codes
+    refused = responses[codes.index(429)]
+    assert refused.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
 
 
 def test_queue_depth_limit(farm_settings: Settings, api_key: str) -> None:
