@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, Response, jsonify, render_template
 
 from producer.api.catalog import bp as catalog_bp
 from producer.api.health import bp as health_bp
@@ -13,6 +13,7 @@ from producer.api.jobs import bp as jobs_bp
 from producer.api.voices import bp as voices_bp
 from producer.errors import register_error_handlers
 from producer.limits import RateLimiter, init_cors
+from producer.openapi import openapi_document
 from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
@@ -43,6 +44,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(jobs_bp)
     app.register_blueprint(voices_bp)
     app.register_blueprint(catalog_bp)
+
+    document = openapi_document()
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(document)
 
     @app.get("/")
     def index() -> str:
