@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, Response, current_app, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import TooManyRequests, Unavailable, VoicefarmError
@@ -41,7 +41,7 @@ def register_error_handlers(app: Flask) -> None:
         return error_response("invalid_request", f"{where}: {first['msg']}", 400, problems=problems)
 
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
+    @app.errorhandler(InterfaceError)
     def _database_down(exc: DBAPIError) -> tuple[Response, int]:
         log.warning("database error: %s", type(exc.orig).__name__ if exc.orig else exc)
         response, status = error_response("database_unavailable", "the job database is unavailable", 503)

@@ -56,8 +56,13 @@ def _check_same_request(job: Job, fields: dict[str, Any]) -> None:
             raise Conflict("Idempotency-Key was already used for a different request", code="idempotency_key_reused")
 
 
+def is_job_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    # Anything that is not an id is refused before it reaches the database.
+    job = session.get(Job, job_id) if is_job_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"job {job_id} not found", code="job_not_found")
     return job
@@ -71,7 +76,7 @@ def list_jobs(
     if status:
         query = query.where(Job.status == status)
     if before:
-        anchor = session.get(Job, before)
+        anchor = session.get(Job, before) if is_job_id(before) else None
         if anchor is None or anchor.tenant_id != tenant_id:
             raise NotFound("cursor does not name a job", code="bad_cursor")
         query = query.where(

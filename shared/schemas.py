@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,6 +11,14 @@ from shared.audio import FORMATS, SAMPLE_RATES
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
+
+
+def clean_text(value: str) -> str:
+    """Refuse what no engine or database should see: control characters and unpaired surrogates."""
+    for ch in value:
+        if (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r") or unicodedata.category(ch) == "Cs":
+            raise ValueError(f"contains the control or surrogate character U+{ord(ch):04X}")
+    return value
 
 
 class JobRequest(BaseModel):
@@ -25,6 +34,18 @@ class JobRequest(BaseModel):
     sample_rate: int | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     priority: int = Field(default=5, ge=0, le=9)
+
+    @field_validator("text", "voice", "instruct")
+    @classmethod
+    def _clean_text(cls, value: str | None) -> str | None:
+        return None if value is None else clean_text(value)
+
+    @field_validator("text")
+    @classmethod
+    def _speakable(cls, value: str) -> str:
+        if not any(unicodedata.category(ch)[0] in "LN" for ch in value):
+            raise ValueError("text has no letters or digits to speak")
+        return value
 
     @field_validator("sample_rate")
     @classmethod

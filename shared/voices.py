@@ -31,8 +31,13 @@ def is_voice_id(name: str) -> bool:
     return name.startswith("v_")
 
 
+def _well_formed(voice_id: str) -> bool:
+    return len(voice_id) <= 32 and voice_id[2:].isalnum() and voice_id[2:].isascii()
+
+
 def get_voice(session: Session, tenant_id: str, voice_id: str) -> Voice:
-    voice = session.get(Voice, voice_id)
+    # Anything that is not an id is refused before it reaches the database.
+    voice = session.get(Voice, voice_id) if is_voice_id(voice_id) and _well_formed(voice_id) else None
     if voice is None or voice.tenant_id != tenant_id:
         raise NotFound(f"voice {voice_id} not found", code="voice_not_found")
     return voice

@@ -29,8 +29,10 @@ MAX_PAGE = 200
 def submit() -> tuple[Response, int]:
     resources = farm()
     key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 200:
-        raise BadRequest("Idempotency-Key is longer than 200 characters", code="invalid_idempotency_key")
+    if key is not None and (len(key) > 200 or not key.isprintable() or not key.isascii()):
+        raise BadRequest(
+            "Idempotency-Key must be at most 200 printable ASCII characters", code="invalid_idempotency_key"
+        )
     with resources.sessions() as session, session.begin():
         tenant_id = authenticate(session)
         payload = request.get_json(silent=True)

@@ -14,6 +14,7 @@ from shared.errors import BadRequest
 from shared.models import Voice, new_id
 from shared.queue import try_enqueue
 from shared.reference import inspect_upload
+from shared.schemas import clean_text
 
 bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
 MAX_TRANSCRIPT_CHARS = 1000
@@ -28,8 +29,11 @@ def create() -> tuple[Response, int]:
     upload = request.files.get("audio")
     if upload is None:
         raise BadRequest("send the reference clip as multipart field 'audio'", code="missing_audio")
-    name = (request.form.get("name") or "").strip()
-    transcript = " ".join((request.form.get("transcript") or "").split()) or None
+    try:
+        name = clean_text((request.form.get("name") or "").strip())
+        transcript = clean_text(" ".join((request.form.get("transcript") or "").split())) or None
+    except ValueError as exc:
+        raise BadRequest(f"name or transcript {exc}", code="invalid_text") from None
     language = request.form.get("language") or None
     if len(name) > MAX_NAME_CHARS:
         raise BadRequest(f"name is longer than {MAX_NAME_CHARS} characters", code="invalid_name")
