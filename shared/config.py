@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = 10000
     # Origins allowed to call the API from a browser; none by default.
     cors_origins: list[str] = []
+    # Webhooks may target loopback and private networks only when this is set (tests, a trusted LAN).
+    # The farm's own database, broker, storage and API ports stay forbidden either way.
+    webhook_allow_private: bool = False
     # Worker behaviour.
     task_max_retries: int = 5
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.

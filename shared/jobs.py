@@ -6,7 +6,7 @@ record a result: the second finds the row already terminal and does nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -140,7 +140,3 @@ def _finish(session: Session, job_id: str, **values: Any) -> bool:
 
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None

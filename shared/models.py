@@ -86,6 +86,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Voice(Base):

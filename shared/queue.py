@@ -13,6 +13,7 @@ from shared.config import Settings
 
 SYNTHESIZE_TASK = "voicefarm.synthesize"
 CLONE_TASK = "voicefarm.clone"
+WEBHOOK_TASK = "voicefarm.webhook"
 TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
 # Redis delivers unacked messages again after this long; a task running longer is redelivered, which the
 # conditional job transitions make harmless.

@@ -3,6 +3,7 @@
 - A queued job whose message the broker no longer holds (Redis restarted without its data, a send that failed
   after the row committed) is enqueued again.
 - A running job whose lease expired (its worker died mid-job) goes back to queued and is enqueued again.
+- A finished job whose webhook was never attempted (its worker died right after finishing) gets one sent.
 - A job that has already used up its attempts is quarantined (failed with `quarantined`) instead of looping:
   it probably kills its worker.
 Re-sending is always safe: transitions are conditional and object keys deterministic, so a duplicate message
@@ -14,15 +15,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
+from shared.jobs import TERMINAL
 from shared.models import Job, utcnow
-from shared.queue import TASKS, enqueue_job
+from shared.queue import TASKS, WEBHOOK_TASK, engine_queue, enqueue_job
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Report:
     requeued_lost: int = 0
     recovered_expired: int = 0
     quarantined: int = 0
+    webhooks_sent: int = 0
 
 
 def job_ids_in_broker(celery: Celery) -> set[str]:
@@ -95,6 +98,22 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: 
         if job_id not in in_broker and job_id not in {r[0] for r in recovered}:
             enqueue_job(celery, job_id, kind, engine, priority, chars)
             report.requeued_lost += 1
-    if report.requeued_lost or report.recovered_expired or report.quarantined:
+    report.webhooks_sent = _send_missed_webhooks(sessions, celery, now - timedelta(seconds=grace_s * 2))
+    if report.requeued_lost or report.recovered_expired or report.quarantined or report.webhooks_sent:
         log.info("reconciled: %s", report)
     return report
+
+
+def _send_missed_webhooks(sessions: sessionmaker[Session], celery: Celery, finished_before: datetime) -> int:
+    with sessions() as session:
+        missed = session.execute(
+            select(Job.id, Job.engine).where(
+                Job.status.in_(TERMINAL),
+                Job.webhook_url.is_not(None),
+                Job.webhook_attempts == 0,
+                Job.finished_at < finished_before,
+            )
+        ).all()
+    for job_id, engine in missed:
+        celery.send_task(WEBHOOK_TASK, args=[job_id], queue=engine_queue(engine))
+    return len(missed)

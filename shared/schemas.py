@@ -34,6 +34,7 @@ class JobRequest(BaseModel):
     sample_rate: int | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     priority: int = Field(default=5, ge=0, le=9)
+    webhook_url: str | None = Field(default=None, max_length=2000)
 
     @field_validator("text", "voice", "instruct")
     @classmethod

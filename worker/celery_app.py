@@ -17,13 +17,15 @@ from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Unavailable
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, WEBHOOK_TASK, engine_queue, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.synthesis import run_synthesis
+from worker.webhooks import WebhookFailed, deliver_webhook
 
 log = logging.getLogger(__name__)
 # Failures worth another try: a dependency was briefly down.
+WEBHOOK_RETRIES = 5
 TRANSIENT = (Unavailable, OperationalError, ConnectionError, TimeoutError)
 
 
@@ -56,17 +58,39 @@ def create_worker_app() -> Celery:
     def run(task: Task, job: Callable[[WorkerContext, str], str], job_id: str) -> str:
         ctx = context()
         try:
-            return job(ctx, job_id)
+            outcome = job(ctx, job_id)
+            if outcome != "skipped":
+                notify(job_id)
+            return outcome
         except SoftTimeLimitExceeded:
             limit = task.request.timelimit[1] if task.request.timelimit else None
             _give_up(ctx, job_id, "time_limit_exceeded", f"the job ran past its time limit ({limit} s)")
+            notify(job_id)
             return "failed"
         except TRANSIENT as exc:
             if task.request.retries >= settings.task_max_retries:
                 _give_up(ctx, job_id, "retries_exhausted", f"gave up after {task.request.retries} retries: {exc}")
+                notify(job_id)
                 return "failed"
             log.warning("job %s: transient failure (%s); retrying", job_id, exc)
             raise task.retry(exc=exc, countdown=backoff_s(task.request.retries)) from exc
+
+    def notify(job_id: str) -> None:
+        with context().sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or not job.webhook_url:
+                return
+        app.send_task(WEBHOOK_TASK, args=[job_id], queue=engine_queue(settings.engine))
+
+    @app.task(bind=True, name=WEBHOOK_TASK, max_retries=WEBHOOK_RETRIES, soft_time_limit=30, time_limit=60)
+    def webhook(self: Task, job_id: str) -> str:
+        try:
+            return deliver_webhook(context(), job_id)
+        except WebhookFailed as exc:
+            if self.request.retries >= WEBHOOK_RETRIES:
+                log.warning("job %s: webhook undeliverable after %d tries", job_id, self.request.retries + 1)
+                return "undeliverable"
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries, base=5.0)) from exc
 
     @app.task(bind=True, name=SYNTHESIZE_TASK, max_retries=settings.task_max_retries)
     def synthesize(self: Task, job_id: str) -> str:

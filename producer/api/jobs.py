@@ -16,9 +16,10 @@ from shared import jobs, voices
 from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, PayloadTooLarge
 from shared.language import detect_language
-from shared.models import Job
 from shared.queue import try_enqueue
 from shared.schemas import JobRequest
+from shared.views import job_view
+from shared.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -45,7 +46,7 @@ def submit() -> tuple[Response, int]:
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
         try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text))
-    return jsonify(job_view(resources, job)), 202 if created else 200
+    return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s)), 202 if created else 200
 
 
 def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobRequest) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
         "sample_rate": req.sample_rate,
         "seed": req.seed,
         "priority": req.priority,
+        "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
     }
 
 
@@ -88,7 +90,7 @@ def show(job_id: str) -> Response:
     resources = farm()
     with resources.sessions() as session:
         job = jobs.get_job(session, authenticate(session), job_id)
-    return jsonify(job_view(resources, job))
+    return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s))
 
 
 @bp.get("")
@@ -108,7 +110,7 @@ def index() -> Response:
         page = jobs.list_jobs(session, tenant_id, status=status, limit=limit, before=request.args.get("cursor"))
     return jsonify(
         {
-            "jobs": [job_view(resources, job) for job in page],
+            "jobs": [job_view(job, resources.storage, resources.settings.presign_expiry_s) for job in page],
             "next_cursor": page[-1].id if len(page) == limit else None,
         }
     )
@@ -129,31 +131,3 @@ def audio(job_id: str) -> Response | WerkzeugResponse:
     response.headers["Content-Disposition"] = f'attachment; filename="{job.id}.{job.format}"'
     response.headers["X-Content-SHA256"] = job.result["sha256"]
     return response
-
-
-def job_view(resources: Farm, job: Job) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "progress": round(job.progress, 3),
-        "attempts": job.attempts,
-        "text": job.text,
-        "voice": job.voice,
-        "mode": job.mode,
-        "instruct": job.instruct,
-        "language": job.language,
-        "speed": job.speed,
-        "format": job.format,
-        "priority": job.priority,
-        "created_at": jobs.iso(job.created_at),
-        "started_at": jobs.iso(job.started_at),
-        "finished_at": jobs.iso(job.finished_at),
-    }
-    if job.status == "failed":
-        view["error"] = {"code": job.error_code, "message": job.error_message}
-    if job.status == "succeeded" and job.result:
-        result = {k: v for k, v in job.result.items() if k != "key"}
-        result["url"] = resources.storage.presigned_url(job.result["key"], resources.settings.presign_expiry_s)
-        view["result"] = result
-    return view

@@ -15,6 +15,7 @@ from shared.models import Voice, new_id
 from shared.queue import try_enqueue
 from shared.reference import inspect_upload
 from shared.schemas import clean_text
+from shared.views import iso
 
 bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
 MAX_TRANSCRIPT_CHARS = 1000
@@ -123,8 +124,8 @@ def voice_view(voice: Voice) -> dict[str, Any]:
         "language": voice.language,
         "transcript": voice.transcript,
         "duration_s": voice.duration_s,
-        "created_at": jobs.iso(voice.created_at),
-        "ready_at": jobs.iso(voice.ready_at),
+        "created_at": iso(voice.created_at),
+        "ready_at": iso(voice.ready_at),
     }
     if voice.details:
         view["warnings"] = voice.details.get("warnings", [])

@@ -1,0 +1,48 @@
+"""The JSON shape of a job, shared by the API and webhook deliveries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.models import Job
+from shared.storage import Storage
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": round(job.progress, 3),
+        "attempts": job.attempts,
+        "text": job.text,
+        "voice": job.voice,
+        "mode": job.mode,
+        "instruct": job.instruct,
+        "language": job.language,
+        "speed": job.speed,
+        "format": job.format,
+        "priority": job.priority,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+    if job.webhook_url:
+        view["webhook"] = {
+            "url": job.webhook_url,
+            "attempts": job.webhook_attempts,
+            "delivered_at": iso(job.webhook_delivered_at),
+            "error": job.webhook_error,
+        }
+    if job.status == "failed":
+        view["error"] = {"code": job.error_code, "message": job.error_message}
+    if job.status == "succeeded" and job.result:
+        result = {k: v for k, v in job.result.items() if k != "key"}
+        result["url"] = storage.presigned_url(job.result["key"], expiry_s)
+        view["result"] = result
+    return view
