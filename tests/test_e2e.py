@@ -129,6 +129,11 @@ def test_three_languages_are_spoken_stored_and_reported(farm: Farm) -> None:
 
     workers = requests.get(f"{farm.url}/readyz", timeout=5).json()
     assert workers["checks"]["workers"] == "ok"
+    listed = requests.get(f"{farm.url}/v1/workers", headers=farm.headers(), timeout=5).json()["workers"]
+    assert len(listed) == 1 and listed[0]["jobs_done"] >= 3 and listed[0]["mean_rtf"] > 0
+    # API keys are never written to the logs.
+    for log in farm.logs.glob("*.log"):
+        assert farm.key not in log.read_text(errors="replace")
 
 
 def test_tampered_presigned_url_is_refused(farm: Farm) -> None:
