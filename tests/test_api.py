@@ -168,3 +168,15 @@ def test_workers_listing(client: FlaskClient, api_key: str, sessions: sessionmak
                            audio_seconds=10.0, compute_seconds=5.0))  # fmt: skip
     (worker,) = client.get("/v1/workers", headers=auth(api_key)).get_json()["workers"]
     assert worker["name"] == "kokoro-cpu0@h" and worker["jobs_done"] == 4 and worker["mean_rtf"] == 0.5
+
+
+def test_time_limits_travel_with_the_message_and_grow_with_the_text(
+    client: FlaskClient, api_key: str, farm_settings: Settings
+) -> None:
+    submit(client, api_key, {"text": "Short."})
+    submit(client, api_key, {"text": "A much longer text. " * 100})
+    limits = sorted(tuple(m["headers"]["timelimit"]) for m in queued_messages(farm_settings.broker_url))  # type: ignore[index]
+    (short_hard, short_soft), (long_hard, long_soft) = limits
+    assert short_soft < short_hard and long_soft < long_hard
+    long_chars = len(("A much longer text. " * 100).strip())
+    assert long_soft - short_soft == pytest.approx(2.0 * (long_chars - len("Short.")))
