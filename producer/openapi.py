@@ -85,6 +85,14 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
                     "responses": _json("the job") | _errors(401, 404, 429, 503),
                 }
             },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a queued or running job",
+                    "security": authed,
+                    "parameters": [_id("job_id")],
+                    "responses": _json("the canceled job") | _errors(401, 404, 409, 429, 503),
+                }
+            },
             "/v1/jobs/{job_id}/audio": {
                 "get": {
                     "summary": "The job's audio (or a redirect to it with ?redirect=1)",

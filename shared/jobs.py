@@ -105,12 +105,23 @@ def start_attempt(session: Session, job_id: str, worker: str, lease_s: int) -> J
     return session.get(Job, job_id, populate_existing=True)
 
 
-def set_progress(session: Session, job_id: str, progress: float, lease_s: int) -> None:
-    session.execute(
+def set_progress(session: Session, job_id: str, progress: float, lease_s: int) -> bool:
+    """Record progress; False when the job is no longer running (canceled), so the worker can stop."""
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running")
         .values(progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
+    return _rowcount(result) == 1
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get_job(session, tenant_id, job_id)
+    if job.status in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id} already {job.status}", code="already_finished")
+    _finish(session, job_id, status="canceled")
+    session.refresh(job)
+    return job
 
 
 def renew_lease(session: Session, job_id: str, lease_s: int) -> None:

@@ -180,3 +180,25 @@ def test_time_limits_travel_with_the_message_and_grow_with_the_text(
     assert short_soft < short_hard and long_soft < long_hard
     long_chars = len(("A much longer text. " * 100).strip())
     assert long_soft - short_soft == pytest.approx(2.0 * (long_chars - len("Short.")))
+
+
+def test_cancel(client: FlaskClient, api_key: str, sessions: sessionmaker[Session]) -> None:
+    job_id = submit(client, api_key, {"text": "never mind"})[1]["id"]
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(api_key))
+    assert response.status_code == 200 and response.get_json()["status"] == "canceled"
+    assert response.get_json()["finished_at"]
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(api_key))
+    assert again.status_code == 200 and again.get_json()["status"] == "canceled"
+    other = new_api_key(sessions, "other")
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(other)).status_code == 404
+    from shared import jobs as job_state
+
+    with transaction(sessions) as session:
+        # A worker that picks the message up afterwards finds nothing to do.
+        assert job_state.start_attempt(session, job_id, "w", 60) is None
+    done = submit(client, api_key, {"text": "finished"})[1]["id"]
+    with transaction(sessions) as session:
+        job_state.start_attempt(session, done, "w", 60)
+        job_state.complete(session, done, {"key": "k", "sha256": "x"})
+    refused = client.post(f"/v1/jobs/{done}/cancel", headers=auth(api_key))
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "already_finished"

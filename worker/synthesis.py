@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 SEGMENT_PAUSE_S = 0.25
 
 
+class Canceled(Exception):
+    """The job was canceled while it ran."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """The fields of a job row the worker needs, detached from the session."""
@@ -52,6 +56,9 @@ def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
         spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
         try:
             result = _synthesize(ctx, spec)
+        except Canceled:
+            log.info("job %s was canceled; stopping", job_id)
+            return "canceled"
         except (BadRequest, ValueError, NotFound, Conflict) as exc:
             code = exc.code if isinstance(exc, VoicefarmError) else "synthesis_rejected"
             with transaction(ctx.sessions) as session:
@@ -95,7 +102,9 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
         audios.append(out.audio)
         warnings.extend(w for w in out.warnings if w not in warnings)
         with transaction(ctx.sessions) as session:
-            jobs.set_progress(session, spec.id, (i + 1) / (len(texts) + 1), ctx.settings.job_lease_s)
+            running = jobs.set_progress(session, spec.id, (i + 1) / (len(texts) + 1), ctx.settings.job_lease_s)
+        if not running:
+            raise Canceled(spec.id)
     audio, starts = join_segments(audios, caps.sample_rate, SEGMENT_PAUSE_S)
     compute_s = time.perf_counter() - started
     encoded = encode(audio, caps.sample_rate, spec.format, spec.sample_rate)

@@ -93,6 +93,14 @@ def show(job_id: str) -> Response:
     return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s))
 
 
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str) -> Response:
+    resources = farm()
+    with resources.sessions() as session, session.begin():
+        job = jobs.cancel(session, authenticate(session), job_id)
+    return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s))
+
+
 @bp.get("")
 def index() -> Response:
     resources = farm()
