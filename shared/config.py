@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 7860
+    api_workers: int = 2
 
     database_url: str = Field(default="", validation_alias=AliasChoices("DATABASE_URL", "VOICEFARM_DATABASE_URL"))
     broker_url: str = Field(
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
         default="voicefarm-secret",
         validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "VOICEFARM_S3_SECRET_KEY"),
     )
+    # Presigned URLs name this endpoint when clients reach S3 by another address than the farm does.
+    s3_public_endpoint_url: str = ""
     presign_expiry_s: int = 3600
 
     engine: str = "kokoro"

@@ -28,7 +28,8 @@ class JobRequest(BaseModel):
     voice: str | None = Field(default=None, min_length=1, max_length=64)
     mode: Literal["clone", "cross_lingual", "instruct"] = "clone"
     instruct: str | None = Field(default=None, max_length=500)
-    language: Literal["zh", "en", "ja"] | None = None
+    # Checked against the engine's languages by the API; detected from the text when absent.
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$")
     speed: float = Field(default=1.0, ge=0.5, le=2.0)
     format: Format = "wav"
     sample_rate: int | None = None

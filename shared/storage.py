@@ -26,9 +26,24 @@ class Storage:
         *,
         connect_timeout: float = 5,
         read_timeout: float = 30,
+        public_endpoint_url: str = "",
     ):
         self.bucket = bucket
-        self._client: Any = boto3.client(
+        self._client: Any = self._make_client(
+            endpoint_url, access_key, secret_key, region, connect_timeout, read_timeout
+        )
+        # Signing needs no connection: a second client only changes the host the URLs name.
+        self._presigner: Any = (
+            self._make_client(public_endpoint_url, access_key, secret_key, region, connect_timeout, read_timeout)
+            if public_endpoint_url
+            else self._client
+        )
+
+    @staticmethod
+    def _make_client(
+        endpoint_url: str, access_key: str, secret_key: str, region: str, connect_timeout: float, read_timeout: float
+    ) -> Any:
+        return boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
             aws_access_key_id=access_key,
@@ -52,6 +67,7 @@ class Storage:
             settings.s3_access_key,
             settings.s3_secret_key,
             settings.s3_region,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
 
     def ensure_bucket(self) -> None:
@@ -96,7 +112,7 @@ class Storage:
             return keys
 
     def presigned_url(self, key: str, expires_s: int) -> str:
-        url: str = self._client.generate_presigned_url(
+        url: str = self._presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
         return url

@@ -42,7 +42,8 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
     if job.status == "failed":
         view["error"] = {"code": job.error_code, "message": job.error_message}
     if job.status == "succeeded" and job.result:
-        result = {k: v for k, v in job.result.items() if k != "key"}
-        result["url"] = storage.presigned_url(job.result["key"], expiry_s)
+        result = {k: v for k, v in job.result.items() if not k.endswith("key")}
+        if "key" in job.result:  # clone jobs store a profile, not audio to hand out
+            result["url"] = storage.presigned_url(job.result["key"], expiry_s)
         view["result"] = result
     return view

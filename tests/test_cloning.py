@@ -172,3 +172,21 @@ def test_voices_are_private_and_deletable(
     assert client.get(f"/v1/voices/{body['id']}", headers=auth(api_key)).status_code == 404
     assert ctx.storage.list_keys(prefix) == []
     assert json.loads(client.get("/v1/voices", headers=auth(api_key)).data)["voices"] == []
+
+
+def test_clone_jobs_show_in_the_job_api_without_audio(
+    client: FlaskClient, api_key: str, ctx: WorkerContext, reference_wav: bytes
+) -> None:
+    _status, body = upload(client, api_key, reference_wav, transcript=REFERENCE_TEXT)
+    assert run_clone(ctx, body["job_id"]) == "succeeded"
+    job = client.get(f"/v1/jobs/{body['job_id']}", headers=auth(api_key)).get_json()
+    assert job["kind"] == "clone" and job["status"] == "succeeded"
+    assert job["result"]["voice_id"] == body["id"] and "url" not in job["result"]
+    assert not any(k.endswith("key") for k in job["result"])
+    listing = client.get("/v1/jobs", headers=auth(api_key))
+    assert listing.status_code == 200 and body["job_id"] in {j["id"] for j in listing.get_json()["jobs"]}
+    audio = client.get(f"/v1/jobs/{body['job_id']}/audio", headers=auth(api_key))
+    assert audio.status_code == 404 and audio.get_json()["error"]["code"] == "no_audio"
+    # A transcript without a language: the language comes from the transcript.
+    voice = client.get(f"/v1/voices/{body['id']}", headers=auth(api_key)).get_json()
+    assert voice["language"] == "en"

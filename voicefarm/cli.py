@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run the whole farm on this machine with embedded services (what ./run.sh does)")
     sub.add_parser("migrate", help="apply database migrations")
     api = sub.add_parser("api", help="serve the API with gunicorn")
-    api.add_argument("--workers", type=int, default=int(os.environ.get("VOICEFARM_API_WORKERS", "2")))
+    api.add_argument("--workers", type=int, help="gunicorn worker processes (default: VOICEFARM_API_WORKERS or 2)")
     worker = sub.add_parser("worker", help="start synthesis workers")
     worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
     worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         # Migrations run before serving, so a new release never answers on an old schema.
         from shared.db import migrate
+        from shared.storage import Storage
 
         migrate(settings.resolved_database_url())
-        return _exec_api(settings, args.workers)
+        Storage.from_settings(settings).ensure_bucket()
+        return _exec_api(settings, args.workers or settings.api_workers)
     if args.command == "worker":
         from voicefarm.workers import run_workers
 

@@ -9,6 +9,7 @@ from typing import Any
 from shared import jobs, voices
 from shared.db import transaction
 from shared.errors import BadRequest
+from shared.language import detect_language
 from shared.models import Voice
 from shared.reference import inspect_upload, normalise, to_wav
 from worker.context import WorkerContext
@@ -64,6 +65,7 @@ def _clone(
         language = language or detected
         if not transcript:
             raise BadRequest("no speech was recognised in the reference clip", code="no_speech")
+    language = language or detect_language(transcript)
     with transaction(ctx.sessions) as session:
         jobs.set_progress(session, job_id, 0.6, ctx.settings.job_lease_s)
 

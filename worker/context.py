@@ -135,7 +135,7 @@ class WorkerContext:
         return job
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(min(HEARTBEAT_S, self.settings.job_lease_s / 3)):  # renew well before expiry
             try:
                 with transaction(self.sessions) as session:
                     session.execute(update(Worker).where(Worker.name == self.name).values(last_seen=utcnow()))

@@ -14,7 +14,7 @@ from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
 from shared import jobs, voices
 from shared.audio import CONTENT_TYPES
-from shared.errors import BadRequest, Conflict, PayloadTooLarge
+from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.language import detect_language
 from shared.queue import try_enqueue
 from shared.schemas import JobRequest
@@ -129,6 +129,8 @@ def audio(job_id: str) -> Response | WerkzeugResponse:
     resources = farm()
     with resources.sessions() as session:
         job = jobs.get_job(session, authenticate(session), job_id)
+    if job.kind != "synthesize":
+        raise NotFound(f"job {job_id} is a {job.kind} job and has no audio", code="no_audio")
     if job.status != "succeeded" or not job.result:
         raise Conflict(f"job {job_id} is {job.status}; audio exists only once it has succeeded", code="not_ready")
     key = job.result["key"]
