@@ -81,7 +81,7 @@ def test_idempotency_key(client: FlaskClient, api_key: str, farm_settings: Setti
         ({"text": 5}, "invalid_request"),
         ({"text": "hi", "voice": "nobody"}, "unknown_voice"),
         ({"text": "hi", "format": "aiff"}, "invalid_request"),
-        ({"text": "hi", "language": "fr"}, "invalid_request"),
+        ({"text": "hi", "language": "fr"}, "unsupported_language"),
         ({"text": "hi", "speed": 9}, "invalid_request"),
         ({"text": "hi", "sample_rate": 12345}, "invalid_request"),
         ({"text": "hi", "mode": "instruct"}, "invalid_request"),

@@ -56,7 +56,7 @@ JOB_CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("instruct-too-long", {"text": "hi", "mode": "instruct", "instruct": "x" * 501}, {}, 400, "invalid_request"),
     ("format-unknown", {"text": "hi", "format": "aiff"}, {}, 400, "invalid_request"),
     ("format-path", {"text": "hi", "format": "../wav"}, {}, 400, "invalid_request"),
-    ("language-unknown", {"text": "hi", "language": "fr"}, {}, 400, "invalid_request"),
+    ("language-unknown", {"text": "hi", "language": "fr"}, {}, 400, "unsupported_language"),
     ("language-case", {"text": "hi", "language": "EN"}, {}, 400, "invalid_request"),
     ("speed-high", {"text": "hi", "speed": 9}, {}, 400, "invalid_request"),
     ("speed-zero", {"text": "hi", "speed": 0}, {}, 400, "invalid_request"),
