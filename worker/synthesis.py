@@ -89,6 +89,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
     started = time.perf_counter()
     audios: list[np.ndarray] = []
     warnings: list[str] = []
+    similarities: list[tuple[float, int]] = []
     for i, text in enumerate(texts):
         out = ctx.engine.synthesize(
             text,
@@ -100,6 +101,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
             seed=spec.seed,
         )
         audios.append(out.audio)
+        if out.similarity is not None:
+            similarities.append((out.similarity, len(out.audio)))
         warnings.extend(w for w in out.warnings if w not in warnings)
         with transaction(ctx.sessions) as session:
             running = jobs.set_progress(session, spec.id, (i + 1) / (len(texts) + 1), ctx.settings.job_lease_s)
@@ -125,5 +128,11 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
         "segments": segments,
         "warnings": warnings,
         "engine": caps.name,
+        # Speaker similarity to a cloned voice's reference, weighted by each segment's length.
+        "similarity": (
+            round(sum(sim * n for sim, n in similarities) / sum(n for _, n in similarities), 4)
+            if similarities
+            else None
+        ),
         "rtf": round(compute_s / max(len(audio) / caps.sample_rate, 1e-6), 3),
     }

@@ -46,6 +46,7 @@ class Synthesis:
     audio: np.ndarray
     sample_rate: int
     warnings: list[str] = field(default_factory=list)
+    similarity: float | None = None  # speaker similarity (GE2E cosine) to a cloned voice's reference, if measured
 
 
 @runtime_checkable

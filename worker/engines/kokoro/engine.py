@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from worker.engines.kokoro import matching
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
 from worker.engines.kokoro.model import MAX_TOKENS, SAMPLE_RATE, KokoroModel
+from worker.similarity import SpeakerEncoder, shared_encoder
 
 ENGINE_NAME = "kokoro"
 STOCK_VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
@@ -27,7 +29,12 @@ MAX_SEGMENT_CHARS = 200
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 MODES = ("clone", "cross_lingual", "instruct")
 
-_CALIBRATION = ("ja", "今日はとてもいい天気ですね。一緒に公園を散歩しましょう。")
+# What every stock voice reads to be matched against references: its speaker embedding, mean spectral envelope
+# and pitch come from these renders, and clone() tunes the WORLD transform on them.
+_CALIBRATION = (
+    ("ja", "今日はとてもいい天気ですね。一緒に公園を散歩しましょう。"),
+    ("en", "Please call Stella and ask her to bring these things with her from the store."),
+)
 _CHUNK_GAP_S = 0.12
 _SENTENCE_END = re.compile(r"(?<=[.!?;:,…—])\s+")
 
@@ -67,6 +74,15 @@ def _trim(audio: np.ndarray, threshold: float = 0.005, pad_s: float = 0.05) -> n
     return audio[max(0, loud[0] - pad) : loud[-1] + pad]
 
 
+@dataclass
+class _StockVoice:
+    """A stock voice reading the calibration sentences; its WORLD analysis is made when a clone first needs it."""
+
+    audio: np.ndarray
+    embedding: np.ndarray
+    world: matching.World | None = None
+
+
 class KokoroEngine:
     """Embedded default engine. `load()` once per process; `synthesize` and `clone` may run from several threads."""
 
@@ -87,7 +103,9 @@ class KokoroEngine:
         self._lock = threading.Lock()
         self._model: KokoroModel | None = None
         self._phonemizer = Phonemizer()
-        self._voice_features: dict[str, matching.VoiceFeatures] | None = None
+        self._stock: dict[str, _StockVoice] | None = None
+        self._stock_lock = threading.Lock()
+        self._encoder: SpeakerEncoder = shared_encoder()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -101,6 +119,7 @@ class KokoroEngine:
             if missing:
                 raise RuntimeError(f"kokoro voice packs are missing: {', '.join(sorted(missing))}")
             self._phonemizer.warm(self._warm_languages)
+            self._encoder.load()
             self._model = model
 
     @property
@@ -110,42 +129,71 @@ class KokoroEngine:
         return self._model
 
     # -- voices ----------------------------------------------------------------------------------------------
-    def _resolve_voice(self, voice: str | VoiceProfile) -> tuple[str, list[str]]:
+    def _resolve_voice(self, voice: str | VoiceProfile) -> tuple[str, matching.Profile | None, list[str]]:
         if isinstance(voice, VoiceProfile):
             if voice.engine != ENGINE_NAME:
                 raise ValueError(f"voice profile was built by engine {voice.engine!r}, not {ENGINE_NAME!r}")
-            base = matching.profile_base_voice(voice.data)
-            if base not in STOCK_VOICES:
-                raise ValueError(f"kokoro profile names an unknown stock voice {base!r}")
-            note = (
-                f"The kokoro engine cannot clone voices: this voice is spoken by the stock voice {base!r}, "
-                "the one nearest to the reference in pitch and timbre."
+            profile = matching.parse_profile(voice.data)
+            if profile.base_voice not in STOCK_VOICES:
+                raise ValueError(f"kokoro profile names an unknown stock voice {profile.base_voice!r}")
+            moved = (
+                ", with its pitch and spectral envelope moved toward the reference"
+                if profile.transform is not None and not profile.transform.identity
+                else ""
             )
-            return base, [note]
+            note = (
+                f"The kokoro engine cannot clone voices: this voice is spoken by the stock voice "
+                f"{profile.base_voice!r}, the one nearest to the reference by speaker embedding{moved}."
+            )
+            return profile.base_voice, profile, [note]
         if voice not in STOCK_VOICES:
             raise ValueError(f"unknown kokoro voice {voice!r}; stock voices: {', '.join(STOCK_VOICES)}")
-        return voice, []
+        return voice, None, []
 
-    def _stock_features(self) -> dict[str, matching.VoiceFeatures]:
-        """Pitch and timbre of every stock voice reading the calibration sentence (computed once)."""
-        if self._voice_features is None:
-            language, sentence = _CALIBRATION
-            features = {}
-            for name in STOCK_VOICES:
-                audio, _ = self._render(sentence, language, name, 1.0)
-                features[name] = matching.voice_features(audio, SAMPLE_RATE)
-            self._voice_features = features
-        return self._voice_features
+    def _stock_voices(self) -> dict[str, _StockVoice]:
+        """Every stock voice reading the calibration sentences, with its speaker embedding (computed once)."""
+        with self._stock_lock:
+            if self._stock is None:
+                self._stock = self._calibrate()
+            return self._stock
+
+    def _calibrate(self) -> dict[str, _StockVoice]:
+        stock = {}
+        gap = np.zeros(int(0.3 * SAMPLE_RATE), dtype=np.float32)
+        for name in STOCK_VOICES:
+            renders = [self._render(sentence, language, name, 1.0)[0] for language, sentence in _CALIBRATION]
+            audio = np.concatenate([renders[0], *(x for r in renders[1:] for x in (gap, r))])
+            stock[name] = _StockVoice(audio=audio, embedding=self._encoder.embed(audio, SAMPLE_RATE))
+        return stock
 
     def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
-        """Match the reference to the nearest stock voice (pitch + average spectrum); see `matching`."""
+        """Nearest stock voice by speaker embedding plus a WORLD transform toward the reference; see `matching`."""
         audio = np.asarray(reference_audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError("reference audio must be non-empty mono samples")
         if sample_rate < 8000:
             raise ValueError(f"reference sample rate {sample_rate} Hz is too low")
-        reference = matching.voice_features(audio, sample_rate)
-        match = matching.nearest_voice(reference, self._stock_features())
+        reference = matching.analyse(audio, sample_rate)
+        matching.check_voiced(reference)
+        self.load()
+        embedding = self._encoder.embed(audio, sample_rate)
+        stock = self._stock_voices()
+        base, similarities = matching.nearest_voice(embedding, {n: v.embedding for n, v in stock.items()})
+        voice = stock[base]
+        if voice.world is None:
+            voice.world = matching.analyse(voice.audio)
+
+        def score(candidate: np.ndarray) -> float:
+            return self._encoder.similarity(self._encoder.embed(candidate, SAMPLE_RATE), embedding)
+
+        transform, matched, plain = matching.tune(reference, voice.world, voice.audio, score)
+        match = matching.VoiceMatch(
+            base_voice=base,
+            similarities=similarities,
+            embedding=tuple(float(v) for v in embedding),
+            transform=transform,
+            calibration_scores=(plain, matched),
+        )
         return VoiceProfile(engine=ENGINE_NAME, data=match.to_bytes())
 
     # -- synthesis -------------------------------------------------------------------------------------------
@@ -190,7 +238,7 @@ class KokoroEngine:
             raise ValueError(f"segment has {len(text)} characters; kokoro takes at most {MAX_SEGMENT_CHARS}")
         if not (isinstance(speed, int | float) and np.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a positive number, got {speed!r}")
-        base_voice, warnings = self._resolve_voice(voice)
+        base_voice, profile, warnings = self._resolve_voice(voice)
         instruction = parse_instruction(instruct)
         warnings.extend(instruction.warnings)
         effective = float(speed) * instruction.speed_factor
@@ -203,4 +251,15 @@ class KokoroEngine:
             effective = clamped
         audio, render_warnings = self._render(text, language, base_voice, effective)
         warnings.extend(render_warnings)
-        return Synthesis(audio=audio, sample_rate=SAMPLE_RATE, warnings=warnings)
+        similarity = None
+        if profile is not None:
+            if profile.transform is not None:
+                audio = profile.transform.apply(audio)
+            if profile.embedding is not None:
+                try:
+                    output = self._encoder.embed(audio, SAMPLE_RATE)
+                except ValueError:  # nothing audible to measure
+                    output = None
+                if output is not None:
+                    similarity = self._encoder.similarity(output, profile.embedding)
+        return Synthesis(audio=audio, sample_rate=SAMPLE_RATE, warnings=warnings, similarity=similarity)

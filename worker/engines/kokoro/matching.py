@@ -1,136 +1,250 @@
-"""Voice matching for kokoro: Kokoro-82M cannot clone, so a reference is matched to the nearest stock voice.
+"""Voice matching for kokoro: Kokoro-82M cannot clone, so a reference is matched and then approximated.
 
-Two simple acoustic measures, each compared with the same measures of every stock voice speaking a fixed
-calibration sentence:
-- pitch: the median fundamental frequency (F0) of the voiced frames, compared in semitones. The F0 tracker is a
-  plain normalised-autocorrelation pitch detector on 16 kHz audio (40 ms frames, 10 ms hop, 60-500 Hz);
-- timbre: the long-term average spectrum (mean log power in 24 mel bands, 80-7600 Hz, level removed), compared as
-  the RMS difference in nepers.
-Measured on the stock voices (three languages, five voices): the same voice lies within 0.9 semitones and 0.5 of
-its calibration, while the female voices lie 0.3-7 semitones and 0.9-1.6 apart; pitch alone confuses jf_nezumi
-with jf_gongitsune, the spectrum separates them. The combined distance scales pitch by 2 semitones and the
-spectrum by 0.5.
+1. Nearest stock voice by speaker embedding: GE2E (resemblyzer's encoder, `worker.similarity`) cosine between
+   the reference and each stock voice reading fixed calibration sentences.
+2. A WORLD-vocoder transform (pyworld: DIO + StoneMask F0, CheapTrick envelope, D4C aperiodicity, 24 kHz, 5 ms
+   frames) of everything the chosen voice says, toward the reference:
+   - pitch: log-F0 moved from the voice's calibration mean toward the reference mean (at most an octave), its
+     spread scaled by the ratio of standard deviations (clamped to 0.5-2), both by a `pitch` fraction;
+   - vocal-tract length: the spectral envelope's frequency axis stretched by `warp` (formants move by it);
+   - envelope: a per-frequency gain, the smoothed difference of the reference's and the (warped) voice's mean
+     log envelope over voiced frames with the overall level removed, scaled by `envelope`, clamped to +-12 dB.
+   `pitch`, `warp` and `envelope` are tuned once at clone time by analysis by synthesis: the calibration render
+   is transformed with candidate settings and the setting whose output embedding is nearest to the reference's
+   wins (coordinate ascent; the untransformed voice is a candidate too, so the transform never scores worse on
+   the calibration than the plain stock voice).
 
-A profile is JSON bytes naming the chosen stock voice and recording how it was chosen.
+A profile is JSON bytes: the chosen stock voice, how it was chosen, the reference's embedding (so every output
+can report its speaker similarity) and the transform. Version 1 profiles (stock voice only) still load.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 PROFILE_FORMAT = "voicefarm.kokoro.voice"
-PROFILE_VERSION = 1
-
-_RATE = 16_000
-_FRAME = 640
-_HOP = 160
-_F0_MIN = 60.0
-_F0_MAX = 500.0
-_VOICING_THRESHOLD = 0.5
-_MIN_VOICED_FRAMES = 20
-_BANDS = 24
-_PITCH_SCALE_ST = 2.0
-_SPECTRUM_SCALE = 0.5
-
-
-def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if sample_rate == _RATE:
-        return audio
-    import soxr
-
-    return np.asarray(soxr.resample(audio, sample_rate, _RATE), dtype=np.float32)
+PROFILE_VERSION = 2
+RATE = 24_000
+FRAME_PERIOD_MS = 5.0
+F0_FLOOR, F0_CEIL = 60.0, 700.0
+MIN_VOICED_FRAMES = 100  # 0.5 s of voiced speech; white noise gets ~30 spurious voiced frames in 3 s
+GAIN_POINTS = 129  # envelope gain stored every 93.75 Hz from 0 to 12 kHz
+MAX_GAIN_NEPERS = math.log(10 ** (12 / 20))
+MAX_SHIFT = math.log(2.0)
+SMOOTH_HZ = 400.0
+WARPS = (0.84, 0.88, 0.92, 0.96, 1.0, 1.05, 1.1, 1.15, 1.2)
+PITCHES = (0.0, 0.5, 1.0)
+ENVELOPES = (0.0, 0.5, 1.0, 1.5)
 
 
-def _loud_frames(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Hann-windowed 40 ms frames (10 ms hop) whose level is within 20 dB of the loud end of the clip."""
-    x = _resample(audio, sample_rate).astype(np.float64)
-    if x.size < _FRAME:
-        return np.zeros((0, _FRAME))
-    frames = np.lib.stride_tricks.sliding_window_view(x, _FRAME)[::_HOP]
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    loud = rms > max(0.1 * float(np.percentile(rms, 95)), 1e-4)
-    return np.asarray(frames[loud] * np.hanning(_FRAME))
+@dataclass
+class World:
+    """WORLD analysis of a clip at 24 kHz: F0 per 5 ms frame (0 when unvoiced), envelope, aperiodicity."""
+
+    f0: np.ndarray
+    sp: np.ndarray
+    ap: np.ndarray
+
+    @property
+    def voiced(self) -> np.ndarray:
+        return self.f0 > 0
+
+    def log_f0_stats(self) -> tuple[float, float]:
+        log_f0 = np.log(self.f0[self.voiced])
+        return float(log_f0.mean()), float(max(log_f0.std(), 1e-3))
+
+    def mean_envelope(self) -> np.ndarray:
+        """Mean log spectral envelope over voiced frames (CheapTrick bins, 0-12 kHz)."""
+        return np.asarray(np.log(self.sp[self.voiced] + 1e-12).mean(axis=0))
 
 
-def f0_track(frames: np.ndarray) -> np.ndarray:
-    """F0 in Hz of every voiced frame among `frames` (from `_loud_frames`)."""
-    if frames.shape[0] == 0:
-        return np.zeros(0)
-    spectrum = np.fft.rfft(frames, n=2 * _FRAME, axis=1)
-    autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :_FRAME]
-    autocorr /= np.maximum(autocorr[:, :1], 1e-12)
-    low, high = int(_RATE / _F0_MAX), int(_RATE / _F0_MIN)
-    window = autocorr[:, low : high + 1]
-    rows = np.arange(window.shape[0])
-    peak = np.argmax(window, axis=1)
-    strength = window[rows, peak]
-    # parabolic interpolation around the peak for sub-sample lag precision
-    inner = np.clip(peak, 1, window.shape[1] - 2)
-    left, mid, right = window[rows, inner - 1], window[rows, inner], window[rows, inner + 1]
-    denominator = left - 2 * mid + right
-    curved = np.abs(denominator) > 1e-12
-    offset = np.where(curved, 0.5 * (left - right) / np.where(curved, denominator, 1.0), 0.0)
-    lag = low + inner + np.clip(offset, -1, 1)
-    voiced = (strength > _VOICING_THRESHOLD) & (peak > 0) & (peak < window.shape[1] - 1)
-    return np.asarray(_RATE / lag[voiced], dtype=np.float64)
+def analyse(audio: np.ndarray, sample_rate: int = RATE) -> World:
+    import pyworld
+
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    if sample_rate != RATE:
+        import soxr
+
+        x = np.asarray(soxr.resample(x, sample_rate, RATE), dtype=np.float64)
+    f0, times = pyworld.dio(x, RATE, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS)
+    f0 = pyworld.stonemask(x, f0, times, RATE)
+    sp = pyworld.cheaptrick(x, f0, times, RATE)  # fft 1024 at 24 kHz, like d4c
+    ap = pyworld.d4c(x, f0, times, RATE)
+    return World(f0=f0, sp=sp, ap=ap)
 
 
-def _mel(hz: np.ndarray | float) -> np.ndarray:
-    return np.asarray(2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0))
+def check_voiced(world: World) -> None:
+    count = int(world.voiced.sum())
+    if count < MIN_VOICED_FRAMES:
+        raise ValueError(f"the reference has too little voiced speech to match a voice ({count} voiced frames of 5 ms)")
 
 
-def average_spectrum(frames: np.ndarray) -> np.ndarray:
-    """Mean log power per mel band over `frames`, with the overall level removed."""
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    mel = _mel(np.fft.rfftfreq(_FRAME, 1.0 / _RATE))
-    edges = np.linspace(float(_mel(80.0)), float(_mel(7600.0)), _BANDS + 1)
-    bands = np.stack(
-        [power[:, (mel >= lo) & (mel < hi)].mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
-        axis=1,
-    )
-    level = np.log(bands + 1e-10).mean(axis=0)
-    return np.asarray(level - level.mean())
+def _warp(log_env: np.ndarray, factor: float) -> np.ndarray:
+    """Stretch the frequency axis of log envelopes (last axis) by `factor`: what sat at f moves to f * factor."""
+    bins = np.arange(log_env.shape[-1], dtype=np.float64)
+    source = np.clip(bins / factor, 0, bins[-1])
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, len(bins) - 1)
+    frac = source - low
+    return np.asarray(log_env[..., low] * (1 - frac) + log_env[..., high] * frac)
+
+
+def _smooth(values: np.ndarray, width: int) -> np.ndarray:
+    kernel = np.hanning(width + 2)[1:-1]
+    kernel /= kernel.sum()
+    padded = np.pad(values, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.asarray(np.convolve(padded, kernel, mode="valid"))
+
+
+def _resize(values: np.ndarray, size: int) -> np.ndarray:
+    return np.interp(np.linspace(0, 1, size), np.linspace(0, 1, len(values)), values)
 
 
 @dataclass(frozen=True)
-class VoiceFeatures:
-    f0_hz: float
-    spectrum: tuple[float, ...]
+class Transform:
+    """The per-voice WORLD transform; `apply` runs it on any audio the base voice speaks."""
 
-    def distance(self, other: VoiceFeatures) -> float:
-        pitch = semitones(self.f0_hz, other.f0_hz) / _PITCH_SCALE_ST
-        timbre = float(np.sqrt(np.mean((np.array(self.spectrum) - np.array(other.spectrum)) ** 2)))
-        return math.hypot(pitch, timbre / _SPECTRUM_SCALE)
+    source_log_f0: tuple[float, float]  # the base voice's calibration mean and std of log F0
+    target_log_f0: tuple[float, float]  # the reference's
+    gain: tuple[float, ...]  # full-strength log gain per frequency, GAIN_POINTS over 0-12 kHz
+    pitch: float = 1.0
+    warp: float = 1.0
+    envelope: float = 1.0
+
+    @property
+    def identity(self) -> bool:
+        return self.pitch == 0 and self.warp == 1.0 and self.envelope == 0
+
+    def f0(self, f0: np.ndarray) -> np.ndarray:
+        (src_mean, src_std), (ref_mean, ref_std) = self.source_log_f0, self.target_log_f0
+        shift = float(np.clip(ref_mean - src_mean, -MAX_SHIFT, MAX_SHIFT)) * self.pitch
+        scale = float(np.clip(ref_std / src_std, 0.5, 2.0)) ** self.pitch
+        out = f0.copy()
+        voiced = f0 > 0
+        out[voiced] = np.exp(src_mean + shift + (np.log(f0[voiced]) - src_mean) * scale)
+        return out
+
+    def envelope_gain(self, bins: int) -> np.ndarray:
+        gain = _resize(np.asarray(self.gain), bins) * self.envelope
+        return np.clip(gain, -MAX_GAIN_NEPERS, MAX_GAIN_NEPERS)
+
+    def apply_world(self, world: World) -> np.ndarray:
+        import pyworld
+
+        log_sp = np.log(world.sp + 1e-12)
+        if self.warp != 1.0:
+            log_sp = _warp(log_sp, self.warp)
+        if self.envelope:
+            log_sp = log_sp + self.envelope_gain(log_sp.shape[1])[None, :]
+        f0, sp, ap = (np.ascontiguousarray(a) for a in (self.f0(world.f0), np.exp(log_sp), world.ap))
+        audio = pyworld.synthesize(f0, sp, ap, RATE, FRAME_PERIOD_MS)
+        return np.asarray(audio, dtype=np.float64)
+
+    def apply(self, audio: np.ndarray) -> np.ndarray:
+        """Transformed float32 audio at 24 kHz, at the loudness of the input, peaks kept within +-0.99."""
+        if self.identity or audio.size < RATE * FRAME_PERIOD_MS / 1000 * 4:
+            return audio
+        world = analyse(audio)
+        if not world.voiced.any():
+            return audio
+        out = self.apply_world(world)[: audio.size]
+        return _level_like(np.pad(out, (0, audio.size - out.size)), audio)
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["gain"] = [round(g, 4) for g in self.gain]
+        return payload
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> Transform:
+        src, ref, gain = (tuple(float(v) for v in payload[k]) for k in ("source_log_f0", "target_log_f0", "gain"))
+        if len(src) != 2 or len(ref) != 2 or len(gain) != GAIN_POINTS:
+            raise ValueError("kokoro profile has a malformed transform")
+
+        def clipped(key: str, low: float, high: float) -> float:
+            return float(np.clip(float(payload.get(key, 1.0)), low, high))
+
+        strengths = clipped("pitch", 0, 1), clipped("warp", 0.7, 1.4), clipped("envelope", 0, max(ENVELOPES))
+        return cls((src[0], src[1]), (ref[0], ref[1]), gain, *strengths)
 
 
-def voice_features(audio: np.ndarray, sample_rate: int) -> VoiceFeatures:
-    """Pitch and timbre of a clip; ValueError when it holds too little voiced speech to tell."""
-    frames = _loud_frames(audio, sample_rate)
-    track = f0_track(frames)
-    if track.size < _MIN_VOICED_FRAMES:
-        raise ValueError(
-            f"the reference has too little voiced speech to match a voice ({track.size} voiced frames of 10 ms)"
-        )
-    f0 = float(np.exp(np.median(np.log(track))))
-    return VoiceFeatures(f0_hz=f0, spectrum=tuple(float(v) for v in average_spectrum(frames)))
+def _level_like(audio: np.ndarray, like: np.ndarray) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+    want = float(np.sqrt(np.mean(np.square(like, dtype=np.float64))))
+    out = audio * (want / rms if rms > 1e-9 else 0.0)
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if peak > 0.99:
+        out *= 0.99 / peak
+    return out.astype(np.float32)
 
 
-def semitones(a_hz: float, b_hz: float) -> float:
-    return 12.0 * math.log2(a_hz / b_hz)
+def design(reference: World, voice: World, pitch: float, warp: float, envelope: float) -> Transform:
+    """The transform of `voice` toward `reference` with the given strengths (envelope gain fitted after warping)."""
+    bins = voice.sp.shape[1]
+    diff = reference.mean_envelope() - _warp(voice.mean_envelope(), warp)
+    width = max(3, int(round(SMOOTH_HZ / (RATE / 2 / (bins - 1)))))
+    diff = _smooth(diff, width)
+    gain = np.clip(diff - diff.mean(), -MAX_GAIN_NEPERS, MAX_GAIN_NEPERS)
+    return Transform(
+        source_log_f0=voice.log_f0_stats(),
+        target_log_f0=reference.log_f0_stats(),
+        gain=tuple(float(g) for g in _resize(gain, GAIN_POINTS)),
+        pitch=pitch,
+        warp=warp,
+        envelope=envelope,
+    )
+
+
+def tune(
+    reference: World, voice: World, calibration: np.ndarray, score: Callable[[np.ndarray], float]
+) -> tuple[Transform, float, float]:
+    """Coordinate ascent over (warp, envelope, pitch) maximising `score` of the transformed calibration render.
+
+    Returns the best transform, its score, and the score of the untransformed render.
+    """
+    plain = score(calibration)
+    settings = {"pitch": 1.0, "warp": 1.0, "envelope": 1.0}
+    cache: dict[tuple[float, float, float], float] = {}
+
+    def evaluate(pitch: float, warp: float, envelope: float) -> float:
+        key = (pitch, warp, envelope)
+        if key not in cache:
+            transform = design(reference, voice, *key)
+            cache[key] = (
+                plain
+                if transform.identity
+                else score(_level_like(transform.apply_world(voice)[: calibration.size], calibration))
+            )
+        return cache[key]
+
+    def refine(axis: str, values: tuple[float, ...]) -> None:
+        results = {v: evaluate(**{**settings, axis: v}) for v in values}
+        settings[axis] = max(results, key=results.__getitem__)
+
+    refine("warp", WARPS)
+    refine("envelope", ENVELOPES)
+    refine("pitch", PITCHES)
+    warp = settings["warp"]
+    refine("warp", (round(warp / 1.02, 3), warp, round(warp * 1.02, 3)))
+    best = evaluate(**settings)
+    if best < plain:
+        settings = {"pitch": 0.0, "warp": 1.0, "envelope": 0.0}
+    return design(reference, voice, **settings), max(best, plain), plain
 
 
 @dataclass(frozen=True)
 class VoiceMatch:
     base_voice: str
-    reference: VoiceFeatures
-    distances: dict[str, float]
-    voice_f0_hz: dict[str, float]
+    similarities: dict[str, float]  # reference vs each stock voice's calibration render
+    embedding: tuple[float, ...]  # the reference's speaker embedding
+    transform: Transform | None
+    calibration_scores: tuple[float, float] = (0.0, 0.0)  # (stock voice, transformed) similarity on calibration
 
     def to_bytes(self) -> bytes:
         payload = {
@@ -138,39 +252,63 @@ class VoiceMatch:
             "version": PROFILE_VERSION,
             "base_voice": self.base_voice,
             "match": {
-                "method": "median_f0+average_spectrum",
-                "reference_f0_hz": round(self.reference.f0_hz, 2),
-                "voice_f0_hz": {name: round(f0, 2) for name, f0 in self.voice_f0_hz.items()},
-                "distances": {name: round(d, 3) for name, d in self.distances.items()},
+                "method": "ge2e-nearest+world",
+                "similarities": {name: round(s, 4) for name, s in self.similarities.items()},
+                "distances": {name: round(1.0 - s, 4) for name, s in self.similarities.items()},
+                "calibration_similarity": {"stock": round(self.calibration_scores[0], 4),
+                                           "matched": round(self.calibration_scores[1], 4)},
             },
-        }
+            "reference": {"embedding": [round(v, 5) for v in self.embedding]},
+            "transform": self.transform.to_json() if self.transform else None,
+        }  # fmt: skip
         return json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
-def nearest_voice(reference: VoiceFeatures, voices: dict[str, VoiceFeatures]) -> VoiceMatch:
+def nearest_voice(reference: np.ndarray, voices: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
+    """The stock voice whose embedding has the highest cosine with the reference's, and every cosine."""
     if not voices:
         raise ValueError("no stock voices to match against")
-    distances = {name: reference.distance(features) for name, features in voices.items()}
-    best = min(distances, key=distances.__getitem__)
-    return VoiceMatch(
-        base_voice=best,
-        reference=reference,
-        distances=distances,
-        voice_f0_hz={name: features.f0_hz for name, features in voices.items()},
-    )
+    ref = np.asarray(reference, dtype=np.float64)
+    sims = {
+        name: float(ref @ emb / max(float(np.linalg.norm(ref) * np.linalg.norm(emb)), 1e-12))
+        for name, emb in voices.items()
+    }
+    return max(sims, key=sims.__getitem__), sims
 
 
-def profile_base_voice(data: bytes) -> str:
-    """The stock voice a kokoro profile speaks with; ValueError for anything that is not such a profile."""
+@dataclass(frozen=True)
+class Profile:
+    base_voice: str
+    embedding: np.ndarray | None
+    transform: Transform | None
+
+
+def parse_profile(data: bytes) -> Profile:
+    """A kokoro profile (version 1 or 2); ValueError for anything that is not such a profile."""
     try:
         payload = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("voice profile is not a kokoro profile (not JSON)") from None
     if not isinstance(payload, dict) or payload.get("format") != PROFILE_FORMAT:
         raise ValueError("voice profile is not a kokoro profile (unknown format)")
-    if payload.get("version") != PROFILE_VERSION:
-        raise ValueError(f"unsupported kokoro profile version {payload.get('version')!r}")
+    version = payload.get("version")
+    if version not in (1, PROFILE_VERSION):
+        raise ValueError(f"unsupported kokoro profile version {version!r}")
     base = payload.get("base_voice")
     if not isinstance(base, str):
         raise ValueError("kokoro profile has no base_voice")
-    return base
+    if version == 1:
+        return Profile(base_voice=base, embedding=None, transform=None)
+    try:
+        embedding = np.asarray(payload["reference"]["embedding"], dtype=np.float32)
+        transform = Transform.from_json(payload["transform"]) if payload.get("transform") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"kokoro profile is malformed: {exc}") from None
+    if embedding.shape != (256,):
+        raise ValueError("kokoro profile has a malformed reference embedding")
+    return Profile(base_voice=base, embedding=embedding, transform=transform)
+
+
+def profile_base_voice(data: bytes) -> str:
+    """The stock voice a kokoro profile speaks with; ValueError for anything that is not such a profile."""
+    return parse_profile(data).base_voice
