@@ -132,6 +132,17 @@ def renew_lease(session: Session, job_id: str, lease_s: int) -> None:
     )
 
 
+def release(session: Session, job_id: str, worker: str) -> bool:
+    """Hand a claimed job back after a transient failure (a dependency was down): queued again, its attempt not
+    counted, so only attempts that never came back (a worker that died) count towards quarantine."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+        .values(status="queued", attempts=Job.attempts - 1, worker=None, lease_expires_at=None)
+    )
+    return _rowcount(result) == 1
+
+
 def complete(session: Session, job_id: str, result: dict[str, Any]) -> bool:
     return _finish(session, job_id, status="succeeded", result=result, progress=1.0)
 

@@ -9,9 +9,11 @@ without disturbing any other test. On top of them it runs `voicefarm api`, `voic
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from sqlalchemy import func, select
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import tenants
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, migrate, transaction
+from shared.errors import Unavailable
 from shared.models import Job
 from shared.storage import Storage
 from voicefarm import services
@@ -37,6 +40,7 @@ from voicefarm import services
 LOOPBACK = services.LOOPBACK
 CLI = [sys.executable, "-m", "voicefarm.cli"]
 TERMINAL = ("succeeded", "failed", "canceled")
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -98,6 +102,29 @@ def kill9_tree(proc: subprocess.Popen[bytes]) -> list[int]:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in pids), f"processes survived SIGKILL: {[p for p in pids if alive(p)]}"
     return pids
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    """Free loopback ports, all different: every socket stays bound until all are chosen."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def s3_call(fn: Callable[[], T], timeout: float = 30) -> T:
+    """Call S3, riding out the 500s a freshly restarted SeaweedFS answers until its volumes are back."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 # --- services that can be restarted ----------------------------------------------------------------------------
@@ -197,14 +224,32 @@ class SeaweedS3:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        if not self.port:
-            self.port = services.free_port()
-            self.ports = {name: services.free_port() for name in services.SEAWEED_PORT_NAMES}
+        """Start on the ports of the last start; the first start picks free ports, trying again on new ones when
+        one of them was taken meanwhile."""
+        if self.port:
+            self._start(timeout)
+            return
+        for attempt in range(3):
+            ports = _distinct_free_ports(1 + len(services.SEAWEED_PORT_NAMES))
+            self.port, self.ports = ports[0], dict(zip(services.SEAWEED_PORT_NAMES, ports[1:], strict=True))
+            try:
+                self._start(timeout)
+                return
+            except services.ServiceError:
+                if attempt == 2:
+                    raise
+                log("seaweedfs did not start; trying other ports")
+
+    def _start(self, timeout: float) -> None:
         config = services.write_s3_identities(self.data_dir / "identities.json", self.access_key, self.secret_key)
         argv = [*services.seaweedfs_argv(self.data_dir, self.port, config, self.ports), "-volume.preStopSeconds=0"]
-        self.proc = services.spawn(argv, log_path=self.data_dir / "weed.log")
+        log_path = self.data_dir / "weed.log"
+        self.proc = services.spawn(argv, log_path=log_path)
         if not services.wait_until(lambda: services.s3_ready(self.url), timeout, self.proc):
-            raise services.ServiceError(f"seaweedfs did not start; see {self.data_dir / 'weed.log'}")
+            services.terminate(self.proc, 10)
+            self.proc = None
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+            raise services.ServiceError(f"seaweedfs did not start on :{self.port} {self.ports}:\n{tail}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -231,7 +276,16 @@ class Submission:
 class FaultFarm:
     """Services + api + worker + reconciler, each started and stopped on demand; see the module docstring."""
 
-    def __init__(self, root: Path, *, lease_s: int = 10, reconcile_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lease_s: int = 10,
+        reconcile_interval_s: float = 2.0,
+        api_workers: int = 1,
+        worker_cpu: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         # Unix socket paths are limited to ~107 bytes: keep the services' dir short.
         self.root = Path(tempfile.mkdtemp(prefix="vf-ff-"))
         self.logs = root
@@ -239,6 +293,7 @@ class FaultFarm:
         self.pg = Postgres(self.root / "pg")
         self.s3 = SeaweedS3(self.root / "s3")
         self.lease_s, self.reconcile_interval_s = lease_s, reconcile_interval_s
+        self.api_workers, self.worker_cpu, self.extra_env = api_workers, worker_cpu, extra_env or {}
         self.port = 0
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -256,7 +311,7 @@ class FaultFarm:
         self.redis.start()
         self.pg.start()
         self.s3.start()
-        self.s3.storage().ensure_bucket()
+        s3_call(self.s3.storage().ensure_bucket)
         url = Settings(database_url=self.pg.url).resolved_database_url()
         migrate(url)
         self._engine = make_engine(url)
@@ -275,21 +330,25 @@ class FaultFarm:
         return self._sessions
 
     def env(self) -> dict[str, str]:
-        return os.environ | {
-            "DATABASE_URL": self.pg.url,
-            "BROKER_URL": self.redis.url,
-            "S3_ENDPOINT_URL": self.s3.url,
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-            "AWS_REGION": "us-east-1",
-            "VOICEFARM_S3_BUCKET": self.s3.bucket,
-            "VOICEFARM_DATA_DIR": str(self.root / "data"),
-            "VOICEFARM_PORT": str(self.port),
-            "VOICEFARM_API_WORKERS": "1",
-            "VOICEFARM_JOB_LEASE_S": str(self.lease_s),
-            "VOICEFARM_RECONCILE_INTERVAL_S": str(self.reconcile_interval_s),
-            "PYTHONUNBUFFERED": "1",
-        }
+        return (
+            os.environ
+            | {
+                "DATABASE_URL": self.pg.url,
+                "BROKER_URL": self.redis.url,
+                "S3_ENDPOINT_URL": self.s3.url,
+                "AWS_ACCESS_KEY_ID": self.s3.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+                "AWS_REGION": "us-east-1",
+                "VOICEFARM_S3_BUCKET": self.s3.bucket,
+                "VOICEFARM_DATA_DIR": str(self.root / "data"),
+                "VOICEFARM_PORT": str(self.port),
+                "VOICEFARM_API_WORKERS": str(self.api_workers),
+                "VOICEFARM_JOB_LEASE_S": str(self.lease_s),
+                "VOICEFARM_RECONCILE_INTERVAL_S": str(self.reconcile_interval_s),
+                "PYTHONUNBUFFERED": "1",
+            }
+            | self.extra_env
+        )
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self._generation[name] += 1
@@ -326,13 +385,17 @@ class FaultFarm:
         return time.monotonic() - started
 
     def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "worker", "--cpu", "1")
+        self.worker = self._spawn("worker", "worker", "--cpu", str(self.worker_cpu))
 
     def stop_worker(self) -> None:
+        """SIGTERM: the supervisor stops Celery, which finishes its task first; stragglers are then killed."""
         if self.worker is not None:
+            below = descendants(self.worker.pid)
             services.terminate(self.worker, 60)
-            for pid in descendants(self.worker.pid):
-                services.kill_group(pid)
+            for pid in below:
+                stat = _stat(pid)
+                if stat is not None and alive(pid):
+                    services.kill_group(stat[1])
             self.worker = None
 
     def kill9_worker(self) -> list[int]:
@@ -447,7 +510,7 @@ class FaultFarm:
         )
 
     def s3_keys(self) -> list[str]:
-        return self.s3.storage().list_keys(f"jobs/{self.tenant_id}/")
+        return s3_call(lambda: self.s3.storage().list_keys(f"jobs/{self.tenant_id}/"))
 
     def assert_exactly_once(self, accepted: Iterable[str], timeout: float = 180) -> dict[str, dict[str, Any]]:
         """Every accepted job succeeded, once: one row each and no other row for the tenant, one S3 object each
@@ -477,12 +540,11 @@ class FaultFarm:
             f"extra {sorted(set(keys) - want)[:5]}"
         )
         storage = self.s3.storage()
-        import hashlib
 
         for job_id in accepted:
             result = rows[job_id]["result"]
             assert result and result["key"] == f"jobs/{self.tenant_id}/{job_id}.{rows[job_id]['format']}"
-            data = storage.get(result["key"])
+            data = s3_call(functools.partial(storage.get, result["key"]))
             assert hashlib.sha256(data).hexdigest() == result["sha256"], f"object of {job_id} is not its result"
         return rows
 
@@ -505,8 +567,3 @@ def _row(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "finished_at": job.finished_at,
     }
-
-
-def interrupt(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)

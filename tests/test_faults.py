@@ -1,13 +1,16 @@
 """DESIGN.md §5 with real processes: nothing lost, nothing duplicated through a worker kill -9, a Redis restart
 that drops its data, a PostgreSQL outage, an S3 outage and an API restart.
 
-Each test owns its services (tests/faultfarm.py) so it can break them, and runs `voicefarm api`, `voicefarm
-worker --cpu 1` and `voicefarm reconcile` (2 s interval, 10 s leases) as subprocesses. Every test ends with the
-same check: every job the API accepted succeeded exactly once, with one row and one S3 object of its own.
+Each test owns its services (tests/faultfarm.py) so it can break them without touching the session fixtures,
+and runs `voicefarm api`, `voicefarm worker --cpu 1` and `voicefarm reconcile` (2 s interval, 10 s leases) as
+subprocesses. Every test ends with the same check (FaultFarm.assert_exactly_once): every job the API accepted
+succeeded, with exactly one row and exactly one S3 object (whose bytes match the recorded sha256), and no other
+row or object exists for the tenant. Durations are printed per scenario and summed up at the end of the module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -27,16 +30,43 @@ LONG = (
     "Its lease runs out, the reconciler puts the job back in the queue, and another worker speaks it again. "
     "The listener never notices."
 )
+OUTAGE_S = 10.0
+# Longer than the first three retries' backoff can add up to (at most 2 + 4 + 8 s), shorter than the least the five
+# retries a job is allowed (VOICEFARM_TASK_MAX_RETRIES) add up to (1 + 2 + 4 + 8 + 16 s): the farm must ride it out.
+S3_OUTAGE_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def timings(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, float]]]:
+    """Each scenario's figures, printed as one table when the module ends (visible without -s)."""
+    table: dict[str, dict[str, float]] = {}
+    yield table
+    lines = ["", "fault scenarios (seconds):"]
+    for name, figures in table.items():
+        lines.append(f"  {name:<34} " + "  ".join(f"{k}={v:.1f}" for k, v in figures.items()))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)
 
 
 @pytest.fixture
-def farm(tmp_path: Path) -> Iterator[FaultFarm]:
+def farm(tmp_path: Path, request: pytest.FixtureRequest, timings: dict[str, dict[str, float]]) -> Iterator[FaultFarm]:
+    started = time.monotonic()
     farm = FaultFarm(tmp_path)
+    figures = timings.setdefault(request.node.name.removeprefix("test_"), {})
     try:
         farm.start_all()
+        figures["startup"] = time.monotonic() - started
         yield farm
     finally:
         farm.stop_all()
+        figures["total"] = time.monotonic() - started
+        log(f"{request.node.name}: {figures}")
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest, timings: dict[str, dict[str, float]]) -> dict[str, float]:
+    return timings.setdefault(request.node.name.removeprefix("test_"), {})
 
 
 def submit_all(farm: FaultFarm, texts: list[str]) -> list[str]:
@@ -44,68 +74,42 @@ def submit_all(farm: FaultFarm, texts: list[str]) -> list[str]:
     for text in texts:
         sub = farm.submit(text)
         assert sub.status == 202, sub
+        assert sub.job_id is not None
         ids.append(sub.job_id)
     return ids
-
-
-def test_worker_killed_mid_job(farm: FaultFarm) -> None:
-    long_id, *short_ids = submit_all(farm, [LONG, *SHORT[:4]])
-    farm.wait_until(lambda: farm.jobs([long_id])[long_id]["status"] == "running", 60, "the long job to run", 0.02)
-    killed_at = time.time()
-    pids = farm.kill9_worker()
-    job = farm.jobs([long_id])[long_id]
-    # Still running in the database: the kill really happened mid-job.
-    assert job["status"] == "running" and job["attempts"] == 1, job
-    log(f"killed worker processes {pids} with job {long_id} running")
-    farm.start_worker()
-    rows = farm.assert_exactly_once([long_id, *short_ids])
-    recovered = rows[long_id]["finished_at"].timestamp() - killed_at
-    log(f"long job succeeded {recovered:.1f}s after the kill, attempts={rows[long_id]['attempts']}")
-    assert rows[long_id]["attempts"] >= 2
-    assert all(rows[i]["attempts"] == 1 for i in short_ids), rows
-
-
-def test_redis_restarted_without_its_data(farm: FaultFarm) -> None:
-    farm.stop_worker()
-    ids = submit_all(farm, SHORT[:6])
-    assert all(j["status"] == "queued" for j in farm.jobs(ids).values())
-    assert farm.redis.dbsize() > 0
-    submitted = time.monotonic()
-    farm.redis.restart_empty()
-    assert farm.redis.dbsize() == 0
-    log("redis restarted empty with 6 jobs queued")
-    # The API reconnects to the new Redis; these are sent to it directly.
-    ids += submit_all(farm, SHORT[6:8])
-    farm.start_worker()
-    farm.assert_exactly_once(ids)
-    log(f"all {len(ids)} jobs succeeded {time.monotonic() - submitted:.1f}s after the restart")
 
 
 class Client(threading.Thread):
     """Submits a short job every `interval` seconds, each with an Idempotency-Key of its own, until stopped."""
 
-    def __init__(self, farm: FaultFarm, interval: float = 0.25) -> None:
+    def __init__(self, farm: FaultFarm, interval: float) -> None:
         super().__init__(daemon=True)
         self.farm, self.interval = farm, interval
-        self.results: list[tuple[float, Submission]] = []
+        self.results: list[tuple[float, str, Submission]] = []  # (answered at, text, answer)
         self.stop = threading.Event()
 
     def run(self) -> None:
         i = 0
         while not self.stop.is_set():
-            sub = self.farm.submit(SHORT[i % len(SHORT)], key=f"client-{uuid.uuid4().hex[:12]}", timeout=20)
-            self.results.append((time.monotonic(), sub))
+            text = SHORT[i % len(SHORT)]
+            sub = self.farm.submit(text, key=f"client-{uuid.uuid4().hex[:12]}", timeout=20)
+            self.results.append((time.monotonic(), text, sub))
             i += 1
             self.stop.wait(self.interval)
 
+    def answers(self) -> list[Submission]:
+        return [sub for _, _, sub in self.results]
+
+    def codes(self) -> list[tuple[int, str | None]]:
+        return sorted({(s.status, s.code) for s in self.answers()})
+
     def retry_rejected(self, deadline_s: float = 60) -> list[Submission]:
-        """Send every submission that got no 2xx again, with the same key, until it is accepted."""
+        """Send every submission that got no 2xx again, with the same key and body, until it is accepted."""
         retried = []
         deadline = time.monotonic() + deadline_s
-        for _, sub in self.results:
+        for _, text, sub in self.results:
             if sub.status in (200, 202):
                 continue
-            text = SHORT[[s for _, s in self.results].index(sub) % len(SHORT)]
             while True:
                 again = self.farm.submit(text, key=sub.key)
                 if again.status in (200, 202) or time.monotonic() > deadline:
@@ -115,75 +119,120 @@ class Client(threading.Thread):
             retried.append(again)
         return retried
 
+    def accepted_ids(self, retried: list[Submission]) -> set[str]:
+        ids = {s.job_id for s in self.answers() if s.status == 202} | {s.job_id for s in retried}
+        assert None not in ids
+        # One job per Idempotency-Key: no retry created a second job.
+        assert len(ids) == len(self.results), (len(ids), len(self.results))
+        return ids  # type: ignore[return-value]
 
-def test_postgres_outage(farm: FaultFarm) -> None:
-    client = Client(farm)
+
+def test_worker_killed_mid_job(farm: FaultFarm, figures: dict[str, float]) -> None:
+    long_id, *short_ids = submit_all(farm, [LONG, *SHORT[:4]])
+    farm.wait_until(lambda: farm.jobs([long_id])[long_id]["status"] == "running", 60, "the long job to run", 0.02)
+    killed_at = time.time()
+    pids = farm.kill9_worker()
+    job = farm.jobs([long_id])[long_id]
+    # Still running in the database: the kill really happened mid-job.
+    assert job["status"] == "running" and job["attempts"] == 1, job
+    log(f"SIGKILLed worker processes {pids} while job {long_id} was running")
+    farm.start_worker()
+    rows = farm.assert_exactly_once([long_id, *short_ids])
+    figures["kill_to_success"] = rows[long_id]["finished_at"].timestamp() - killed_at
+    log(f"long job succeeded {figures['kill_to_success']:.1f}s after the kill, attempts={rows[long_id]['attempts']}")
+    assert rows[long_id]["attempts"] >= 2
+    assert all(rows[i]["attempts"] == 1 for i in short_ids), rows
+
+
+def test_redis_restarted_without_its_data(farm: FaultFarm, figures: dict[str, float]) -> None:
+    farm.stop_worker()  # so the jobs stay queued in Redis
+    ids = submit_all(farm, SHORT[:6])
+    assert all(j["status"] == "queued" for j in farm.jobs(ids).values())
+    assert farm.redis.dbsize() > 0
+    restarted = time.monotonic()
+    farm.redis.restart_empty()
+    assert farm.redis.dbsize() == 0
+    log("redis restarted empty with 6 jobs queued")
+    # The API reconnects to the new Redis: these reach it directly.
+    ids += submit_all(farm, SHORT[6:8])
+    farm.start_worker()
+    farm.assert_exactly_once(ids)
+    # The 6 lost messages come back once the reconciler's 30 s grace after their creation has passed.
+    figures["restart_to_all_done"] = time.monotonic() - restarted
+    log(f"all {len(ids)} jobs succeeded {figures['restart_to_all_done']:.1f}s after the restart")
+
+
+def test_postgres_outage(farm: FaultFarm, figures: dict[str, float]) -> None:
+    client = Client(farm, interval=0.75)
     client.start()
-    time.sleep(3)
+    time.sleep(2)
+    stopping = time.monotonic()
+    farm.pg.pause()  # returns once the server is down (pg_ctl -w)
     down_at = time.monotonic()
-    farm.pg.pause()
-    log("postgres stopped")
-    time.sleep(10)
+    log(f"postgres stopped in {down_at - stopping:.1f}s")
+    time.sleep(OUTAGE_S)
+    up_at = time.monotonic()  # from here on, an answer may come from the restarted server
     farm.pg.resume()
-    up_at = time.monotonic()
-    log(f"postgres back after {up_at - down_at:.1f}s")
-    time.sleep(4)
+    figures["outage"] = time.monotonic() - stopping
+    log(f"postgres back after {figures['outage']:.1f}s")
+    time.sleep(3)
     client.stop.set()
     client.join(30)
 
-    during = [s for t, s in client.results if down_at + 0.5 < t - s.seconds and t < up_at]
-    codes = sorted({(s.status, s.code) for _, s in client.results})
-    log(f"{len(client.results)} submissions; answers (status, code): {codes}")
+    # Answers to requests sent while the server was surely down (sent after it stopped, answered before the start).
+    during = [s for t, _, s in client.results if t - s.seconds > down_at and t < up_at]
+    log(f"{len(client.results)} submissions; answers (status, code): {client.codes()}")
     assert during, "no submission during the outage"
     assert all(s.status == 503 and s.code == "database_unavailable" for s in during), [
         (s.status, s.code) for s in during
     ]
     assert all("json" in s.content_type for s in during)
-    slowest = max(s.seconds for _, s in client.results)
-    log(f"during the outage: {len(during)} answers 503, slowest answer of all {slowest:.2f}s")
-    assert slowest < 10
-    assert not [s for _, s in client.results if s.status not in (202, 503)], codes
+    figures["slowest_answer"] = max(s.seconds for s in client.answers())
+    log(f"{len(during)} answers 503 during the outage; slowest answer of all {figures['slowest_answer']:.2f}s")
+    assert figures["slowest_answer"] < 10
+    assert not [s for s in client.answers() if s.status not in (202, 503)], client.codes()
 
     retried = client.retry_rejected()
-    log(f"{len(retried)} rejected submissions retried with their Idempotency-Key and accepted")
-    accepted = {s.job_id for _, s in client.results if s.status == 202} | {s.job_id for s in retried}
-    assert None not in accepted
-    # One job per key: the retries did not create a second one.
-    assert len(accepted) == len(client.results)
-    farm.assert_exactly_once(accepted)  # type: ignore[arg-type]
+    log(f"{len(retried)} rejected submissions sent again with their Idempotency-Key and accepted")
+    started = time.monotonic()
+    farm.assert_exactly_once(client.accepted_ids(retried))
+    figures["drain"] = time.monotonic() - started
 
 
-def test_s3_outage(farm: FaultFarm) -> None:
+def test_s3_outage(farm: FaultFarm, figures: dict[str, float]) -> None:
     before = submit_all(farm, SHORT[:1])
     farm.wait_terminal(before)
     farm.s3.stop()
     down_at = time.monotonic()
     log("seaweedfs stopped")
     ids = submit_all(farm, SHORT[:6])
-    time.sleep(10)
-    farm.s3.start()
-    log(f"seaweedfs back after {time.monotonic() - down_at:.1f}s")
-    rows = farm.assert_exactly_once(before + ids)
-    log(f"all succeeded {time.monotonic() - down_at:.1f}s after S3 went away; attempts "
-        f"{sorted(r['attempts'] for r in rows.values())}")
+    time.sleep(S3_OUTAGE_S)
+    farm.s3.start()  # same port, same data dir, same internal ports
+    figures["outage"] = time.monotonic() - down_at
+    log(f"seaweedfs back after {figures['outage']:.1f}s")
+    rows = farm.assert_exactly_once(before + ids)  # includes the object written before the outage
+    figures["down_to_all_done"] = time.monotonic() - down_at
+    log(
+        f"all succeeded {figures['down_to_all_done']:.1f}s after S3 went away; attempts "
+        f"{sorted(r['attempts'] for r in rows.values())}"
+    )
+    # The uploads really failed and were retried.
+    assert "object storage unreachable" in farm.log_tail("worker", 10**7)
 
 
-def test_api_restart(farm: FaultFarm) -> None:
-    client = Client(farm, interval=0.1)
+def test_api_restart(farm: FaultFarm, figures: dict[str, float]) -> None:
+    client = Client(farm, interval=0.5)
     client.start()
-    for _ in range(2):
+    for i in range(2):
         time.sleep(2)
-        took = farm.stop_api()
-        log(f"api stopped by SIGTERM in {took:.1f}s")
-        took = farm.start_api()
-        log(f"api answering again after {took:.1f}s")
+        stop_s = figures[f"sigterm_{i}"] = farm.stop_api()
+        start_s = figures[f"start_{i}"] = farm.start_api()
+        log(f"api stopped by SIGTERM in {stop_s:.1f}s, answering again {start_s:.1f}s later")
     time.sleep(2)
     client.stop.set()
     client.join(30)
-    codes = sorted({(s.status, s.code) for _, s in client.results})
-    log(f"{len(client.results)} submissions; answers (status, code): {codes}")
-    assert not [s for _, s in client.results if s.status not in (0, 202)], codes
+    log(f"{len(client.results)} submissions; answers (status, code): {client.codes()}")
+    # While it is down the client gets no answer (0): never an error that hides an accepted job.
+    assert not [s for s in client.answers() if s.status not in (0, 202)], client.codes()
     retried = client.retry_rejected()
-    accepted = {s.job_id for _, s in client.results if s.status == 202} | {s.job_id for s in retried}
-    assert len(accepted) == len(client.results)
-    farm.assert_exactly_once(accepted)  # type: ignore[arg-type]
+    farm.assert_exactly_once(client.accepted_ids(retried))

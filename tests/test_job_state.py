@@ -113,3 +113,14 @@ def test_cursor_pagination_walks_every_job_once(db: sessionmaker[Session]) -> No
         with transaction(db) as s2:
             jobs.fail(s2, created[0], "bad", "bad")
         assert [j.id for j in jobs.list_jobs(session, t, status="failed")] == [created[0]]
+
+
+def test_release_hands_a_job_back_without_counting_the_attempt(db: sessionmaker[Session]) -> None:
+    job_id = new_job(db, tenant(db))
+    with transaction(db) as session:
+        jobs.start_attempt(session, job_id, "w1", 60)
+        assert not jobs.release(session, job_id, "someone-else")  # only the holder may hand it back
+        assert jobs.release(session, job_id, "w1")
+    with db() as session:
+        job = session.get(jobs.Job, job_id)
+        assert job is not None and (job.status, job.attempts, job.worker) == ("queued", 0, None)

@@ -68,6 +68,7 @@ def create_worker_app() -> Celery:
             notify(job_id)
             return "failed"
         except TRANSIENT as exc:
+            _release(ctx, job_id)
             if task.request.retries >= settings.task_max_retries:
                 _give_up(ctx, job_id, "retries_exhausted", f"gave up after {task.request.retries} retries: {exc}")
                 notify(job_id)
@@ -109,3 +110,12 @@ def _give_up(ctx: WorkerContext, job_id: str, code: str, message: str) -> None:
         if job is not None and job.kind == "clone":
             voices.mark_failed(session, job.voice, code, message)
         jobs.fail(session, job_id, code, message)
+
+
+def _release(ctx: WorkerContext, job_id: str) -> None:
+    # Best effort: when the database is what is down, the lease lapses and the reconciler takes over.
+    try:
+        with transaction(ctx.sessions) as session:
+            jobs.release(session, job_id, ctx.name)
+    except Exception:
+        log.warning("job %s: could not hand the job back", job_id, exc_info=True)
