@@ -49,6 +49,20 @@ class Synthesis:
     similarity: float | None = None  # speaker similarity (GE2E cosine) to a cloned voice's reference, if measured
 
 
+def check_segment(caps: Capabilities, text: str, mode: str, language: str, speed: float) -> None:
+    """The argument checks every engine's `synthesize` makes before touching its model."""
+    if language not in caps.languages:
+        raise ValueError(f"unsupported language {language!r}; {caps.name} speaks {', '.join(caps.languages)}")
+    if mode not in caps.modes:
+        raise ValueError(f"unsupported mode {mode!r}; {caps.name} modes: {', '.join(caps.modes)}")
+    if not text or not text.strip():
+        raise ValueError("text is empty")
+    if len(text) > caps.max_segment_chars:
+        raise ValueError(f"segment has {len(text)} characters; {caps.name} takes at most {caps.max_segment_chars}")
+    if not (isinstance(speed, int | float) and np.isfinite(speed) and speed > 0):
+        raise ValueError(f"speed must be a positive number, got {speed!r}")
+
+
 @runtime_checkable
 class Engine(Protocol):
     capabilities: Capabilities

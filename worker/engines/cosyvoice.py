@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from shared.audio import resample
-from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile
+from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 
 ENGINE_NAME = "cosyvoice"
 SAMPLE_RATE = 24000
@@ -309,17 +309,7 @@ class CosyVoiceEngine:
         if voice.engine != ENGINE_NAME:
             raise ValueError(f"voice profile was built by engine {voice.engine!r}, not {ENGINE_NAME!r}")
         profile = decode_profile(voice.data)
-        languages = self.capabilities.languages
-        if mode not in MODES:
-            raise ValueError(f"unsupported mode {mode!r}; cosyvoice modes: {', '.join(MODES)}")
-        if language not in languages:
-            raise ValueError(f"unsupported language {language!r}; cosyvoice speaks {', '.join(languages)}")
-        if not text or not text.strip():
-            raise ValueError("text is empty")
-        if len(text) > MAX_SEGMENT_CHARS:
-            raise ValueError(f"segment has {len(text)} characters; cosyvoice takes at most {MAX_SEGMENT_CHARS}")
-        if not (isinstance(speed, int | float) and np.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a positive number, got {speed!r}")
+        check_segment(self.capabilities, text, mode, language, speed)
         warnings: list[str] = []
         if not MIN_SPEED <= speed <= MAX_SPEED:
             clamped = min(max(float(speed), MIN_SPEED), MAX_SPEED)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile
+from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 from worker.engines.kokoro import matching
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
@@ -228,16 +228,7 @@ class KokoroEngine:
         speed: float = 1.0,
         seed: int | None = None,  # Kokoro is deterministic; there is nothing to seed
     ) -> Synthesis:
-        if language not in LANGUAGES:
-            raise ValueError(f"unsupported language {language!r}; kokoro speaks {', '.join(LANGUAGES)}")
-        if mode not in MODES:
-            raise ValueError(f"unsupported mode {mode!r}; kokoro modes: {', '.join(MODES)}")
-        if not text or not text.strip():
-            raise ValueError("text is empty")
-        if len(text) > MAX_SEGMENT_CHARS:
-            raise ValueError(f"segment has {len(text)} characters; kokoro takes at most {MAX_SEGMENT_CHARS}")
-        if not (isinstance(speed, int | float) and np.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a positive number, got {speed!r}")
+        check_segment(self.capabilities, text, mode, language, speed)
         base_voice, profile, warnings = self._resolve_voice(voice)
         instruction = parse_instruction(instruct)
         warnings.extend(instruction.warnings)
