@@ -87,7 +87,8 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: 
     for job_id, kind, engine, priority, chars in recovered:
         enqueue_job(celery, job_id, kind, engine, priority, chars)
     report.recovered_expired = len(recovered)
-    in_broker = job_ids_in_broker(celery)
+    # Jobs just re-sent above count as held, so they are not sent twice in one pass.
+    in_broker = job_ids_in_broker(celery) | {r[0] for r in recovered}
     with sessions() as session:
         queued = session.execute(
             select(Job.id, Job.kind, Job.engine, Job.priority, func.length(Job.text)).where(
@@ -95,7 +96,7 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: 
             )
         ).all()
     for job_id, kind, engine, priority, chars in queued:
-        if job_id not in in_broker and job_id not in {r[0] for r in recovered}:
+        if job_id not in in_broker:
             enqueue_job(celery, job_id, kind, engine, priority, chars)
             report.requeued_lost += 1
     report.webhooks_sent = _send_missed_webhooks(sessions, celery, now - timedelta(seconds=grace_s * 2))
