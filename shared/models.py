@@ -77,7 +77,13 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # Claims so far; the current one is the fencing token every write of that attempt must present.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts whose worker vanished (lease expired): the one count that decides quarantine.
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Transient failures handed back while a dependency was down; never counted as failed attempts.
+    transient_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
