@@ -84,6 +84,8 @@ class Job(Base):
     # Transient failures handed back while a dependency was down; never counted as failed attempts.
     transient_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # When the job's current message reached the broker; NULL until a send is known to have worked.
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,4 +1,4 @@
-"""fenced attempts: lost-attempt count for quarantine, retry wait, request hash for idempotency
+"""fenced attempts: lost-attempt count for quarantine, retry wait, request hash for idempotency, send time
 
 Revision ID: 0004
 Revises: 0003
@@ -23,10 +23,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("transient_retries", sa.Integer(), server_default="0", nullable=False))
         # SHA-256 of the canonical request body, compared when an Idempotency-Key is reused.
         batch_op.add_column(sa.Column("request_hash", sa.String(64), nullable=True))
+        # When the job's current message was handed to the broker; NULL while no send is known to have worked.
+        batch_op.add_column(sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("sent_at")
         batch_op.drop_column("request_hash")
         batch_op.drop_column("transient_retries")
         batch_op.drop_column("lost_attempts")
