@@ -69,8 +69,19 @@ class Settings(BaseSettings):
     # Webhooks may target loopback and private networks only when this is set (tests, a trusted LAN).
     # The farm's own database, broker, storage and API ports stay forbidden either way.
     webhook_allow_private: bool = False
-    # Worker behaviour.
-    task_max_retries: int = 5
+    # Worker behaviour. Transient failures (a dependency down) retry with Celery's exponential backoff and jitter,
+    # capped at retry_backoff_max_s between tries; task_max_retries of them span well over an hour of outage.
+    task_max_retries: int = 200
+    retry_backoff_max_s: int = 60
+    # Redis hands an unacked message to another worker after this long; 0 derives it from the longest hard time
+    # limit a job can get, so a live job's message is never redelivered (the reconciler re-sends a dead worker's
+    # message after about one lease instead). Tests shorten it to show that fencing holds even then.
+    broker_visibility_timeout_s: int = 0
+    # Encoded audio a worker keeps while storage or the database is down, so only the upload is retried.
+    finish_spool_bytes: int = 256 * 1024 * 1024
+    # Test-only: kill the worker process once at this point of a job (after_claim, after_upload, before_complete,
+    # before_ack); the marker file under the data dir makes it happen once per farm.
+    test_crash_at: str = ""
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.
     job_lease_s: int = 60
     # A job that was started this many times without finishing is quarantined instead of retried.

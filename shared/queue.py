@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared import jobs
 from shared.config import Settings
+from shared.db import transaction
 
 SYNTHESIZE_TASK = "voicefarm.synthesize"
 CLONE_TASK = "voicefarm.clone"
 WEBHOOK_TASK = "voicefarm.webhook"
+# Webhook deliveries have their own queue and worker pool: a slow receiver never holds an engine slot.
+WEBHOOK_QUEUE = "webhooks"
 TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
-# Redis delivers unacked messages again after this long; a task running longer is redelivered, which the
-# conditional job transitions make harmless.
-VISIBILITY_TIMEOUT_S = 900
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_proc_alive_timeout=300,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "visibility_timeout": visibility_timeout_s(settings),
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
         },
@@ -51,6 +53,14 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
     )
     return app
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """Longer than the longest hard time limit a job can get, unless a test set it shorter."""
+    if settings.broker_visibility_timeout_s:
+        return settings.broker_visibility_timeout_s
+    longest = max(time_limits("clone", 0)[1], time_limits("synthesize", settings.max_text_chars)[1])
+    return int(longest) + 300
 
 
 def redis_priority(priority: int) -> int:
@@ -79,12 +89,32 @@ def enqueue_job(app: Celery, job_id: str, kind: str, engine: str, priority: int,
     )
 
 
-def try_enqueue(app: Celery, job_id: str, kind: str, engine: str, priority: int, text_chars: int = 0) -> bool:
+def try_enqueue(
+    app: Celery,
+    job_id: str,
+    kind: str,
+    engine: str,
+    priority: int,
+    text_chars: int = 0,
+    sessions: sessionmaker[Session] | None = None,
+) -> bool:
     """Enqueue, but treat a broker outage as survivable: the row is committed, so the reconciler sends the task
-    once the broker is back. Returns whether the send succeeded."""
+    once the broker is back. With `sessions`, a send that worked is recorded on the job (`sent_at`), which is how
+    the reconciler tells a job whose send failed from one the broker holds. Returns whether the send succeeded."""
     try:
         enqueue_job(app, job_id, kind, engine, priority, text_chars)
-        return True
     except Exception:  # kombu raises several connection error types; all mean "not sent"
         log.warning("could not enqueue job %s; the reconciler will send it", job_id, exc_info=True)
         return False
+    if sessions is not None:
+        try:
+            with transaction(sessions) as session:
+                jobs.mark_sent(session, job_id)
+        except Exception:  # the job is in the broker; at worst the reconciler sends a duplicate, which is harmless
+            log.warning("could not record the send of job %s", job_id, exc_info=True)
+    return True
+
+
+def enqueue_webhook(app: Celery, job_id: str) -> None:
+    """Send a finished job's webhook delivery to the webhook workers."""
+    app.send_task(WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)

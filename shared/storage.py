@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from shared.audio import CONTENT_TYPES
 from shared.config import Settings
-from shared.errors import Unavailable
+from shared.errors import StorageRejected, Unavailable
 
 
 class Storage:
@@ -124,13 +124,15 @@ class Storage:
 
 @contextmanager
 def _unavailable_on_error() -> Iterator[None]:
-    """Turn connection-level failures and 5xx answers into `Unavailable` so callers can retry or answer 503."""
+    """Turn connection-level failures and 5xx answers into `Unavailable` so callers can retry or answer 503, and
+    other refusals into `StorageRejected`. Lookups that expect a 404 catch `ClientError` inside the block."""
     try:
         yield
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if status >= 500:
+        if status >= 500 or status in (0, 429):
             raise Unavailable(f"object storage error {status}") from exc
-        raise
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise StorageRejected(f"object storage refused the request ({status} {code})") from exc
     except (EndpointConnectionError, BotoCoreError) as exc:
         raise Unavailable(f"object storage unreachable: {type(exc).__name__}") from exc

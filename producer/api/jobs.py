@@ -45,7 +45,7 @@ def submit() -> tuple[Response, int]:
         job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
-        try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text))
+        try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
     return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s)), 202 if created else 200
 
 

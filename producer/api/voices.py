@@ -74,7 +74,7 @@ def create() -> tuple[Response, int]:
             language=language or "",
             priority=7,
         )
-    try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority)
+    try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority, sessions=resources.sessions)
     return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
 
 
