@@ -18,6 +18,11 @@ from shared.errors import BadRequest
 MIN_SECONDS = 3.0
 MAX_SECONDS = 30.0
 MIN_RATE = 16000
+MAX_RATE = 192000
+MAX_CHANNELS = 2
+# Containers libsndfile reads that a recorded voice sample comes in (mp3 is decoded by libsndfile's mpg123).
+UPLOAD_CONTAINERS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "OGG", "MP3"})
+_BLOCK_FRAMES = 65536
 REFERENCE_RATE = 24000
 # Speech quieter than this (RMS, dBFS) is treated as silence.
 SILENCE_DBFS = -50.0
@@ -45,21 +50,74 @@ def _dbfs(x: np.ndarray) -> float:
     return 20 * np.log10(max(rms, 1e-10))
 
 
-def inspect_upload(data: bytes) -> Clip:
-    """Decode and check an uploaded clip; raise `BadRequest` with a specific code when it cannot be used."""
+def check_header(container: str, rate: int, channels: int, frames: int) -> None:
+    """Refuse what a container header declares beyond the limits: format, channels, sample rate, duration.
+
+    Runs before a sample is decoded, so a small file that declares minutes of audio or dozens of channels (an
+    upload bomb) is refused for what it claims at the cost of parsing its header.
+    """
+    if container not in UPLOAD_CONTAINERS:
+        raise BadRequest(
+            f"{container} files are not accepted; send WAV, FLAC, OGG or MP3", code="unsupported_audio_format"
+        )
+    if channels > MAX_CHANNELS:
+        raise BadRequest(
+            f"the clip has {channels} channels; at most {MAX_CHANNELS} are accepted", code="too_many_channels"
+        )
+    if rate < MIN_RATE:
+        raise BadRequest(f"the sample rate is {rate} Hz; at least {MIN_RATE} Hz is needed", code="sample_rate_too_low")
+    if rate > MAX_RATE:
+        raise BadRequest(
+            f"the sample rate is {rate} Hz; at most {MAX_RATE} Hz is accepted", code="sample_rate_too_high"
+        )
+    if frames > max_frames(rate):
+        # An unknown length (libsndfile reports the largest count) is refused too: nothing vouches for it.
+        length = f"{frames / rate:.1f} s" if frames < 2**62 else "of unknown length"
+        raise BadRequest(f"the clip is {length}; at most {MAX_SECONDS:.0f} s is allowed", code="audio_too_long")
+
+
+def max_frames(rate: int) -> int:
+    """The most frames a clip at this rate may hold: decoding never goes further, whatever the header says."""
+    return int(MAX_SECONDS * rate)
+
+
+def decode_upload(data: bytes) -> tuple[np.ndarray, int, int]:
+    """Check the header, then decode to float32 mono with a frame cap: (audio, sample rate, channels)."""
     if not data:
         raise BadRequest("the audio file is empty", code="empty_audio")
     try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            check_header(f.format, f.samplerate, f.channels, f.frames)
+            return _read_mono(f, max_frames(f.samplerate)), f.samplerate, f.channels
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise BadRequest(
             "the audio could not be decoded; send WAV, FLAC, OGG or MP3", code="undecodable_audio"
         ) from exc
+
+
+def _read_mono(f: sf.SoundFile, cap: int) -> np.ndarray:
+    """Decode block by block, mixing down as it goes: peak memory is the mono clip plus one block, and at most
+    `cap` frames are kept even if the decoder delivers more than the header declared."""
+    out = np.empty(min(f.frames, cap) + 1, dtype=np.float32)
+    filled = 0
+    while filled < len(out):
+        block = f.read(min(_BLOCK_FRAMES, len(out) - filled), dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        out[filled : filled + len(block)] = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+        filled += len(block)
+    if filled > cap:
+        raise BadRequest(f"the clip is longer than {MAX_SECONDS:.0f} s, the most allowed", code="audio_too_long")
+    return out[:filled]
+
+
+def inspect_upload(data: bytes) -> Clip:
+    """Check the header, decode with a frame cap, then check the samples; raise `BadRequest` with a specific code
+    when the clip cannot be used. The API and the clone worker both call this, so both get the same limits."""
+    audio, rate, channels = decode_upload(data)
     if audio.size == 0 or not np.all(np.isfinite(audio)):
         raise BadRequest("the audio holds no usable samples", code="undecodable_audio")
-    if rate < MIN_RATE:
-        raise BadRequest(f"the sample rate is {rate} Hz; at least {MIN_RATE} Hz is needed", code="sample_rate_too_low")
-    clip = Clip(audio=audio.mean(axis=1).astype(np.float32), sample_rate=int(rate), channels=audio.shape[1])
+    clip = Clip(audio=audio, sample_rate=rate, channels=channels)
     if clip.duration_s < MIN_SECONDS:
         raise BadRequest(
             f"the clip is {clip.duration_s:.1f} s; at least {MIN_SECONDS:.0f} s is needed", code="audio_too_short"

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.audio import FORMATS, SAMPLE_RATES
+from shared.errors import PayloadTooLarge
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
+# The most bytes one character takes in a JSON body: a code point beyond the BMP written as two \uXXXX escapes.
+MAX_JSON_BYTES_PER_CHAR = 12
+
+
+def check_text_length(payload: Mapping[str, Any], limit: int, field: str = "text") -> None:
+    """Refuse an over-long text as sent, before any validator, normaliser or language detector walks it."""
+    value = payload.get(field)
+    if isinstance(value, str) and len(value) > limit:
+        raise PayloadTooLarge(f"{field} is {len(value)} characters; the limit is {limit}", code="text_too_long")
 
 
 def clean_text(value: str) -> str:

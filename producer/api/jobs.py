@@ -17,13 +17,15 @@ from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.language import detect_language
 from shared.queue import try_enqueue
-from shared.schemas import JobRequest
+from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
 from shared.views import job_view
 from shared.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_PAGE = 200
+# Room in a job body for everything but the text (voice, instruct, webhook URL, options), escaped at worst.
+_BODY_OVERHEAD_BYTES = 64 * 1024
 
 
 @bp.post("")
@@ -34,11 +36,21 @@ def submit() -> tuple[Response, int]:
         raise BadRequest(
             "Idempotency-Key must be at most 200 printable ASCII characters", code="invalid_idempotency_key"
         )
+    max_chars = resources.settings.max_text_chars
+    # A body that cannot hold a text within the limit is refused before it is read, let alone parsed.
+    max_body = max_chars * MAX_JSON_BYTES_PER_CHAR + _BODY_OVERHEAD_BYTES
+    if request.content_length is not None and request.content_length > max_body:
+        raise PayloadTooLarge(
+            f"the body is {request.content_length} bytes; a job body is at most {max_body}", code="body_too_large"
+        )
+    request.max_content_length = max_body
     with resources.sessions() as session, session.begin():
         tenant_id = authenticate(session)
         payload = request.get_json(silent=True)
         if not isinstance(payload, dict):
             raise BadRequest("the body must be a JSON object", code="invalid_json")
+        # Length first: validation, control-character scans and language detection all walk the text.
+        check_text_length(payload, max_chars)
         fields = _job_fields(resources, session, tenant_id, JobRequest.model_validate(payload))
         if key is None or not jobs.idempotent_match(session, tenant_id, key):
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
@@ -51,11 +63,6 @@ def submit() -> tuple[Response, int]:
 
 def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobRequest) -> dict[str, Any]:
     caps = resources.capabilities
-    if len(req.text) > resources.settings.max_text_chars:
-        raise PayloadTooLarge(
-            f"text is {len(req.text)} characters; the limit is {resources.settings.max_text_chars}",
-            code="text_too_long",
-        )
     language = req.language or detect_language(req.text)
     if language not in caps.languages:
         raise BadRequest(f"language {language!r} is not spoken by engine {caps.name}", code="unsupported_language")

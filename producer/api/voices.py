@@ -30,16 +30,19 @@ def create() -> tuple[Response, int]:
     upload = request.files.get("audio")
     if upload is None:
         raise BadRequest("send the reference clip as multipart field 'audio'", code="missing_audio")
+    raw_name = request.form.get("name") or ""
+    raw_transcript = request.form.get("transcript") or ""
+    # Lengths as sent, before anything walks the text character by character.
+    if len(raw_name) > MAX_NAME_CHARS:
+        raise BadRequest(f"name is longer than {MAX_NAME_CHARS} characters", code="invalid_name")
+    if len(raw_transcript) > MAX_TRANSCRIPT_CHARS:
+        raise BadRequest(f"transcript is longer than {MAX_TRANSCRIPT_CHARS} characters", code="transcript_too_long")
     try:
-        name = clean_text((request.form.get("name") or "").strip())
-        transcript = clean_text(" ".join((request.form.get("transcript") or "").split())) or None
+        name = clean_text(raw_name.strip())
+        transcript = clean_text(" ".join(raw_transcript.split())) or None
     except ValueError as exc:
         raise BadRequest(f"name or transcript {exc}", code="invalid_text") from None
     language = request.form.get("language") or None
-    if len(name) > MAX_NAME_CHARS:
-        raise BadRequest(f"name is longer than {MAX_NAME_CHARS} characters", code="invalid_name")
-    if transcript and len(transcript) > MAX_TRANSCRIPT_CHARS:
-        raise BadRequest(f"transcript is longer than {MAX_TRANSCRIPT_CHARS} characters", code="transcript_too_long")
     if language is not None and language not in resources.capabilities.languages:
         raise BadRequest(
             f"language must be one of {', '.join(resources.capabilities.languages)}", code="unsupported_language"
