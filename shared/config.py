@@ -1,15 +1,18 @@
 """One typed settings object, read from the environment.
 
-Defaults give the embedded single-machine mode (`./run.sh`): SQLite under the data dir, a local Redis and a
-local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL` at real services.
+Defaults give the embedded single-machine mode (`./run.sh`): an embedded PostgreSQL (or SQLite) under the data
+dir, a local Redis and a local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL` at real services.
 Nothing reads settings at import time; call `Settings()` (or `load_settings()`) where they are needed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,15 +90,47 @@ class Settings(BaseSettings):
     # A job that was started this many times without finishing is quarantined instead of retried.
     max_attempts: int = 3
     reconcile_interval_s: float = 15.0
+    # The one-machine farm (`voicefarm up`): its CPU worker processes, and how long a stop may take: every
+    # process is gone stop_timeout_s after SIGTERM, each layer inside getting a little less (see stop_budget).
+    cpu_workers: int = 1
+    stop_timeout_s: float = 30.0
+
+    def stop_budget(self, depth: int) -> float:
+        """Seconds a process `depth` layers below `voicefarm up` has to stop: `up` itself (0); what it runs (1:
+        `voicefarm worker`, gunicorn's master); below that (2: a Celery worker, gunicorn's graceful timeout); a
+        Celery worker's soft shutdown (3). Each layer is done before the one around it gives up and kills it."""
+        return max(1.0, self.stop_timeout_s - _STOP_MARGIN_S * depth)
 
     def resolved_database_url(self) -> str:
+        """DATABASE_URL; without one, the embedded PostgreSQL under the data dir once `voicefarm up` created it,
+        else SQLite under the data dir."""
         if self.database_url:
             url = self.database_url
             # Plain postgresql:// URLs mean psycopg 3 here, not psycopg2.
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
+        if (self.data_dir / "postgres" / "PG_VERSION").exists():
+            return embedded_postgres_url(self.data_dir)
         return f"sqlite:///{(self.data_dir / 'voicefarm.db').resolve()}"
+
+
+_STOP_MARGIN_S = 4.0
+
+
+def embedded_postgres_socket_dir(data_dir: Path) -> Path:
+    """Where the embedded PostgreSQL of a data dir listens (a Unix socket, no TCP port): its own dir, or a short
+    dir in the temp dir named after it when that path is too long for a socket name (107 bytes)."""
+    pgdata = (data_dir / "postgres").resolve()
+    if len(str(pgdata / ".s.PGSQL.5432")) <= 100:
+        return pgdata
+    digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"voicefarm-pg-{digest}"
+
+
+def embedded_postgres_url(data_dir: Path) -> str:
+    """The database of the embedded PostgreSQL of a data dir, so any command finds the one `voicefarm up` runs."""
+    return f"postgresql+psycopg://postgres@/voicefarm?host={quote(str(embedded_postgres_socket_dir(data_dir)))}"
 
 
 def load_settings(**overrides: object) -> Settings:
