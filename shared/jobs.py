@@ -1,12 +1,20 @@
-"""Job state: creation, lookup, and the conditional transitions that make redelivered tasks harmless.
+"""Job state: creation, lookup, and every state change a job goes through, each one conditional UPDATE.
 
-Every transition is an UPDATE guarded by the state it expects, so two deliveries of one task can never both
-record a result: the second finds the row already terminal and does nothing.
+This module is the only writer of a job's status. The rules:
+- A job is claimed only when it is `queued`, or `running` with a lapsed lease (its worker is presumed dead).
+  Each claim increments `attempts`; the new value is the attempt's fencing token.
+- Every later write of an attempt (progress, lease renewal, complete, fail, release) is conditional on the job id,
+  that attempt number and `running`. A refused write means the attempt is over: canceled, or its lease was lost
+  to another claim or to the reconciler. `refusal()` tells the two apart. The worker stops and writes nothing.
+- An attempt whose lease lapsed counts in `lost_attempts`; a job that loses `max_lost` attempts is quarantined.
+  That is the only rule that quarantines. Transient failures hand the job back (`release`) and count nothing.
+No ORM read-modify-write anywhere: the same code is race-free on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -85,12 +93,26 @@ def list_jobs(
     return list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
 
 
-def start_attempt(session: Session, job_id: str, worker: str, lease_s: int) -> Job | None:
-    """Claim a job for this worker; None when it is already terminal (a redelivery after success)."""
+@dataclass(frozen=True)
+class Attempt:
+    """One claim of a job: the fencing token every write of that attempt presents."""
+
+    job_id: str
+    number: int
+    worker: str
+
+
+def _held(attempt: Attempt) -> Any:
+    return (Job.id == attempt.job_id) & (Job.attempts == attempt.number) & (Job.status == "running")
+
+
+def claim(session: Session, job_id: str, worker: str, lease_s: float, max_lost: int) -> tuple[Job, Attempt] | None:
+    """Start a new attempt; None when the job is terminal, quarantined now, or running under a live lease."""
     now = utcnow()
-    result = session.execute(
+    _expire(session, now, max_lost, Job.id == job_id)
+    number = session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .where(Job.id == job_id, Job.status == "queued")
         .values(
             status="running",
             attempts=Job.attempts + 1,
@@ -99,62 +121,164 @@ def start_attempt(session: Session, job_id: str, worker: str, lease_s: int) -> J
             progress=0.0,
             lease_expires_at=now + timedelta(seconds=lease_s),
         )
+        .returning(Job.attempts)
     )
-    if _rowcount(result) == 0:
+    if number is None:
         return None
-    return session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job, Attempt(job_id, int(number), worker)
 
 
-def set_progress(session: Session, job_id: str, progress: float, lease_s: int) -> bool:
-    """Record progress; False when the job is no longer running (canceled), so the worker can stop."""
+def recover_expired(session: Session, max_lost: int, limit: int = 500) -> tuple[list[str], list[str]]:
+    """Jobs whose lease lapsed: back to queued (ids in the first list) or quarantined (the second)."""
+    ids = session.scalars(
+        select(Job.id).where(Job.status == "running", Job.lease_expires_at < utcnow()).limit(limit)
+    ).all()
+    if not ids:
+        return [], []
+    return _expire(session, utcnow(), max_lost, Job.id.in_(ids))
+
+
+def _expire(session: Session, now: datetime, max_lost: int, *where: Any) -> tuple[list[str], list[str]]:
+    lapsed = update(Job).where(Job.status == "running", Job.lease_expires_at < now, *where)
+    quarantined = session.scalars(
+        lapsed.where(Job.lost_attempts + 1 >= max_lost)
+        .values(
+            status="failed",
+            lost_attempts=Job.lost_attempts + 1,
+            error_code="quarantined",
+            error_message=f"the job lost its worker {max_lost} times (killed or stuck mid-job); it is not retried",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        .returning(Job.id)
+    ).all()
+    requeued = session.scalars(
+        lapsed.values(
+            status="queued", lost_attempts=Job.lost_attempts + 1, worker=None, lease_expires_at=None
+        ).returning(Job.id)
+    ).all()
+    return list(requeued), list(quarantined)
+
+
+def set_progress(session: Session, attempt: Attempt, progress: float, lease_s: float) -> bool:
+    """Record progress and renew the lease; False when the attempt is over (see `refusal`)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(_held(attempt))
         .values(progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
     return _rowcount(result) == 1
+
+
+def renew_lease(session: Session, attempt: Attempt, lease_s: float) -> bool:
+    result = session.execute(
+        update(Job).where(_held(attempt)).values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return _rowcount(result) == 1
+
+
+def release(session: Session, attempt: Attempt) -> bool:
+    """Hand a claimed job back after a transient failure (a dependency was down): queued again, counted in
+    `transient_retries` only, so only attempts that never came back (a worker that died) count toward quarantine."""
+    result = session.execute(
+        update(Job)
+        .where(_held(attempt))
+        .values(
+            status="queued",
+            worker=None,
+            lease_expires_at=None,
+            progress=0.0,
+            transient_retries=Job.transient_retries + 1,
+        )
+    )
+    return _rowcount(result) == 1
+
+
+def complete(session: Session, attempt: Attempt, result: dict[str, Any]) -> bool:
+    return _finish(session, _held(attempt), status="succeeded", result=result, progress=1.0)
+
+
+def fail(session: Session, attempt: Attempt, code: str, message: str) -> bool:
+    return _finish(session, _held(attempt), status="failed", error_code=code, error_message=message)
+
+
+def give_up(session: Session, job_id: str, attempt_number: int, code: str, message: str) -> bool:
+    """Fail a job its last attempt handed back (retries of a transient failure ran out), unless it was claimed
+    again since."""
+    where = (Job.id == job_id) & (Job.attempts == attempt_number) & (Job.status == "queued")
+    return _finish(session, where, status="failed", error_code=code, error_message=message)
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     job = get_job(session, tenant_id, job_id)
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"job {job_id} already {job.status}", code="already_finished")
-    _finish(session, job_id, status="canceled")
+    _finish(session, Job.id == job_id, status="canceled")
     session.refresh(job)
     return job
 
 
-def renew_lease(session: Session, job_id: str, lease_s: int) -> None:
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+def refusal(session: Session, attempt: Attempt) -> str:
+    """Why a write of this attempt was refused: "canceled", or "lease_lost" (another attempt or the reconciler
+    took the job, or it finished meanwhile)."""
+    row = session.execute(select(Job.status, Job.attempts).where(Job.id == attempt.job_id)).one_or_none()
+    if row is not None and row.status == "canceled":
+        return "canceled"
+    return "lease_lost"
+
+
+def mark_sent(session: Session, job_id: str) -> None:
+    """The broker took the job's message: the reconciler need not send it again."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=utcnow()))
+
+
+def mark_unsent(session: Session, job_id: str) -> None:
+    """The job's message is known lost (a retry that could not be sent): the reconciler sends a new one."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=None))
+
+
+def unsent(session: Session, older_than_s: float, limit: int) -> list[Job]:
+    """Queued jobs with no message known to be in the broker, past the moment their own send should be done."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    query = select(Job).where(Job.status == "queued", Job.sent_at.is_(None), Job.created_at < cutoff)
+    return list(session.scalars(query.order_by(Job.priority.desc(), Job.created_at).limit(limit)))
+
+
+def queued_page(session: Session, after: tuple[datetime, str] | None, limit: int) -> list[Job]:
+    """Queued jobs in creation order, from a cursor: for re-sending a backlog the broker lost, page by page."""
+    query = select(Job).where(Job.status == "queued")
+    if after is not None:
+        query = query.where((Job.created_at > after[0]) | ((Job.created_at == after[0]) & (Job.id > after[1])))
+    return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def queued_among(session: Session, job_ids: list[str]) -> list[Job]:
+    if not job_ids:
+        return []
+    return list(session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")))
+
+
+def finished_without_webhook(session: Session, finished_before: datetime, limit: int = 500) -> list[str]:
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status.in_(TERMINAL),
+                Job.webhook_url.is_not(None),
+                Job.webhook_attempts == 0,
+                Job.finished_at < finished_before,
+            )
+            .limit(limit)
+        )
     )
 
 
-def release(session: Session, job_id: str, worker: str) -> bool:
-    """Hand a claimed job back after a transient failure (a dependency was down): queued again, its attempt not
-    counted, so only attempts that never came back (a worker that died) count towards quarantine."""
+def _finish(session: Session, where: Any, **values: Any) -> bool:
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-        .values(status="queued", attempts=Job.attempts - 1, worker=None, lease_expires_at=None)
-    )
-    return _rowcount(result) == 1
-
-
-def complete(session: Session, job_id: str, result: dict[str, Any]) -> bool:
-    return _finish(session, job_id, status="succeeded", result=result, progress=1.0)
-
-
-def fail(session: Session, job_id: str, code: str, message: str) -> bool:
-    return _finish(session, job_id, status="failed", error_code=code, error_message=message)
-
-
-def _finish(session: Session, job_id: str, **values: Any) -> bool:
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .where(where, Job.status.in_(("queued", "running")))
         .values(finished_at=utcnow(), lease_expires_at=None, **values)
     )
     return _rowcount(result) == 1

@@ -1,120 +1,180 @@
 """The reconciler: makes the broker agree with the database, which is the source of truth.
 
-- A queued job whose message the broker no longer holds (Redis restarted without its data, a send that failed
-  after the row committed) is enqueued again.
-- A running job whose lease expired (its worker died mid-job) goes back to queued and is enqueued again.
-- A finished job whose webhook was never attempted (its worker died right after finishing) gets one sent.
-- A job that has already used up its attempts is quarantined (failed with `quarantined`) instead of looping:
-  it probably kills its worker.
-Re-sending is always safe: transitions are conditional and object keys deterministic, so a duplicate message
-finds its job finished and does nothing.
+Each pass, every step bounded (by a page size or by the size of the fleet, never by the backlog):
+- Running jobs whose lease lapsed (their worker died or froze) go back to queued and get a fresh message, or are
+  quarantined once they have lost `max_attempts` attempts (`shared.jobs` owns that rule).
+- Queued jobs whose send never reached the broker (`sent_at` is NULL: the API's send failed, or a retry could
+  not be sent) are sent.
+- Messages a dead worker had taken but never started sit in Redis's unacked set until the visibility timeout;
+  the reconciler re-sends their queued jobs after about one lease instead and drops the dead entries.
+- When Redis lost its data (restarted empty: the reconciler's marker key is gone), every queued job is sent again,
+  one page per pass, and the marker is set once the backlog has been walked.
+- Finished jobs whose webhook was never attempted get one sent.
+Re-sending is always safe: a job is claimed only when queued (or its lease lapsed), so a duplicate message finds
+the job running or finished and does nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import jobs
+from shared.config import Settings
 from shared.db import transaction
-from shared.jobs import TERMINAL
 from shared.models import Job, utcnow
-from shared.queue import TASKS, WEBHOOK_TASK, engine_queue, enqueue_job
+from shared.queue import TASKS, enqueue_job, enqueue_webhook
 
 log = logging.getLogger(__name__)
+# Present while the broker still holds what the reconciler last walked; Redis restarted empty loses it.
+EPOCH_KEY = "voicefarm:broker-epoch"
+# kombu's Redis transport keeps taken-but-unacked messages in this hash, with delivery times in the sorted set.
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
+PAGE = 500
 
 
 @dataclass
 class Report:
-    requeued_lost: int = 0
     recovered_expired: int = 0
     quarantined: int = 0
+    sent_unsent: int = 0
+    resent_stale_unacked: int = 0
+    resent_after_broker_loss: int = 0
     webhooks_sent: int = 0
 
-
-def job_ids_in_broker(celery: Celery) -> set[str]:
-    """Every job id the Redis broker holds: waiting in a queue, or reserved by a worker and not yet acked."""
-    task_names = set(TASKS.values())
-    ids: set[str] = set()
-    with celery.connection_for_write() as conn:
-        client = conn.default_channel.client
-        raw: list[bytes] = []
-        for key in client.scan_iter(match="engine.*", count=1000):
-            if client.type(key) == b"list":
-                raw.extend(client.lrange(key, 0, -1))
-        # kombu keeps reserved messages as [payload, exchange, routing_key] in the `unacked` hash.
-        for value in client.hvals("unacked"):
-            raw.append(json.dumps(json.loads(value)[0]).encode())
-    for item in raw:
-        try:
-            message = json.loads(item)
-            headers = message.get("headers", {})
-            if headers.get("task") in task_names:
-                ids.add(_first_arg(headers.get("argsrepr", "")))
-        except (ValueError, AttributeError, TypeError):
-            continue
-    return ids
+    def any(self) -> bool:
+        return any(vars(self).values())
 
 
-def _first_arg(argsrepr: str) -> str:
-    # argsrepr is "['<job id>']"
-    return argsrepr.strip("[]() ,").strip("'\"")
+def stale_unacked_s(settings: Settings) -> float:
+    """How long a message may sit unacked while its job is queued: a worker's countdown retries are held that
+    long at most, so anything older belongs to a worker that is gone."""
+    return settings.job_lease_s + settings.retry_backoff_max_s + 10.0
 
 
-def reconcile(sessions: sessionmaker[Session], celery: Celery, *, max_attempts: int, grace_s: float = 30.0) -> Report:
-    report = Report()
-    now = utcnow()
-    recovered: list[tuple[str, str, str, int, int]] = []
-    with transaction(sessions) as session:
-        expired = session.scalars(
-            select(Job).where(Job.status == "running", Job.lease_expires_at < now).with_for_update(skip_locked=True)
-        ).all()
-        for job in expired:
-            if job.attempts >= max_attempts:
-                job.status, job.finished_at, job.lease_expires_at = "failed", now, None
-                job.error_code = "quarantined"
-                job.error_message = f"the job stopped its worker {job.attempts} times; it is not retried again"
-                report.quarantined += 1
+@dataclass
+class Reconciler:
+    sessions: sessionmaker[Session]
+    celery: Celery
+    max_attempts: int
+    # A message unacked longer than this whose job is still queued was taken by a worker that is gone.
+    stale_unacked_s: float
+    # A job younger than this may still be between its commit and its own send.
+    grace_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> Reconciler:
+        return cls(sessions, celery, max_attempts=settings.max_attempts, stale_unacked_s=stale_unacked_s(settings))
+
+    _walk: tuple[datetime, str] | None = field(default=None, init=False)
+    _walking: bool = field(default=False, init=False)
+
+    def run_once(self) -> Report:
+        report = Report()
+        with transaction(self.sessions) as session:
+            requeued, quarantined = jobs.recover_expired(session, self.max_attempts, PAGE)
+        self._send(requeued)
+        report.recovered_expired, report.quarantined = len(requeued), len(quarantined)
+        for job_id in quarantined:
+            self._notify(job_id)
+
+        with self.sessions() as session:
+            unsent = jobs.unsent(session, self.grace_s, PAGE)
+        self._send([job.id for job in unsent], jobs_=unsent)
+        report.sent_unsent = len(unsent)
+        report.resent_stale_unacked = self._resend_stale_unacked()
+        report.resent_after_broker_loss = self._resend_after_broker_loss()
+        report.webhooks_sent = self._send_missed_webhooks()
+        if report.any():
+            log.info("reconciled: %s", report)
+        return report
+
+    def _send(self, job_ids: list[str], jobs_: list[Job] | None = None) -> None:
+        if not job_ids:
+            return
+        if jobs_ is None:
+            with self.sessions() as session:
+                jobs_ = jobs.queued_among(session, job_ids)
+        for job in jobs_:
+            enqueue_job(self.celery, job.id, job.kind, job.engine, job.priority, len(job.text))
+            with transaction(self.sessions) as session:
+                jobs.mark_sent(session, job.id)
+
+    def _notify(self, job_id: str) -> None:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            wanted = job is not None and job.webhook_url
+        if wanted:
+            enqueue_webhook(self.celery, job_id)
+
+    def _redis(self) -> Any:
+        return self.celery.connection_for_write()
+
+    def _resend_stale_unacked(self) -> int:
+        cutoff = time.time() - self.stale_unacked_s
+        with self._redis() as conn:
+            client = conn.default_channel.client
+            # Bounded by the fleet: each worker holds one started message plus its short-countdown retries.
+            tags = client.zrangebyscore(UNACKED_INDEX, "-inf", cutoff, start=0, num=PAGE)
+            if not tags:
+                return 0
+            by_job = {}
+            for tag, raw in zip(tags, client.hmget(UNACKED, tags), strict=True):
+                job_id = _job_id(raw)
+                if job_id is not None:
+                    by_job[job_id] = tag
+            with self.sessions() as session:
+                queued = jobs.queued_among(session, list(by_job))
+            self._send([job.id for job in queued], jobs_=queued)
+            dead = [by_job[job.id] for job in queued]
+            if dead:
+                # Their holder is gone; dropping them spares a pointless redelivery hours later.
+                client.hdel(UNACKED, *dead)
+                client.zrem(UNACKED_INDEX, *dead)
+        return len(queued)
+
+    def _resend_after_broker_loss(self) -> int:
+        with self._redis() as conn:
+            client = conn.default_channel.client
+            if not self._walking:
+                if client.exists(EPOCH_KEY):
+                    return 0
+                log.warning("the broker holds no marker: it lost its data; re-sending every queued job")
+                self._walking, self._walk = True, None
+            with self.sessions() as session:
+                page = jobs.queued_page(session, self._walk, PAGE)
+            self._send([job.id for job in page], jobs_=page)
+            if len(page) < PAGE:
+                client.set(EPOCH_KEY, utcnow().isoformat())
+                self._walking = False
             else:
-                job.status, job.lease_expires_at, job.worker = "queued", None, None
-                recovered.append((job.id, job.kind, job.engine, job.priority, len(job.text)))
-    # The dead worker's message may sit unacked until Redis's visibility timeout: send a fresh one now.
-    for job_id, kind, engine, priority, chars in recovered:
-        enqueue_job(celery, job_id, kind, engine, priority, chars)
-    report.recovered_expired = len(recovered)
-    # Jobs just re-sent above count as held, so they are not sent twice in one pass.
-    in_broker = job_ids_in_broker(celery) | {r[0] for r in recovered}
-    with sessions() as session:
-        queued = session.execute(
-            select(Job.id, Job.kind, Job.engine, Job.priority, func.length(Job.text)).where(
-                Job.status == "queued", Job.created_at < now - timedelta(seconds=grace_s)
-            )
-        ).all()
-    for job_id, kind, engine, priority, chars in queued:
-        if job_id not in in_broker:
-            enqueue_job(celery, job_id, kind, engine, priority, chars)
-            report.requeued_lost += 1
-    report.webhooks_sent = _send_missed_webhooks(sessions, celery, now - timedelta(seconds=grace_s * 2))
-    if report.requeued_lost or report.recovered_expired or report.quarantined or report.webhooks_sent:
-        log.info("reconciled: %s", report)
-    return report
+                self._walk = (page[-1].created_at, page[-1].id)
+        return len(page)
+
+    def _send_missed_webhooks(self) -> int:
+        with self.sessions() as session:
+            missed = jobs.finished_without_webhook(session, utcnow() - timedelta(seconds=self.grace_s * 2), PAGE)
+        for job_id in missed:
+            enqueue_webhook(self.celery, job_id)
+        return len(missed)
 
 
-def _send_missed_webhooks(sessions: sessionmaker[Session], celery: Celery, finished_before: datetime) -> int:
-    with sessions() as session:
-        missed = session.execute(
-            select(Job.id, Job.engine).where(
-                Job.status.in_(TERMINAL),
-                Job.webhook_url.is_not(None),
-                Job.webhook_attempts == 0,
-                Job.finished_at < finished_before,
-            )
-        ).all()
-    for job_id, engine in missed:
-        celery.send_task(WEBHOOK_TASK, args=[job_id], queue=engine_queue(engine))
-    return len(missed)
+def _job_id(raw: bytes | None) -> str | None:
+    """The job id of a message kombu stored as [payload, exchange, routing_key]; None for other messages."""
+    if raw is None:
+        return None
+    try:
+        headers = json.loads(raw)[0]["headers"]
+        if headers.get("task") not in TASKS.values():
+            return None
+        job_id = headers.get("argsrepr", "").strip("[]() ,").strip("'\"")
+        return job_id if jobs.is_job_id(job_id) else None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None

@@ -19,12 +19,13 @@ def upload_key(tenant_id: str, voice_id: str) -> str:
     return voice_prefix(tenant_id, voice_id) + "upload"
 
 
-def reference_key(tenant_id: str, voice_id: str) -> str:
-    return voice_prefix(tenant_id, voice_id) + "reference.wav"
+# Per clone attempt, so a stale attempt never overwrites the objects the voice row names.
+def reference_key(tenant_id: str, voice_id: str, attempt: int) -> str:
+    return voice_prefix(tenant_id, voice_id) + f"reference.a{attempt}.wav"
 
 
-def profile_key(tenant_id: str, voice_id: str, engine: str) -> str:
-    return voice_prefix(tenant_id, voice_id) + f"profile.{engine}"
+def profile_key(tenant_id: str, voice_id: str, engine: str, attempt: int) -> str:
+    return voice_prefix(tenant_id, voice_id) + f"profile.a{attempt}.{engine}"
 
 
 def is_voice_id(name: str) -> bool:

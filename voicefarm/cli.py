@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
     worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
 
+    hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
+    hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
+
     rec = sub.add_parser("reconcile", help="re-enqueue jobs the broker lost and recover jobs of dead workers")
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
 
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from voicefarm.workers import run_workers
 
         return run_workers(settings, gpus=args.gpus, cpu=args.cpu)
+    if args.command == "webhook-worker":
+        return _exec_webhook_worker(args.concurrency or settings.webhook_concurrency)
     if args.command == "reconcile":
         return _reconcile(settings, once=args.once)
     return _keys(settings, args)
@@ -71,18 +76,18 @@ def _reconcile(settings: Settings, *, once: bool) -> int:
 
     from shared.db import make_engine, make_session_factory
     from shared.queue import make_celery
-    from shared.reconcile import reconcile
+    from shared.reconcile import Reconciler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("voicefarm.reconcile")
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
-    celery = make_celery(settings)
+    reconciler = Reconciler.from_settings(settings, sessions, make_celery(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while True:
         try:
-            report = reconcile(sessions, celery, max_attempts=settings.max_attempts)
+            report = reconciler.run_once()
             if once:
                 print(report)
                 return 0
@@ -92,6 +97,23 @@ def _reconcile(settings: Settings, *, once: bool) -> int:
                 return 1
         if stop.wait(settings.reconcile_interval_s):
             return 0
+
+
+def _exec_webhook_worker(concurrency: int) -> int:
+    import socket
+
+    from shared.queue import WEBHOOK_QUEUE
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.webhook_main", "worker",
+        "--queues", WEBHOOK_QUEUE,
+        "--concurrency", str(max(1, concurrency)),
+        "--pool", "prefork",
+        "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",
+        "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
 
 
 def _exec_api(settings: Settings, workers: int) -> int:
@@ -115,6 +137,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     with transaction(sessions) as session:
         if args.keys_command == "create":
             row, plaintext = tenants.create_key(session, args.tenant, args.name)
+            print(f"webhook signing secret (also at GET /v1/webhook-secret): {row.webhook_secret}")
             print(f"created key {row.id} for tenant {args.tenant}; it is shown only now:\n{plaintext}")
         elif args.keys_command == "list":
             for key, tenant in tenants.list_keys(session):

@@ -1,37 +1,30 @@
-"""The worker's Celery app: tasks plus the process hook that loads the engine once and keeps it resident."""
+"""The worker's Celery app: job tasks plus the process hook that loads the engine once and keeps it resident.
+
+Tasks are thin: each unpacks its message and calls a plain function (`run_synthesis`, `run_clone`). Whether to
+retry is the error's decision: `Transient` errors retry with Celery's own exponential backoff and jitter, capped
+at `retry_backoff_max_s`, for up to `task_max_retries` tries; nothing else is retried by Celery.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
-from sqlalchemy.exc import OperationalError
 
-from shared import jobs, voices
+from shared import jobs
 from shared.config import load_settings
 from shared.db import transaction
-from shared.errors import Unavailable
+from shared.errors import Transient
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, WEBHOOK_TASK, engine_queue, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_webhook, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.synthesis import run_synthesis
-from worker.webhooks import WebhookFailed, deliver_webhook
 
 log = logging.getLogger(__name__)
-# Failures worth another try: a dependency was briefly down.
-WEBHOOK_RETRIES = 5
-TRANSIENT = (Unavailable, OperationalError, ConnectionError, TimeoutError)
-
-
-def backoff_s(retries: int, base: float = 2.0, cap: float = 120.0) -> float:
-    """Exponential backoff with equal jitter: never under half the step, so retries span a known minimum time."""
-    return min(cap, base * 2**retries) * random.uniform(0.5, 1.0)
 
 
 def create_worker_app() -> Celery:
@@ -42,8 +35,10 @@ def create_worker_app() -> Celery:
     def context() -> WorkerContext:
         # Built in the process hook; built lazily here when a pool runs tasks in the main process.
         if "ctx" not in holder:
-            holder["ctx"] = WorkerContext.build(settings)
-            holder["ctx"].start_heartbeat()
+            ctx = WorkerContext.build(settings)
+            ctx.notify = lambda job_id: _notify(app, ctx, job_id)
+            ctx.start()
+            holder["ctx"] = ctx
         return holder["ctx"]
 
     @worker_process_init.connect(weak=False)
@@ -55,67 +50,55 @@ def create_worker_app() -> Celery:
         if "ctx" in holder:
             holder["ctx"].stop()
 
-    def run(task: Task, job: Callable[[WorkerContext, str], str], job_id: str) -> str:
-        ctx = context()
-        try:
-            outcome = job(ctx, job_id)
-            if outcome != "skipped":
-                notify(job_id)
+    class JobTask(Task):
+        autoretry_for = (Transient,)
+        retry_backoff = True
+        retry_backoff_max = settings.retry_backoff_max_s
+        retry_jitter = True
+        max_retries = settings.task_max_retries
+
+        def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            # Only two ways out end here: retries of an outage ran out, or the retry could not be sent.
+            _after_lost_retry(context(), args[0], exc, self.request.retries >= self.max_retries)
+
+    def job_task(name: str, fn: Callable[[WorkerContext, str], str]) -> None:
+        @app.task(bind=True, base=JobTask, name=name)
+        def task(self: Task, job_id: str) -> str:
+            outcome = fn(context(), job_id)
+            context().crash_point("before_ack")
             return outcome
-        except SoftTimeLimitExceeded:
-            limit = task.request.timelimit[1] if task.request.timelimit else None
-            _give_up(ctx, job_id, "time_limit_exceeded", f"the job ran past its time limit ({limit} s)")
-            notify(job_id)
-            return "failed"
-        except TRANSIENT as exc:
-            _release(ctx, job_id)
-            if task.request.retries >= settings.task_max_retries:
-                _give_up(ctx, job_id, "retries_exhausted", f"gave up after {task.request.retries} retries: {exc}")
-                notify(job_id)
-                return "failed"
-            log.warning("job %s: transient failure (%s); retrying", job_id, exc)
-            raise task.retry(exc=exc, countdown=backoff_s(task.request.retries)) from exc
 
-    def notify(job_id: str) -> None:
-        with context().sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None or not job.webhook_url:
-                return
-        app.send_task(WEBHOOK_TASK, args=[job_id], queue=engine_queue(settings.engine))
-
-    @app.task(bind=True, name=WEBHOOK_TASK, max_retries=WEBHOOK_RETRIES, soft_time_limit=30, time_limit=60)
-    def webhook(self: Task, job_id: str) -> str:
-        try:
-            return deliver_webhook(context(), job_id)
-        except WebhookFailed as exc:
-            if self.request.retries >= WEBHOOK_RETRIES:
-                log.warning("job %s: webhook undeliverable after %d tries", job_id, self.request.retries + 1)
-                return "undeliverable"
-            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries, base=5.0)) from exc
-
-    @app.task(bind=True, name=SYNTHESIZE_TASK, max_retries=settings.task_max_retries)
-    def synthesize(self: Task, job_id: str) -> str:
-        return run(self, run_synthesis, job_id)
-
-    @app.task(bind=True, name=CLONE_TASK, max_retries=settings.task_max_retries)
-    def clone(self: Task, job_id: str) -> str:
-        return run(self, run_clone, job_id)
-
+    job_task(SYNTHESIZE_TASK, run_synthesis)
+    job_task(CLONE_TASK, run_clone)
     return app
 
 
-def _give_up(ctx: WorkerContext, job_id: str, code: str, message: str) -> None:
-    with transaction(ctx.sessions) as session:
-        job = session.get(Job, job_id)
-        if job is not None and job.kind == "clone":
-            voices.mark_failed(session, job.voice, code, message)
-        jobs.fail(session, job_id, code, message)
+def _notify(app: Celery, ctx: WorkerContext, job_id: str) -> None:
+    """Queue the webhook of a job that just reached a terminal state, when it asked for one."""
+    try:
+        with ctx.sessions() as session:
+            job = session.get(Job, job_id)
+            wanted = job is not None and bool(job.webhook_url)
+        if wanted:
+            enqueue_webhook(app, job_id)
+    except Exception:  # the reconciler sends webhooks that were never attempted
+        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
 
 
-def _release(ctx: WorkerContext, job_id: str) -> None:
-    # Best effort: when the database is what is down, the lease lapses and the reconciler takes over.
+def _after_lost_retry(ctx: WorkerContext, job_id: str, exc: Exception, exhausted: bool) -> None:
     try:
         with transaction(ctx.sessions) as session:
-            jobs.release(session, job_id, ctx.name)
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            if exhausted and isinstance(exc, Transient):
+                message = f"a dependency stayed unavailable through {ctx.settings.task_max_retries} retries"
+                if jobs.give_up(session, job_id, job.attempts, "retries_exhausted", message):
+                    log.error("job %s: %s", job_id, message)
+                    session.commit()
+                    ctx.notify(job_id)
+                    return
+            # The retry message never reached the broker: have the reconciler send a new one.
+            jobs.mark_unsent(session, job_id)
     except Exception:
-        log.warning("job %s: could not hand the job back", job_id, exc_info=True)
+        log.warning("job %s: could not record a lost retry; the reconciler will find it", job_id, exc_info=True)

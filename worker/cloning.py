@@ -8,56 +8,57 @@ from typing import Any
 
 from shared import jobs, voices
 from shared.db import transaction
-from shared.errors import BadRequest
+from shared.errors import BadRequest, EngineError, NotFound, VoicefarmError
+from shared.jobs import Attempt
 from shared.language import detect_language
-from shared.models import Voice
+from shared.models import Job, Voice
 from shared.reference import inspect_upload, normalise, to_wav
+from worker.attempts import run_job
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 def run_clone(ctx: WorkerContext, job_id: str) -> str:
-    with ctx.attempt(job_id) as job:
-        if job is None:
-            return "skipped"
-        with ctx.sessions() as session:
-            voice = session.get(Voice, job.voice)
-        if voice is None:
-            with transaction(ctx.sessions) as session:
-                jobs.fail(session, job_id, "voice_not_found", f"voice {job.voice} was deleted")
-            return "failed"
-        try:
-            result = _clone(ctx, job_id, voice.tenant_id, voice.id, voice.transcript, voice.language)
-        except (BadRequest, ValueError) as exc:
-            code = exc.code if isinstance(exc, BadRequest) else "clone_rejected"
-            with transaction(ctx.sessions) as session:
-                voices.mark_failed(session, voice.id, code, str(exc))
-                jobs.fail(session, job_id, code, str(exc))
-            return "failed"
-        with transaction(ctx.sessions) as session:
-            voices.mark_ready(
-                session,
-                voice.id,
-                reference_key=result["reference_key"],
-                profile_key=result["profile_key"],
-                transcript=result["transcript"],
-                language=result["language"],
-                duration_s=result["duration_s"],
-                details={k: result[k] for k in ("warnings", "build_s", "transcribed")},
-            )
-            jobs.complete(session, job_id, result)
-        return "succeeded"
+    return run_job(ctx, job_id, _attempt)
+
+
+def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
+    with ctx.sessions() as session:
+        voice = session.get(Voice, job.voice)
+    if voice is None:
+        raise NotFound(f"voice {job.voice} was deleted", code="voice_not_found")
+    try:
+        result = _clone(ctx, attempt, voice.tenant_id, voice.id, voice.transcript, voice.language)
+    except ValueError as exc:  # the engine's or the reference checks' refusal of this clip
+        raise BadRequest(str(exc), code="clone_rejected") from exc
+    with transaction(ctx.sessions) as session:
+        # Fenced: a stale attempt's profile never becomes the voice's.
+        if not jobs.complete(session, attempt, result):
+            reason = jobs.refusal(session, attempt)
+            session.rollback()
+            return reason
+        voices.mark_ready(
+            session,
+            voice.id,
+            reference_key=result["reference_key"],
+            profile_key=result["profile_key"],
+            transcript=result["transcript"],
+            language=result["language"],
+            duration_s=result["duration_s"],
+            details={k: result[k] for k in ("warnings", "build_s", "transcribed")},
+        )
+    ctx.notify(job.id)
+    return "succeeded"
 
 
 def _clone(
-    ctx: WorkerContext, job_id: str, tenant_id: str, voice_id: str, transcript: str | None, language: str | None
+    ctx: WorkerContext, attempt: Attempt, tenant_id: str, voice_id: str, transcript: str | None, language: str | None
 ) -> dict[str, Any]:
     clip = normalise(inspect_upload(ctx.storage.get(voices.upload_key(tenant_id, voice_id))))
-    ref_key = voices.reference_key(tenant_id, voice_id)
+    ref_key = voices.reference_key(tenant_id, voice_id, attempt.number)
     ctx.storage.put(ref_key, to_wav(clip), "wav")
-    with transaction(ctx.sessions) as session:
-        jobs.set_progress(session, job_id, 0.3, ctx.settings.job_lease_s)
+    ctx.progress(attempt, 0.3)
 
     transcribed = not transcript
     if not transcript:
@@ -66,13 +67,18 @@ def _clone(
         if not transcript:
             raise BadRequest("no speech was recognised in the reference clip", code="no_speech")
     language = language or detect_language(transcript)
-    with transaction(ctx.sessions) as session:
-        jobs.set_progress(session, job_id, 0.6, ctx.settings.job_lease_s)
+    ctx.progress(attempt, 0.6)
 
     started = time.perf_counter()
-    profile = ctx.engine.clone(clip.audio, clip.sample_rate, transcript)
+    try:
+        profile = ctx.engine.clone(clip.audio, clip.sample_rate, transcript)
+    except (VoicefarmError, ValueError):
+        raise
+    except Exception as exc:
+        log.exception("voice %s: the engine failed to build a profile", voice_id)
+        raise EngineError("the engine failed to build this voice's profile; the error has been logged") from exc
     build_s = time.perf_counter() - started
-    key = voices.profile_key(tenant_id, voice_id, ctx.engine.capabilities.name)
+    key = voices.profile_key(tenant_id, voice_id, ctx.engine.capabilities.name, attempt.number)
     ctx.storage.put(key, profile.data)
     log.info("voice %s: profile built in %.2f s", voice_id, build_s)
     return {

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import jobs
@@ -23,8 +24,20 @@ from shared.storage import Storage
 from worker.asr import Transcriber
 from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
+from worker.finisher import Finisher
 
 log = logging.getLogger(__name__)
+
+
+class AttemptOver(Exception):
+    """A write of this attempt was refused: the job was canceled ("canceled") or the attempt lost its lease to
+    another claim or the reconciler ("lease_lost"). The worker stops at once and writes nothing more."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 HEARTBEAT_S = 10.0
 PROFILE_CACHE = 256
 
@@ -38,10 +51,16 @@ class WorkerContext:
     name: str
     _stop: threading.Event = field(default_factory=threading.Event)
     _transcriber: Transcriber | None = None
-    # The job this process is running, whose lease the heartbeat renews.
-    current_job: str | None = None
+    # Sends a finished job's webhook (set by the Celery app; a no-op in tests that call tasks directly).
+    notify: Callable[[str], None] = lambda job_id: None
+    # The attempt this process is running, whose lease the heartbeat renews with those the finisher holds.
+    current: jobs.Attempt | None = None
+    finisher: Finisher = field(init=False)
     # Profiles are small and immutable once built: keep the recent ones so a voice's jobs skip the S3 fetch.
     _profiles: OrderedDict[str, VoiceProfile] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.finisher = Finisher(self)
 
     def transcriber(self) -> Transcriber:
         if self._transcriber is None:
@@ -73,6 +92,10 @@ class WorkerContext:
         ctx.storage.ensure_bucket()
         ctx.register()
         return ctx
+
+    def start(self) -> None:
+        self.start_heartbeat()
+        self.finisher.start()
 
     def register(self) -> None:
         values = {
@@ -109,37 +132,51 @@ class WorkerContext:
 
     def stop(self) -> None:
         self._stop.set()
+        self.finisher.stop()
 
-    @contextmanager
-    def attempt(self, job_id: str) -> Iterator[Job | None]:
-        """Start an attempt at a job, renewing its lease until the block ends; yields None when the job is
-        finished already or has just been quarantined."""
-        job = self._claim(job_id)
-        try:
-            yield job
-        finally:
-            self.current_job = None
-
-    def _claim(self, job_id: str) -> Job | None:
+    def claim(self, job_id: str) -> tuple[Job, jobs.Attempt] | None:
         with transaction(self.sessions) as session:
-            job = jobs.start_attempt(session, job_id, self.name, self.settings.job_lease_s)
-            if job is None:
-                log.info("job %s already finished; skipping redelivery", job_id)
-                return None
-            if job.attempts > self.settings.max_attempts:
-                message = f"the job was started {job.attempts - 1} times without finishing; it is not retried again"
-                jobs.fail(session, job_id, "quarantined", message)
-                log.error("job %s quarantined", job_id)
-                return None
-        self.current_job = job_id
-        return job
+            claimed = jobs.claim(session, job_id, self.name, self.settings.job_lease_s, self.settings.max_attempts)
+        if claimed is not None:
+            self.current = claimed[1]
+        return claimed
+
+    def progress(self, attempt: jobs.Attempt, fraction: float) -> None:
+        """Record progress (renewing the lease); raises `AttemptOver` when the attempt was canceled or lost.
+
+        A database outage is ridden out: the work goes on, and the fenced completion decides in the end."""
+        try:
+            with transaction(self.sessions) as session:
+                if jobs.set_progress(session, attempt, fraction, self.settings.job_lease_s):
+                    return
+                reason = jobs.refusal(session, attempt)
+        except DBAPIError:
+            log.warning("job %s: progress not recorded (database unavailable)", attempt.job_id)
+            return
+        raise AttemptOver(reason)
+
+    def crash_point(self, point: str) -> None:
+        """Test-only (`VOICEFARM_TEST_CRASH_AT`): die like a kill -9, once per data dir, at the named point."""
+        if self.settings.test_crash_at != point:
+            return
+        marker = self.settings.data_dir / f"crashed-{point}"
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            with marker.open("x"):
+                pass
+        except FileExistsError:
+            return
+        log.error("test crash point %s reached; killing this process", point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _beat(self) -> None:
         while not self._stop.wait(min(HEARTBEAT_S, self.settings.job_lease_s / 3)):  # renew well before expiry
+            held = [a for a in (self.current, *self.finisher.attempts()) if a is not None]
             try:
                 with transaction(self.sessions) as session:
                     session.execute(update(Worker).where(Worker.name == self.name).values(last_seen=utcnow()))
-                    if self.current_job is not None:
-                        jobs.renew_lease(session, self.current_job, self.settings.job_lease_s)
+                    for attempt in held:
+                        # A refused renewal needs no action here: the attempt's next write is refused too.
+                        jobs.renew_lease(session, attempt, self.settings.job_lease_s)
             except Exception:  # a database outage must not kill the worker; the next beat retries
                 log.warning("heartbeat failed", exc_info=True)

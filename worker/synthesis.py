@@ -5,25 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from shared import jobs, voices
+from shared import voices
 from shared.audio import encode, join_segments
-from shared.db import transaction
-from shared.errors import BadRequest, Conflict, NotFound, VoicefarmError
+from shared.errors import BadRequest, EngineError, VoicefarmError
+from shared.jobs import Attempt
+from shared.models import Job
 from shared.text import split_text
+from worker.attempts import run_job
 from worker.context import WorkerContext
-from worker.engines.base import VoiceProfile
+from worker.engines.base import Synthesis, VoiceProfile
+from worker.finisher import Pending, attempt_key
 
 log = logging.getLogger(__name__)
 # Pause between segments: close to a sentence break in read speech.
 SEGMENT_PAUSE_S = 0.25
-
-
-class Canceled(Exception):
-    """The job was canceled while it ran."""
 
 
 @dataclass(frozen=True)
@@ -43,30 +41,14 @@ class JobSpec:
     seed: int | None
 
 
-def object_key(spec: JobSpec) -> str:
-    # Deterministic: a redelivered task overwrites the same object instead of leaving a second one.
-    return f"jobs/{spec.tenant_id}/{spec.id}.{spec.format}"
-
-
 def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
-    """Run a job; returns the outcome ("succeeded", "failed" or "skipped" when it was already finished)."""
-    with ctx.attempt(job_id) as job:
-        if job is None:
-            return "skipped"
-        spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
-        try:
-            result = _synthesize(ctx, spec)
-        except Canceled:
-            log.info("job %s was canceled; stopping", job_id)
-            return "canceled"
-        except (BadRequest, ValueError, NotFound, Conflict) as exc:
-            code = exc.code if isinstance(exc, VoicefarmError) else "synthesis_rejected"
-            with transaction(ctx.sessions) as session:
-                jobs.fail(session, job_id, code, str(exc))
-            return "failed"
-        with transaction(ctx.sessions) as session:
-            jobs.complete(session, job_id, result)
-        return "succeeded"
+    """Run an attempt at a job; returns its outcome ("succeeded", "deferred", "failed", "skipped", ...)."""
+    return run_job(ctx, job_id, _attempt)
+
+
+def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
+    spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
+    return ctx.finisher.finish(_synthesize(ctx, spec, attempt))
 
 
 def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:
@@ -80,7 +62,32 @@ def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:
     return ctx.profile(key)
 
 
-def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
+def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSpec) -> Synthesis:
+    """One segment; anything the engine raises besides a refusal of the input is an engine failure."""
+    try:
+        return ctx.engine.synthesize(
+            text,
+            voice=voice,
+            mode=spec.mode,  # type: ignore[arg-type]
+            instruct=spec.instruct,
+            language=spec.language,
+            speed=spec.speed,
+            seed=spec.seed,
+        )
+    except VoicefarmError:
+        raise
+    except ValueError as exc:  # the engine's own argument checks (check_segment)
+        raise BadRequest(str(exc), code="synthesis_rejected") from exc
+    except MemoryError as exc:
+        raise EngineError("the engine ran out of memory on this job", code="engine_out_of_memory") from exc
+    except Exception as exc:
+        log.exception("job %s: the engine failed", spec.id)
+        if "out of memory" in str(exc).lower():  # CUDA OOM is a RuntimeError whose text says so
+            raise EngineError("the engine ran out of memory on this job", code="engine_out_of_memory") from exc
+        raise EngineError("the engine failed on this job; the error has been logged") from exc
+
+
+def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     caps = ctx.engine.capabilities
     voice = _resolve_voice(ctx, spec)
     texts = split_text(spec.text, caps.max_segment_chars)
@@ -91,34 +98,21 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
     warnings: list[str] = []
     similarities: list[tuple[float, int]] = []
     for i, text in enumerate(texts):
-        out = ctx.engine.synthesize(
-            text,
-            voice=voice,
-            mode=spec.mode,  # type: ignore[arg-type]
-            instruct=spec.instruct,
-            language=spec.language,
-            speed=spec.speed,
-            seed=spec.seed,
-        )
+        out = _speak(ctx, text, voice, spec)
         audios.append(out.audio)
         if out.similarity is not None:
             similarities.append((out.similarity, len(out.audio)))
         warnings.extend(w for w in out.warnings if w not in warnings)
-        with transaction(ctx.sessions) as session:
-            running = jobs.set_progress(session, spec.id, (i + 1) / (len(texts) + 1), ctx.settings.job_lease_s)
-        if not running:
-            raise Canceled(spec.id)
+        ctx.progress(attempt, (i + 1) / (len(texts) + 1))
     audio, starts = join_segments(audios, caps.sample_rate, SEGMENT_PAUSE_S)
     compute_s = time.perf_counter() - started
     encoded = encode(audio, caps.sample_rate, spec.format, spec.sample_rate)
-    key = object_key(spec)
-    ctx.storage.put(key, encoded.data, spec.format)
-    ctx.record_job(len(audio) / caps.sample_rate, compute_s)
+    key = attempt_key(spec.tenant_id, attempt, spec.format)
     segments = [
         {"text": text, "start_s": round(start, 3), "end_s": round(start + len(seg) / caps.sample_rate, 3)}
         for text, seg, start in zip(texts, audios, starts, strict=True)
     ]
-    return {
+    result = {
         "key": key,
         "format": encoded.format,
         "sample_rate": encoded.sample_rate,
@@ -136,3 +130,5 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec) -> dict[str, Any]:
         ),
         "rtf": round(compute_s / max(len(audio) / caps.sample_rate, 1e-6), 3),
     }
+    audio_s = len(audio) / caps.sample_rate
+    return Pending(attempt, spec.tenant_id, key, encoded.data, encoded.format, result, audio_s, compute_s)

@@ -1,75 +1,181 @@
-"""Webhook delivery: POST the finished job's JSON to the URL the client gave, without following redirects."""
+"""Webhook delivery: POST a finished job's event, signed, to the address its URL was checked against.
+
+The connection goes through urllib3 with the checked IP address as the pool's host, while the Host header, the
+TLS SNI name and the certificate check name the URL's host. urllib3 never reads proxy settings from the
+environment (requests and urllib do), follows no redirects here, and does no retries of its own: every attempt
+is one request, recorded in `webhook_deliveries`, and retried by the Celery task's backoff.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
-from typing import Any
+import ssl
+import time
+from typing import Protocol
 
-from sqlalchemy import update
+import urllib3
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
-from shared.db import transaction
+from shared import deliveries
+from shared.config import Settings
 from shared.errors import BadRequest
-from shared.models import Job, utcnow
+from shared.models import Job
+from shared.storage import Storage
 from shared.views import job_view
-from shared.webhooks import check_webhook_url
-from worker.context import WorkerContext
+from shared.webhooks import Resolver, Target, WebhookUnresolvable, parse_webhook_url, resolve_host, resolve_target
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = 5.0
+USER_AGENT = "voicefarm-webhook/1"
+# The receiver's answer body is never needed; read at most this much of it before closing.
+MAX_ANSWER_BYTES = 4096
 
 
 class WebhookFailed(Exception):
     """The receiver did not take the delivery; worth another try."""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could point the farm at an internal address after the URL was checked.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+class Resources(Protocol):
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
-def deliver_webhook(ctx: WorkerContext, job_id: str) -> str:
+def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_host) -> str:
+    """One attempt at a job's webhook: 'delivered', 'refused', 'undeliverable' or 'skipped'; raises
+    `WebhookFailed` when another attempt may succeed."""
+    settings = ctx.settings
     with ctx.sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None or not job.webhook_url or job.webhook_delivered_at is not None:
-            return "skipped"
-        body = {"event": f"job.{job.status}", "job": job_view(job, ctx.storage, ctx.settings.presign_expiry_s)}
-        url = job.webhook_url
+        url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
+    if not url:
+        return "skipped"
+    attempt = deliveries.claim_attempt(ctx.sessions, job_id, settings.webhook_max_attempts, _host_of(url))
+    if attempt is None:
+        return "skipped"
+    last = attempt.number >= settings.webhook_max_attempts
+
+    def fail(error: str, *, status_code: int | None = None, address: str | None = None, retry: bool = True) -> str:
+        give_up = last or not retry
+        deliveries.finish_attempt(
+            ctx.sessions, attempt, status_code=status_code, error=error, address=address, give_up=give_up
+        )
+        log.warning("job %s: webhook attempt %d failed: %s", job_id, attempt.number, error)
+        if give_up:
+            return "undeliverable" if retry else "refused"
+        raise WebhookFailed(error)
+
+    if attempt.secret is None:
+        return fail("no signing secret: the job's API key is gone", retry=False)
     try:
-        check_webhook_url(url, ctx.settings)
+        target = resolve_target(url, settings, resolve)
+    except WebhookUnresolvable as exc:  # DNS may be failing for a while: try again later
+        return fail(exc.message)
     except BadRequest as exc:
-        _record(ctx, job_id, error=f"refused: {exc.message}")
-        return "refused"
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "voicefarm-webhook/1"},
-        method="POST",
-    )
+        return fail(f"refused: {exc.message}", retry=False)
+    body = json.dumps(
+        {
+            "id": attempt.event_id,
+            "event": attempt.event,
+            "created_at": attempt.job.finished_at.isoformat() if attempt.job.finished_at else None,
+            "job": job_view(attempt.job, ctx.storage, settings.presign_expiry_s),
+        }
+    ).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Voicefarm-Event-Id": attempt.event_id,
+        "Voicefarm-Event": attempt.event,
+        "Voicefarm-Delivery-Attempt": str(attempt.number),
+        "Voicefarm-Timestamp": timestamp,
+        "Voicefarm-Signature": deliveries.sign(attempt.secret, timestamp, body),
+    }
+    address = target.addresses[0]
     try:
-        with _opener.open(request, timeout=TIMEOUT_S) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        _record(ctx, job_id, error=f"unreachable: {type(exc).__name__}")
-        raise WebhookFailed(str(exc)) from exc
+        status = post(target, body, headers, settings)
+    except Exception as exc:  # every way an attempt can end is recorded, the unforeseen ones too
+        return fail(describe(exc, settings), address=address)
     if not 200 <= status < 300:
-        _record(ctx, job_id, error=f"answered {status}")
-        raise WebhookFailed(f"answered {status}")
-    _record(ctx, job_id, delivered=True)
+        return fail(f"answered {status}", status_code=status, address=address)
+    deliveries.finish_attempt(ctx.sessions, attempt, status_code=status, address=address, delivered=True)
     return "delivered"
 
 
-def _record(ctx: WorkerContext, job_id: str, *, delivered: bool = False, error: str | None = None) -> None:
-    values: dict[str, Any] = {"webhook_attempts": Job.webhook_attempts + 1, "webhook_error": error}
-    if delivered:
-        values["webhook_delivered_at"] = utcnow()
-    with transaction(ctx.sessions) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
+def post(target: Target, body: bytes, headers: dict[str, str], settings: Settings) -> int:
+    """POST to the checked address; returns the status code. Raises urllib3's errors."""
+    timeout = urllib3.Timeout(connect=settings.webhook_connect_timeout_s, read=settings.webhook_timeout_s)
+    pool: urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        context = ssl.create_default_context()
+        if settings.webhook_ca_file is not None:
+            context.load_verify_locations(cafile=str(settings.webhook_ca_file))
+        pool = urllib3.HTTPSConnectionPool(
+            target.addresses[0],
+            target.port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            ssl_context=context,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(target.addresses[0], target.port, timeout=timeout, retries=False, maxsize=1)
+    try:
+        response = pool.urlopen(
+            "POST",
+            target.path,
+            body=body,
+            headers={**headers, "Host": target.host_header},
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        try:
+            response.read(MAX_ANSWER_BYTES)
+        except HTTPError:
+            pass  # the status line is what counts
+        finally:
+            response.close()
+        return int(response.status)
+    finally:
+        pool.close()
+
+
+def describe(exc: BaseException, settings: Settings) -> str:
+    """A short account of a failed attempt for the job's client: what happened, never a traceback."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "the attempt ran past its time limit"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"timed out connecting after {settings.webhook_connect_timeout_s:g} s"
+    if isinstance(exc, ReadTimeoutError):
+        return f"timed out waiting for the answer after {settings.webhook_timeout_s:g} s"
+    if isinstance(exc, SSLError):
+        return f"TLS failed: {exc.args[0] if exc.args else type(exc).__name__}"
+    if isinstance(exc, NewConnectionError):
+        reason = str(exc).rpartition(": ")[2] or "connection failed"
+        return f"could not connect: {reason}"
+    if isinstance(exc, ProtocolError):
+        return "the connection broke before an answer came"
+    if isinstance(exc, HTTPError | OSError):
+        return f"delivery failed ({type(exc).__name__})"
+    log.error("webhook delivery raised unexpectedly", exc_info=exc)
+    return f"delivery failed unexpectedly ({type(exc).__name__})"
+
+
+def _host_of(url: str) -> str:
+    try:
+        return parse_webhook_url(url)[1]
+    except BadRequest:
+        return url.partition("://")[2].partition("/")[0][:255] or "?"

@@ -1,0 +1,95 @@
+"""One attempt at a job: claim it, run the work, and let the error's type decide what happens next.
+
+- `AttemptOver` (a fenced write was refused): stop, write nothing more, send no webhook.
+- `Transient` (a dependency is down): hand the job back and re-raise; the task retries with Celery's backoff.
+- `Permanent`: fail the job at once with the error's own code.
+- Anything else (an engine bug, CUDA out of memory, a library error): logged with its traceback, the job fails
+  with `internal_error` and a message that names no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from shared import jobs, voices
+from shared.db import transaction
+from shared.errors import Permanent, Transient, Unavailable
+from shared.models import Job
+from worker.context import AttemptOver, WorkerContext
+
+log = logging.getLogger(__name__)
+Work = Callable[[WorkerContext, Job, jobs.Attempt], str]
+
+
+def classify(exc: BaseException) -> Transient | None:
+    """The transient error an unexpected exception stands for, if any: an outage of a dependency."""
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return Unavailable("the job database is unavailable")
+    if isinstance(exc, BrokerError | ConnectionError | TimeoutError):
+        return Unavailable(f"a dependency is unreachable ({type(exc).__name__})")
+    return None
+
+
+def run_job(ctx: WorkerContext, job_id: str, work: Work) -> str:
+    """Run one attempt; returns the outcome, or raises `Transient` for the task to retry."""
+    try:
+        claimed = ctx.claim(job_id)
+    except DBAPIError as exc:
+        raise Unavailable("the job database is unavailable") from exc
+    if claimed is None:
+        log.info("job %s is finished or held by a live attempt; nothing to do", job_id)
+        return "skipped"
+    job, attempt = claimed
+    ctx.crash_point("after_claim")
+    try:
+        return work(ctx, job, attempt)
+    except AttemptOver as over:
+        log.warning("job %s attempt %d stopped: %s", job_id, attempt.number, over.reason)
+        return over.reason
+    except Transient:
+        _release(ctx, attempt)
+        raise
+    except Permanent as exc:
+        return _fail(ctx, job, attempt, exc.code, exc.message)
+    except SoftTimeLimitExceeded:
+        return _fail(ctx, job, attempt, "time_limit_exceeded", "the job ran past its time limit")
+    except Exception as exc:
+        transient = classify(exc)
+        if transient is not None:
+            _release(ctx, attempt)
+            raise transient from exc
+        log.exception("job %s attempt %d: unexpected error", job_id, attempt.number)
+        return _fail(ctx, job, attempt, "internal_error", "the worker hit an unexpected error; it has been logged")
+    finally:
+        ctx.current = None
+
+
+def _fail(ctx: WorkerContext, job: Job, attempt: jobs.Attempt, code: str, message: str) -> str:
+    try:
+        with transaction(ctx.sessions) as session:
+            if not jobs.fail(session, attempt, code, message):
+                return jobs.refusal(session, attempt)
+            if job.kind == "clone":
+                voices.mark_failed(session, job.voice, code, message)
+    except DBAPIError as exc:
+        # The attempt keeps its lease until it lapses; then the job runs again and fails again, recorded.
+        raise Unavailable("the job database is unavailable") from exc
+    log.info("job %s failed: %s", job.id, code)
+    ctx.notify(job.id)
+    return "failed"
+
+
+def _release(ctx: WorkerContext, attempt: jobs.Attempt) -> None:
+    # Best effort: when the database is what is down, the lease lapses and the reconciler takes over.
+    try:
+        with transaction(ctx.sessions) as session:
+            jobs.release(session, attempt)
+    except Exception:
+        log.warning("job %s: could not hand the job back", attempt.job_id, exc_info=True)

@@ -1,0 +1,150 @@
+"""The end of a synthesis attempt: upload the encoded audio, then record the result, both riding out outages.
+
+An attempt uploads to its own object (`jobs/<tenant>/<job>/a<attempt>.<format>`) and then completes with a write
+fenced on its attempt number, so a stale worker can never overwrite the winner's audio: the result names the one
+object its own attempt wrote. A refused completion deletes the attempt's object.
+
+When storage or the database is down at that moment, the encoded audio is kept in memory (up to
+`finish_spool_bytes`) and a background thread retries the upload and the completion with capped, jittered
+exponential backoff while the heartbeat keeps the attempt's lease. The engine moves on to the next job meanwhile,
+and the synthesis is never repeated for an outage. (A retry library would block the caller; this loop has to
+interleave many pending finishes in one thread, so it keeps its own schedule.)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError
+
+from shared import jobs
+from shared.db import transaction
+from shared.errors import Transient, Unavailable
+
+if TYPE_CHECKING:
+    from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+TICK_S = 0.25
+
+
+def attempt_key(tenant_id: str, attempt: jobs.Attempt, fmt: str) -> str:
+    return f"{job_prefix(tenant_id, attempt.job_id)}a{attempt.number}.{fmt}"
+
+
+def job_prefix(tenant_id: str, job_id: str) -> str:
+    return f"jobs/{tenant_id}/{job_id}/"
+
+
+@dataclass
+class Pending:
+    attempt: jobs.Attempt
+    tenant_id: str
+    key: str
+    data: bytes
+    fmt: str
+    result: dict[str, Any]
+    audio_s: float
+    compute_s: float
+    uploaded: bool = False
+    tries: int = 0
+    due: float = field(default_factory=time.monotonic)
+
+
+class Finisher:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self._pending: list[Pending] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="voicefarm-finisher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def attempts(self) -> list[jobs.Attempt]:
+        with self._lock:
+            return [p.attempt for p in self._pending]
+
+    def finish(self, pending: Pending) -> str:
+        """Upload and complete now; on an outage keep the audio and finish in the background ("deferred").
+        Raises the outage when there is no room to keep it: the caller hands the job back."""
+        try:
+            return self._step(pending)
+        except Transient as exc:
+            with self._lock:
+                held = sum(len(p.data) for p in self._pending)
+                if held + len(pending.data) > self.ctx.settings.finish_spool_bytes:
+                    raise
+                self._schedule(pending)
+                self._pending.append(pending)
+            log.warning("job %s: %s; keeping the audio and retrying the finish", pending.attempt.job_id, exc)
+            return "deferred"
+
+    def _step(self, p: Pending) -> str:
+        ctx = self.ctx
+        if not p.uploaded:
+            ctx.storage.put(p.key, p.data, p.fmt)
+            p.uploaded = True
+            ctx.crash_point("after_upload")
+        ctx.crash_point("before_complete")
+        try:
+            with transaction(ctx.sessions) as session:
+                if jobs.complete(session, p.attempt, p.result):
+                    reason = "succeeded"
+                else:
+                    reason = jobs.refusal(session, p.attempt)
+        except DBAPIError as exc:
+            raise Unavailable("the job database is unavailable") from exc
+        if reason != "succeeded":
+            log.warning("job %s attempt %d: %s; deleting its audio", p.attempt.job_id, p.attempt.number, reason)
+            self._best_effort(lambda: ctx.storage.delete(p.key), "delete a refused attempt's object")
+            return reason
+        ctx.notify(p.attempt.job_id)
+        self._best_effort(lambda: ctx.record_job(p.audio_s, p.compute_s), "record worker figures")
+        if p.attempt.number > 1:
+            self._best_effort(lambda: self._drop_other_attempts(p), "delete earlier attempts' objects")
+        return reason
+
+    def _drop_other_attempts(self, p: Pending) -> None:
+        # Earlier attempts that died after their upload left an object that no result names.
+        for key in self.ctx.storage.list_keys(job_prefix(p.tenant_id, p.attempt.job_id)):
+            if key != p.key:
+                self.ctx.storage.delete(key)
+
+    def _best_effort(self, fn: Any, what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            log.warning("could not %s", what, exc_info=True)
+
+    def _schedule(self, p: Pending) -> None:
+        cap = self.ctx.settings.retry_backoff_max_s
+        p.due = time.monotonic() + min(cap, 2.0**p.tries) * random.uniform(0.5, 1.0)
+        p.tries += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            with self._lock:
+                due = [p for p in self._pending if p.due <= time.monotonic()]
+            for p in due:
+                try:
+                    outcome = self._step(p)
+                except Transient:
+                    self._schedule(p)
+                    continue
+                except Exception:
+                    log.exception("job %s: finishing failed; the lease will lapse and the job rerun", p.attempt.job_id)
+                    outcome = "dropped"
+                log.info("job %s: deferred finish %s after %d retries", p.attempt.job_id, outcome, p.tries)
+                with self._lock:
+                    self._pending.remove(p)
