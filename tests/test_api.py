@@ -195,10 +195,11 @@ def test_cancel(client: FlaskClient, api_key: str, sessions: sessionmaker[Sessio
 
     with transaction(sessions) as session:
         # A worker that picks the message up afterwards finds nothing to do.
-        assert job_state.start_attempt(session, job_id, "w", 60) is None
+        assert job_state.claim(session, job_id, "w", 60, 3) is None
     done = submit(client, api_key, {"text": "finished"})[1]["id"]
     with transaction(sessions) as session:
-        job_state.start_attempt(session, done, "w", 60)
-        job_state.complete(session, done, {"key": "k", "sha256": "x"})
+        claimed = job_state.claim(session, done, "w", 60, 3)
+        assert claimed is not None
+        job_state.complete(session, claimed[1], {"key": "k", "sha256": "x"})
     refused = client.post(f"/v1/jobs/{done}/cancel", headers=auth(api_key))
     assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "already_finished"
