@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     # Webhooks may target loopback and private networks only when this is set (tests, a trusted LAN).
     # The farm's own database, broker, storage and API ports stay forbidden either way.
     webhook_allow_private: bool = False
+    # Webhooks run on their own queue (`voicefarm webhook-worker`); each event gets at most this many attempts,
+    # retried with Celery's exponential backoff and full jitter, capped.
+    webhook_max_attempts: int = 8
+    webhook_connect_timeout_s: float = 5.0
+    webhook_timeout_s: float = 10.0
+    webhook_retry_backoff_s: int = 5
+    webhook_retry_backoff_max_s: int = 600
+    webhook_concurrency: int = 2
+    # Extra CA certificates (PEM) trusted for https receivers, besides the system's.
+    webhook_ca_file: Path | None = None
+    # Never a webhook target on loopback, private or the farm's own addresses: SeaweedFS's default listeners
+    # (master, volume, filer, S3, admin, their gRPC ports, WebDAV, Iceberg, Lance, debug), Redis and PostgreSQL.
+    # The configured database, broker, storage and API ports, and the embedded SeaweedFS's ports, are added.
+    webhook_blocked_ports: list[int] = [
+        5432, 6060, 6379, 7333, 8080, 8181, 8333, 8888, 9101, 9333, 9340,
+        18080, 18333, 18888, 19333, 19340, 23646, 33646,
+    ]  # fmt: skip
     # Worker behaviour. Transient failures (a dependency down) retry with Celery's exponential backoff and jitter,
     # capped at retry_backoff_max_s between tries; task_max_retries of them span well over an hour of outage.
     task_max_retries: int = 200
@@ -82,8 +99,8 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = 0
     # Encoded audio a worker keeps while storage or the database is down, so only the upload is retried.
     finish_spool_bytes: int = 256 * 1024 * 1024
-    # Test-only: kill the worker process once at this point of a job (after_claim, after_upload, before_complete,
-    # before_ack); the marker file under the data dir makes it happen once per farm.
+    # Test-only: kill the worker process at these points of a job (a comma list of after_claim, after_upload,
+    # before_complete, before_ack), each once per data dir (a marker file there remembers).
     test_crash_at: str = ""
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.
     job_lease_s: int = 60

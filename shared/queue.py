@@ -43,6 +43,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": visibility_timeout_s(settings),
+            **_restore_sweep(settings),
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
         },
@@ -61,6 +62,17 @@ def visibility_timeout_s(settings: Settings) -> int:
         return settings.broker_visibility_timeout_s
     longest = max(time_limits("clone", 0)[1], time_limits("synthesize", settings.max_text_chars)[1])
     return int(longest) + 300
+
+
+def _restore_sweep(settings: Settings) -> dict[str, int]:
+    # kombu sweeps for messages past the visibility timeout every interval x throttle seconds (100 s by default);
+    # a shortened timeout (tests) gets a sweep to match.
+    if not settings.broker_visibility_timeout_s:
+        return {}
+    return {
+        "unacked_restore_interval": max(1, settings.broker_visibility_timeout_s // 3),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def redis_priority(priority: int) -> int:

@@ -283,7 +283,8 @@ class FaultFarm:
         lease_s: int = 10,
         reconcile_interval_s: float = 2.0,
         api_workers: int = 1,
-        worker_cpu: int = 1,
+        worker_cpu: int = 2,
+        database: str = "postgresql",
         extra_env: dict[str, str] | None = None,
     ) -> None:
         # Unix socket paths are limited to ~107 bytes: keep the services' dir short.
@@ -294,6 +295,7 @@ class FaultFarm:
         self.s3 = SeaweedS3(self.root / "s3")
         self.lease_s, self.reconcile_interval_s = lease_s, reconcile_interval_s
         self.api_workers, self.worker_cpu, self.extra_env = api_workers, worker_cpu, extra_env or {}
+        self.database = database
         self.port = 0
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -309,10 +311,12 @@ class FaultFarm:
     def start_services(self) -> None:
         started = time.monotonic()
         self.redis.start()
-        self.pg.start()
+        if self.database == "postgresql":
+            self.pg.start()
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
         self.s3.start()
         s3_call(self.s3.storage().ensure_bucket)
-        url = Settings(database_url=self.pg.url).resolved_database_url()
+        url = Settings(database_url=self.database_url).resolved_database_url()
         migrate(url)
         self._engine = make_engine(url)
         self._sessions = make_session_factory(self._engine)
@@ -320,9 +324,15 @@ class FaultFarm:
             row, self.key = tenants.create_key(session, "faults")
             self.tenant_id = row.tenant_id
         log(
-            f"services up in {time.monotonic() - started:.1f}s (pg :{self.pg.port}, redis :{self.redis.port}, "
-            f"s3 :{self.s3.port})"
+            f"services up in {time.monotonic() - started:.1f}s ({self.database_url.split('@')[-1]}, "
+            f"redis :{self.redis.port}, s3 :{self.s3.port})"
         )
+
+    @property
+    def database_url(self) -> str:
+        if self.database == "sqlite":
+            return f"sqlite:///{self.root / 'data' / 'voicefarm.db'}"
+        return self.pg.url
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -333,7 +343,7 @@ class FaultFarm:
         return (
             os.environ
             | {
-                "DATABASE_URL": self.pg.url,
+                "DATABASE_URL": self.database_url,
                 "BROKER_URL": self.redis.url,
                 "S3_ENDPOINT_URL": self.s3.url,
                 "AWS_ACCESS_KEY_ID": self.s3.access_key,
@@ -345,15 +355,17 @@ class FaultFarm:
                 "VOICEFARM_API_WORKERS": str(self.api_workers),
                 "VOICEFARM_JOB_LEASE_S": str(self.lease_s),
                 "VOICEFARM_RECONCILE_INTERVAL_S": str(self.reconcile_interval_s),
+                # Outages are ridden out with retries at most this far apart (60 s in production).
+                "VOICEFARM_RETRY_BACKOFF_MAX_S": "8",
                 "PYTHONUNBUFFERED": "1",
             }
             | self.extra_env
         )
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self._generation[name] += 1
         path = self.logs / f"{name}-{self._generation[name]}.log"
-        return services.spawn([*CLI, *args], env=self.env(), log_path=path)
+        return services.spawn([*CLI, *args], env=self.env() | (env or {}), log_path=path)
 
     # farm processes
 
@@ -384,8 +396,29 @@ class FaultFarm:
         self.api = None
         return time.monotonic() - started
 
-    def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "worker", "--cpu", str(self.worker_cpu))
+    def start_worker(self, env: dict[str, str] | None = None) -> None:
+        """`voicefarm worker --cpu N`: N Celery worker processes, each with its own engine."""
+        self.worker = self._spawn("worker", "worker", "--cpu", str(self.worker_cpu), env=env)
+
+    def wait_workers_ready(self, timeout: float = 120) -> None:
+        """Every worker process has loaded its engine and registered."""
+        from shared.models import Worker
+
+        def ready() -> bool:
+            with self.sessions() as session:
+                return int(session.scalar(select(func.count()).select_from(Worker)) or 0) >= self.worker_cpu
+
+        self.wait_until(ready, timeout, f"{self.worker_cpu} workers to register", 0.5)
+
+    def worker_pids(self, name: str) -> list[int]:
+        """The Celery processes (main and pool child) of the worker process named `name`."""
+        pids = []
+        for pid in descendants(self.worker.pid) if self.worker else []:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if name.encode() in argv:
+                    pids.append(pid)
+        return pids
 
     def stop_worker(self) -> None:
         """SIGTERM: the supervisor stops Celery, which finishes its task first; stragglers are then killed."""
@@ -423,7 +456,8 @@ class FaultFarm:
         assert response.status_code == 202, response.text
         job = self.wait_terminal([response.json()["id"]], timeout=180)[response.json()["id"]]
         assert job["status"] == "succeeded", job
-        log(f"worker warm after {time.monotonic() - started:.1f}s")
+        self.wait_workers_ready()
+        log(f"workers warm after {time.monotonic() - started:.1f}s")
 
     def stop_all(self) -> None:
         for proc in (self.api, self.reconciler):
@@ -437,7 +471,8 @@ class FaultFarm:
             self._engine.dispose()
         self.s3.stop()
         self.redis.stop()
-        self.pg.stop()
+        if self.database == "postgresql":
+            self.pg.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, name: str, chars: int = 4000) -> str:
@@ -534,7 +569,7 @@ class FaultFarm:
         assert count == len(accepted), f"{count} job rows for {len(accepted)} accepted jobs: duplicates or strays"
         assert not per_key, f"idempotency keys with more than one job: {per_key}"
         keys = self.s3_keys()
-        want = {f"jobs/{self.tenant_id}/{i}.{rows[i]['format']}" for i in accepted}
+        want = {rows[i]["result"]["key"] for i in accepted}
         assert len(keys) == len(set(keys)) and set(keys) == want, (
             f"S3 holds {len(keys)} objects for {len(want)} jobs; missing {sorted(want - set(keys))[:5]}, "
             f"extra {sorted(set(keys) - want)[:5]}"
@@ -543,7 +578,7 @@ class FaultFarm:
 
         for job_id in accepted:
             result = rows[job_id]["result"]
-            assert result and result["key"] == f"jobs/{self.tenant_id}/{job_id}.{rows[job_id]['format']}"
+            assert result and result["key"].startswith(f"jobs/{self.tenant_id}/{job_id}/")
             data = s3_call(functools.partial(storage.get, result["key"]))
             assert hashlib.sha256(data).hexdigest() == result["sha256"], f"object of {job_id} is not its result"
         return rows
@@ -558,6 +593,8 @@ def _row(job: Job) -> dict[str, Any]:
         "id": job.id,
         "status": job.status,
         "attempts": job.attempts,
+        "lost_attempts": job.lost_attempts,
+        "transient_retries": job.transient_retries,
         "format": job.format,
         "result": job.result,
         "error_code": job.error_code,

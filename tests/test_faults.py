@@ -1,16 +1,20 @@
-"""DESIGN.md §5 with real processes: nothing lost, nothing duplicated through a worker kill -9, a Redis restart
-that drops its data, a PostgreSQL outage, an S3 outage and an API restart.
+"""DESIGN.md §5 with real processes: nothing lost, nothing duplicated through a worker kill -9 (anywhere in a
+job), a worker frozen past its lease, a visibility timeout shorter than a job, a Redis restart that drops its
+data, PostgreSQL and S3 outages longer than the retry budget the farm used to have, and an API restart.
 
 Each test owns its services (tests/faultfarm.py) so it can break them without touching the session fixtures,
-and runs `voicefarm api`, `voicefarm worker --cpu 1` and `voicefarm reconcile` (2 s interval, 10 s leases) as
-subprocesses. Every test ends with the same check (FaultFarm.assert_exactly_once): every job the API accepted
-succeeded, with exactly one row and exactly one S3 object (whose bytes match the recorded sha256), and no other
-row or object exists for the tenant. Durations are printed per scenario and summed up at the end of the module.
+and runs `voicefarm api`, `voicefarm worker --cpu 2` (two worker processes) and `voicefarm reconcile` (2 s
+interval, 10 s leases) as subprocesses. Every test ends with the same check (FaultFarm.assert_exactly_once):
+every job the API accepted succeeded, with exactly one row and exactly one S3 object (whose bytes match the
+recorded sha256), and no other row or object exists for the tenant. Durations are printed per scenario and summed
+up at the end of the module. Some scenarios run on SQLite too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -21,7 +25,7 @@ import pytest
 
 from tests.faultfarm import FaultFarm, Submission, log
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SHORT = ["Hi.", "Good morning.", "Yes.", "Thank you.", "See you.", "Okay.", "Hello there.", "Fine."]
 # About ten seconds of speech in several segments: long enough to be caught running and killed.
@@ -30,10 +34,16 @@ LONG = (
     "Its lease runs out, the reconciler puts the job back in the queue, and another worker speaks it again. "
     "The listener never notices."
 )
-OUTAGE_S = 10.0
-# Longer than the first three retries' backoff can add up to (at most 2 + 4 + 8 s), shorter than the least the five
-# retries a job is allowed (VOICEFARM_TASK_MAX_RETRIES) add up to (1 + 2 + 4 + 8 + 16 s): the farm must ride it out.
-S3_OUTAGE_S = 20.0
+# About twenty seconds of speech in six segments: several seconds of work on two busy cores, longer than the
+# shortened visibility timeout it crosses, with a progress write after every segment.
+LONGER = LONG + (
+    " Nothing is spoken twice at the same moment. A frozen worker that wakes up finds its lease gone and stops. "
+    "Only one take of every line is ever kept."
+)
+# Both outages outlast the whole retry budget the farm had before fenced finishes (five retries, about 60 s):
+# jobs must wait them out, never fail.
+PG_OUTAGE_S = 70.0
+S3_OUTAGE_S = 75.0
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +61,13 @@ def timings(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, floa
 
 @pytest.fixture
 def farm(tmp_path: Path, request: pytest.FixtureRequest, timings: dict[str, dict[str, float]]) -> Iterator[FaultFarm]:
+    """A farm on PostgreSQL; `@pytest.mark.parametrize("farm", [...], indirect=True)` picks the database, and a
+    `farm_env` mark adds settings."""
     started = time.monotonic()
-    farm = FaultFarm(tmp_path)
+    env_mark = request.node.get_closest_marker("farm_env")
+    farm = FaultFarm(
+        tmp_path, database=getattr(request, "param", "postgresql"), extra_env=env_mark.args[0] if env_mark else None
+    )
     figures = timings.setdefault(request.node.name.removeprefix("test_"), {})
     try:
         farm.start_all()
@@ -127,6 +142,7 @@ class Client(threading.Thread):
         return ids  # type: ignore[return-value]
 
 
+@pytest.mark.parametrize("farm", ["postgresql", "sqlite"], indirect=True)
 def test_worker_killed_mid_job(farm: FaultFarm, figures: dict[str, float]) -> None:
     long_id, *short_ids = submit_all(farm, [LONG, *SHORT[:4]])
     farm.wait_until(lambda: farm.jobs([long_id])[long_id]["status"] == "running", 60, "the long job to run", 0.02)
@@ -163,14 +179,17 @@ def test_redis_restarted_without_its_data(farm: FaultFarm, figures: dict[str, fl
 
 
 def test_postgres_outage(farm: FaultFarm, figures: dict[str, float]) -> None:
+    # Long jobs in flight when the database goes: their progress, lease and completion writes all fail for a while.
+    inflight = submit_all(farm, [LONGER, LONG])
+    farm.wait_until(lambda: farm.jobs(inflight)[inflight[0]]["status"] == "running", 60, "a long job to run", 0.05)
     client = Client(farm, interval=0.75)
     client.start()
-    time.sleep(2)
+    time.sleep(1)
     stopping = time.monotonic()
     farm.pg.pause()  # returns once the server is down (pg_ctl -w)
     down_at = time.monotonic()
     log(f"postgres stopped in {down_at - stopping:.1f}s")
-    time.sleep(OUTAGE_S)
+    time.sleep(PG_OUTAGE_S)
     up_at = time.monotonic()  # from here on, an answer may come from the restarted server
     farm.pg.resume()
     figures["outage"] = time.monotonic() - stopping
@@ -195,7 +214,7 @@ def test_postgres_outage(farm: FaultFarm, figures: dict[str, float]) -> None:
     retried = client.retry_rejected()
     log(f"{len(retried)} rejected submissions sent again with their Idempotency-Key and accepted")
     started = time.monotonic()
-    farm.assert_exactly_once(client.accepted_ids(retried))
+    farm.assert_exactly_once(client.accepted_ids(retried) | set(inflight))
     figures["drain"] = time.monotonic() - started
 
 
@@ -216,8 +235,11 @@ def test_s3_outage(farm: FaultFarm, figures: dict[str, float]) -> None:
         f"all succeeded {figures['down_to_all_done']:.1f}s after S3 went away; attempts "
         f"{sorted(r['attempts'] for r in rows.values())}"
     )
-    # The uploads really failed and were retried.
-    assert "object storage unreachable" in farm.log_tail("worker", 10**7)
+    # The uploads really failed and were retried, from the audio kept in memory: no job was synthesized twice,
+    # handed back or counted as a lost attempt.
+    worker_log = farm.log_tail("worker", 10**7)
+    assert "object storage unreachable" in worker_log and "keeping the audio and retrying the finish" in worker_log
+    assert all((r["attempts"], r["lost_attempts"], r["transient_retries"]) == (1, 0, 0) for r in rows.values()), rows
 
 
 def test_api_restart(farm: FaultFarm, figures: dict[str, float]) -> None:
@@ -236,3 +258,66 @@ def test_api_restart(farm: FaultFarm, figures: dict[str, float]) -> None:
     assert not [s for s in client.answers() if s.status not in (0, 202)], client.codes()
     retried = client.retry_rejected()
     farm.assert_exactly_once(client.accepted_ids(retried))
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@pytest.mark.parametrize("farm", ["postgresql", "sqlite"], indirect=True)
+def test_worker_frozen_past_its_lease_is_fenced_off(farm: FaultFarm, figures: dict[str, float]) -> None:
+    job_id = submit_all(farm, [LONGER])[0]
+    farm.wait_until(lambda: farm.jobs([job_id])[job_id]["status"] == "running", 60, "the job to run", 0.02)
+    frozen = farm.jobs([job_id])[job_id]["worker"]
+    pids = farm.worker_pids(frozen)
+    assert pids, f"no processes for worker {frozen}"
+    _signal_all(pids, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    log(f"SIGSTOPped worker {frozen} ({pids}) mid-job")
+    try:
+        # Its lease lapses, the reconciler hands the job to the other worker, which finishes it.
+        farm.wait_until(lambda: farm.jobs([job_id])[job_id]["status"] == "succeeded", 180, "the other worker", 0.2)
+        figures["freeze_to_success"] = time.monotonic() - stopped_at
+    finally:
+        _signal_all(pids, signal.SIGCONT)
+    log(f"job succeeded {figures['freeze_to_success']:.1f}s after the freeze; worker {frozen} resumed")
+    # The stale worker wakes up mid-job: its next write is refused and it stops without uploading.
+    farm.wait_until(lambda: "lease_lost" in farm.log_tail("worker", 10**7), 60, "the stale worker to stop")
+    rows = farm.assert_exactly_once([job_id])
+    row = rows[job_id]
+    assert row["worker"] != frozen and row["attempts"] == 2 and row["lost_attempts"] == 1, row
+    assert row["result"]["key"].endswith("/a2.wav")
+
+
+@pytest.mark.farm_env({"VOICEFARM_BROKER_VISIBILITY_TIMEOUT_S": "3"})
+def test_job_longer_than_the_visibility_timeout_never_runs_twice_at_once(
+    farm: FaultFarm, figures: dict[str, float]
+) -> None:
+    job_id = submit_all(farm, [LONGER])[0]
+    rows = farm.assert_exactly_once([job_id])
+    row = rows[job_id]
+    figures["job_s"] = (row["finished_at"] - row["created_at"]).total_seconds()
+    # Redis handed the running job's message to the idle worker after 3 s; its claim was refused.
+    assert figures["job_s"] > 5, row
+    assert "held by a live attempt" in farm.log_tail("worker", 10**7)
+    assert (row["attempts"], row["lost_attempts"]) == (1, 0), row
+
+
+CRASH_POINTS = ["after_claim", "after_upload", "before_complete", "before_ack"]
+
+
+@pytest.mark.farm_env({"VOICEFARM_MAX_ATTEMPTS": "6"})
+def test_kill9_at_every_crash_point(farm: FaultFarm, figures: dict[str, float]) -> None:
+    farm.stop_worker()
+    farm.start_worker(env={"VOICEFARM_TEST_CRASH_AT": ",".join(CRASH_POINTS)})
+    started = time.monotonic()
+    ids = submit_all(farm, SHORT[:6])
+    rows = farm.assert_exactly_once(ids, timeout=300)
+    figures["all_done"] = time.monotonic() - started
+    crashed = sorted(p.name.removeprefix("crashed-") for p in (farm.root / "data").glob("crashed-*"))
+    assert crashed == sorted(CRASH_POINTS)
+    worker_log = farm.log_tail("worker", 10**7)
+    assert worker_log.count("test crash point") == len(CRASH_POINTS)
+    log(f"attempts after {len(CRASH_POINTS)} crashes: {sorted(r['attempts'] for r in rows.values())}")

@@ -156,8 +156,9 @@ class WorkerContext:
         raise AttemptOver(reason)
 
     def crash_point(self, point: str) -> None:
-        """Test-only (`VOICEFARM_TEST_CRASH_AT`): die like a kill -9, once per data dir, at the named point."""
-        if self.settings.test_crash_at != point:
+        """Test-only (`VOICEFARM_TEST_CRASH_AT`, a comma list): die like a kill -9 at each named point, once per
+        point and data dir."""
+        if point not in self.settings.test_crash_at.split(","):
             return
         marker = self.settings.data_dir / f"crashed-{point}"
         try:
