@@ -11,6 +11,7 @@ from producer.api.catalog import bp as catalog_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
 from producer.api.voices import bp as voices_bp
+from producer.api.webhooks import bp as webhooks_bp
 from producer.errors import register_error_handlers
 from producer.limits import RateLimiter, init_cors
 from producer.openapi import openapi_document
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(jobs_bp)
     app.register_blueprint(voices_bp)
     app.register_blueprint(catalog_bp)
+    app.register_blueprint(webhooks_bp)
 
     document = openapi_document()
 

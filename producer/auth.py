@@ -22,5 +22,6 @@ def authenticate(session: Session) -> str:
     if row is None or row.revoked_at is not None:
         raise Unauthorized("the API key is unknown or revoked", code="invalid_api_key")
     g.tenant_id = row.tenant_id
+    g.api_key_id = row.id  # its webhook secret signs the deliveries of jobs it submits
     farm().rate_limiter.check(row.id)
     return row.tenant_id

@@ -159,5 +159,27 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
                     "responses": _json("workers") | _errors(401, 429, 503),
                 }
             },
+            "/v1/webhook-secret": {
+                "get": {
+                    "summary": "The calling key's webhook signing secret",
+                    "security": authed,
+                    "responses": _json("signing secret") | _errors(401, 429, 503),
+                }
+            },
+            "/v1/webhook-secret/rotate": {
+                "post": {
+                    "summary": "Replace the calling key's webhook signing secret",
+                    "security": authed,
+                    "responses": _json("new signing secret") | _errors(401, 429, 503),
+                }
+            },
+            "/v1/jobs/{job_id}/webhook-deliveries": {
+                "get": {
+                    "summary": "Every delivery attempt of a job's webhook",
+                    "security": authed,
+                    "parameters": [_id("job_id")],
+                    "responses": _json("delivery attempts") | _errors(401, 404, 429, 503),
+                }
+            },
         },
     }

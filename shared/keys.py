@@ -9,10 +9,16 @@ import hashlib
 import secrets
 
 KEY_PREFIX = "vf_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_webhook_secret() -> str:
+    """A key's webhook signing secret; the farm keeps it to sign with, so it is stored as it is."""
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:

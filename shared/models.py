@@ -10,6 +10,8 @@ from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, Stri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from shared.keys import new_webhook_secret
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -53,6 +55,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Signs this key's webhook deliveries (HMAC-SHA256); shown at creation and by GET /v1/webhook-secret.
+    webhook_secret: Mapped[str] = mapped_column(String(64), default=new_webhook_secret)
 
 
 class Job(Base):
@@ -98,6 +102,28 @@ class Job(Base):
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     webhook_delivered_at: Mapped[datetime | None] = mapped_column(default=None)
     webhook_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set once the event's attempts are used up or its target is refused: no more deliveries are tried.
+    webhook_gave_up_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key that submitted the job: its webhook secret signs the job's deliveries.
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+
+
+class WebhookDelivery(Base):
+    """One attempt at delivering one job's webhook event, whatever its outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    url_host: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    duration_ms: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class Voice(Base):

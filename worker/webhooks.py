@@ -157,15 +157,16 @@ def describe(exc: BaseException, settings: Settings) -> str:
     """A short account of a failed attempt for the job's client: what happened, never a traceback."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the attempt ran past its time limit"
+    # NewConnectionError is a ConnectTimeoutError to urllib3, so it is told apart first.
+    if isinstance(exc, NewConnectionError):
+        reason = str(exc).rpartition(": ")[2] or "connection failed"
+        return f"could not connect: {reason}"
     if isinstance(exc, ConnectTimeoutError):
         return f"timed out connecting after {settings.webhook_connect_timeout_s:g} s"
     if isinstance(exc, ReadTimeoutError):
         return f"timed out waiting for the answer after {settings.webhook_timeout_s:g} s"
     if isinstance(exc, SSLError):
         return f"TLS failed: {exc.args[0] if exc.args else type(exc).__name__}"
-    if isinstance(exc, NewConnectionError):
-        reason = str(exc).rpartition(": ")[2] or "connection failed"
-        return f"could not connect: {reason}"
     if isinstance(exc, ProtocolError):
         return "the connection broke before an answer came"
     if isinstance(exc, HTTPError | OSError):

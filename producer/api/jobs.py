@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, request
+from flask import Blueprint, Response, g, jsonify, redirect, request
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -54,7 +54,9 @@ def submit() -> tuple[Response, int]:
         fields = _job_fields(resources, session, tenant_id, JobRequest.model_validate(payload))
         if key is None or not jobs.idempotent_match(session, tenant_id, key):
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
-        job, created = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=key, **fields)
+        job, created = jobs.create_job(
+            session, tenant_id=tenant_id, idempotency_key=key, api_key_id=g.api_key_id, **fields
+        )
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
         try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
