@@ -38,6 +38,7 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
             "attempts": job.webhook_attempts,
             "delivered_at": iso(job.webhook_delivered_at),
             "error": job.webhook_error,
+            "gave_up_at": iso(job.webhook_gave_up_at),
         }
     if job.status == "failed":
         view["error"] = {"code": job.error_code, "message": job.error_message}

@@ -302,6 +302,9 @@ def test_delivery_is_signed_and_verifiable_with_the_readme_snippet(
     (row,) = attempts(sessions, job_id)
     assert (row.attempt, row.status_code, row.error, row.address) == (1, 200, None, "127.0.0.1")
     assert row.url_host == "127.0.0.1" and row.finished_at is not None and row.duration_ms >= 0
+    view = client.get(f"/v1/jobs/{job_id}", headers=auth(key.plaintext)).get_json()
+    hook = view["webhook"]
+    assert hook["attempts"] == 1 and hook["delivered_at"] and hook["gave_up_at"] is None and hook["error"] is None
     listed = client.get(f"/v1/jobs/{job_id}/webhook-deliveries", headers=auth(key.plaintext)).get_json()
     assert [d["status_code"] for d in listed["deliveries"]] == [200]
     # Rotation: the old secret no longer verifies what is signed next.
@@ -601,3 +604,33 @@ def test_a_real_webhook_worker_retries_with_backoff_until_delivered(
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.webhook_delivered_at is not None and job.webhook_error is None
+
+
+def test_migration_gives_existing_keys_a_secret_of_their_own(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from shared.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "shared" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0004")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'old', CURRENT_TIMESTAMP)"))
+        for key_id in ("k1", "k2"):
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, tenant_id, key_hash, label, name, created_at)"
+                    " VALUES (:id, 't1', :id, 'vf_old', '', CURRENT_TIMESTAMP)"
+                ),
+                {"id": key_id},
+            )
+    command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        secrets = conn.execute(text("SELECT webhook_secret FROM api_keys ORDER BY id")).scalars().all()
+    engine.dispose()
+    assert len(set(secrets)) == 2 and all(s.startswith("whsec_") and len(s) > 40 for s in secrets)

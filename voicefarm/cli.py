@@ -139,8 +139,9 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     with transaction(sessions) as session:
         if args.keys_command == "create":
             row, plaintext = tenants.create_key(session, args.tenant, args.name)
+            print(f"created key {row.id} for tenant {args.tenant}; it is shown only now:")
             print(f"webhook signing secret (also at GET /v1/webhook-secret): {row.webhook_secret}")
-            print(f"created key {row.id} for tenant {args.tenant}; it is shown only now:\n{plaintext}")
+            print(plaintext)
         elif args.keys_command == "list":
             for key, tenant in tenants.list_keys(session):
                 state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
