@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import idempotency
 from shared.errors import Conflict, NotFound
 from shared.models import Job, utcnow
 
@@ -28,40 +28,54 @@ TERMINAL = ("succeeded", "failed", "canceled")
 STATUSES = ("queued", "running", *TERMINAL)
 
 
-def create_job(session: Session, *, tenant_id: str, idempotency_key: str | None, **fields: Any) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key already used by this tenant, return that job instead."""
-    if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            _check_same_request(existing, fields)
-            return existing, False
-    job = Job(tenant_id=tenant_id, idempotency_key=idempotency_key, status="queued", **fields)
-    session.add(job)
-    try:
+def create_job(
+    session: Session, *, tenant_id: str, idempotency_key: str | None, request_hash: str | None = None, **fields: Any
+) -> tuple[Job, bool]:
+    """Insert a queued job; with an idempotency key already used by this tenant, return that job instead.
+
+    `request_hash` (shared/idempotency.py) names the request the key came with; by default it is the hash of the
+    job's fields. The key on a request with another hash is refused with 409 `idempotency_key_reused`.
+    Concurrent submissions with one key all get the one job, and none of them raises.
+    """
+    if not idempotency_key:
+        job = Job(tenant_id=tenant_id, idempotency_key=None, status="queued", request_hash=request_hash, **fields)
+        session.add(job)
         session.flush()
-    except IntegrityError:
-        # A concurrent request with the same key won the race.
-        session.rollback()
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
+        return job, True
+    digest = request_hash or idempotency.request_hash("job", fields)
+    existing = idempotency.find(session, tenant_id, idempotency_key)
+    if existing is None:
+        values = {"tenant_id": tenant_id, "idempotency_key": idempotency_key, "status": "queued"}
+        job_id = idempotency.insert_once(session, values | {"request_hash": digest} | fields)
+        created = session.get(Job, job_id) if job_id is not None else None
+        if created is not None:
+            return created, True
+        # A concurrent request with the same key inserted first; its row is committed and visible now.
+        existing = idempotency.find(session, tenant_id, idempotency_key)
         if existing is None:
-            raise
-        _check_same_request(existing, fields)
-        return existing, False
-    return job, True
+            raise Conflict(
+                "a request with this Idempotency-Key is still in progress; retry it", code="idempotency_key_in_use"
+            )
+    _check_same_request(existing, digest, fields)
+    return existing, False
 
 
 def idempotent_match(session: Session, tenant_id: str, idempotency_key: str) -> bool:
     """Whether this key already names a job (a retried submission, which must not count against limits)."""
-    return (
-        session.scalar(select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
-        is not None
-    )
+    return idempotency.find(session, tenant_id, idempotency_key) is not None
 
 
-def _check_same_request(job: Job, fields: dict[str, Any]) -> None:
-    for name in ("text", "voice", "mode", "format"):
-        if name in fields and getattr(job, name) != fields[name]:
-            raise Conflict("Idempotency-Key was already used for a different request", code="idempotency_key_reused")
+def _check_same_request(job: Job, request_hash: str, fields: dict[str, Any]) -> None:
+    """Refuse a key reused for another request: the whole canonical request is compared, through its hash."""
+    if job.request_hash is not None:
+        same = job.request_hash == request_hash
+    else:
+        # A job from before request hashes were stored: every field it recorded must match.
+        same = all(
+            getattr(job, name) == value for name, value in fields.items() if name not in idempotency.NOT_PART_OF_REQUEST
+        )
+    if not same:
+        raise Conflict("Idempotency-Key was already used for a different request", code="idempotency_key_reused")
 
 
 def is_job_id(value: str) -> bool:

@@ -88,14 +88,14 @@ def decode_upload(data: bytes) -> tuple[np.ndarray, int, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             check_header(f.format, f.samplerate, f.channels, f.frames)
-            return _read_mono(f, max_frames(f.samplerate)), f.samplerate, f.channels
+            return read_mono(f, max_frames(f.samplerate)), f.samplerate, f.channels
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise BadRequest(
             "the audio could not be decoded; send WAV, FLAC, OGG or MP3", code="undecodable_audio"
         ) from exc
 
 
-def _read_mono(f: sf.SoundFile, cap: int) -> np.ndarray:
+def read_mono(f: sf.SoundFile, cap: int) -> np.ndarray:
     """Decode block by block, mixing down as it goes: peak memory is the mono clip plus one block, and at most
     `cap` frames are kept even if the decoder delivers more than the header declared."""
     out = np.empty(min(f.frames, cap) + 1, dtype=np.float32)

@@ -15,6 +15,7 @@ from producer.resources import Farm, farm
 from shared import jobs, voices
 from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from shared.idempotency import request_hash
 from shared.language import detect_language
 from shared.queue import try_enqueue
 from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
@@ -51,11 +52,14 @@ def submit() -> tuple[Response, int]:
             raise BadRequest("the body must be a JSON object", code="invalid_json")
         # Length first: validation, control-character scans and language detection all walk the text.
         check_text_length(payload, max_chars)
-        fields = _job_fields(resources, session, tenant_id, JobRequest.model_validate(payload))
+        req = JobRequest.model_validate(payload)
+        fields = _job_fields(resources, session, tenant_id, req)
+        # A reused key is compared by the whole request as validated, defaults filled in.
+        digest = request_hash("synthesize", req.model_dump(mode="json")) if key else None
         if key is None or not jobs.idempotent_match(session, tenant_id, key):
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
         job, created = jobs.create_job(
-            session, tenant_id=tenant_id, idempotency_key=key, api_key_id=g.api_key_id, **fields
+            session, tenant_id=tenant_id, idempotency_key=key, request_hash=digest, api_key_id=g.api_key_id, **fields
         )
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created:
