@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     # Requests per minute per API key (0: unlimited) and queued jobs per tenant (0: unlimited).
     rate_limit_per_minute: int = 6000
     max_queued_per_tenant: int = 10000
+    # Batches (POST /v1/batches): lines per batch, body or upload size, and queued batch lines per tenant.
+    max_batch_lines: int = 10000
+    max_batch_bytes: int = 32 * 1024 * 1024
+    max_queued_batch_lines_per_tenant: int = 50000
+    # The scheduler keeps at most this many of a tenant's batch lines in the broker per live worker.
+    batch_window_per_worker: int = 2
+    # A worker whose heartbeat is older than this is not counted as live by the scheduler.
+    worker_live_s: float = 60.0
+    # Answer a job identical in everything that shapes its audio from a stored result (shared/dedup.py).
+    dedup_cache: bool = True
     # Origins allowed to call the API from a browser; none by default.
     cors_origins: list[str] = []
     # Webhooks may target loopback and private networks only when this is set (tests, a trusted LAN).

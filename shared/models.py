@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -59,9 +59,34 @@ class ApiKey(Base):
     webhook_secret: Mapped[str] = mapped_column(String(64), default=new_webhook_secret)
 
 
+class Batch(Base):
+    """A set of lines submitted together; each line is a job row with this `batch_id` (shared/batches.py)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    # "active" until canceled; whether it is done is counted from its lines.
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    name: Mapped[str] = mapped_column(String(200), default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    defaults: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    line_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    canceled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+        UniqueConstraint("batch_id", "line_id", "take", name="uq_jobs_batch_line_take"),
+        Index("ix_jobs_tenant_cache_key", "tenant_id", "cache_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -106,6 +131,18 @@ class Job(Base):
     webhook_gave_up_at: Mapped[datetime | None] = mapped_column(default=None)
     # The key that submitted the job: its webhook secret signs the job's deliveries.
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    # A batch line: its batch, the caller's line id, its position, and which take of the line it is (a re-render
+    # makes take n+1 and marks the earlier one `replaced`). The scheduler sends batch lines (shared/scheduler.py).
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True
+    )
+    line_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    line_no: Mapped[int | None] = mapped_column(Integer, default=None)
+    take: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    replaced: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # SHA-256 of everything that shapes the audio (shared/dedup.py): a succeeded job with the same key in the
+    # tenant answers a new one from its stored audio.
+    cache_key: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class WebhookDelivery(Base):
