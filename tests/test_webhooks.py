@@ -560,11 +560,22 @@ def test_the_webhook_worker_imports_no_engine() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_a_real_webhook_worker_retries_with_backoff_until_delivered(
-    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+@pytest.mark.parametrize(
+    ("answers", "max_attempts", "delivered"),
+    [((503, 500, 200), 4, True), ((500,), 3, False)],
+    ids=["delivered-on-the-third", "capped-at-three"],
+)
+def test_a_real_webhook_worker_retries_with_backoff_up_to_the_cap(
+    farm_settings: Settings,
+    sessions: sessionmaker[Session],
+    key: Key,
+    receivers: list[Receiver],
+    answers: tuple[int, ...],
+    max_attempts: int,
+    delivered: bool,
 ) -> None:
-    flaky = start(receivers, (503, 500, 200))
-    job_id = finished_job(sessions, key, flaky.url)
+    receiver = start(receivers, answers)
+    job_id = finished_job(sessions, key, receiver.url)
     env = dict(os.environ) | {
         "DATABASE_URL": farm_settings.database_url,
         "BROKER_URL": farm_settings.broker_url,
@@ -574,7 +585,7 @@ def test_a_real_webhook_worker_retries_with_backoff_until_delivered(
         "VOICEFARM_S3_BUCKET": farm_settings.s3_bucket,
         "VOICEFARM_DATA_DIR": str(farm_settings.data_dir),
         "VOICEFARM_WEBHOOK_ALLOW_PRIVATE": "true",
-        "VOICEFARM_WEBHOOK_MAX_ATTEMPTS": "4",
+        "VOICEFARM_WEBHOOK_MAX_ATTEMPTS": str(max_attempts),
         "VOICEFARM_WEBHOOK_RETRY_BACKOFF_S": "1",
         "VOICEFARM_WEBHOOK_RETRY_BACKOFF_MAX_S": "1",
     }
@@ -591,19 +602,24 @@ def test_a_real_webhook_worker_retries_with_backoff_until_delivered(
     try:
         enqueue_webhook(make_celery(farm_settings), job_id)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(flaky.received) < 3:
+        while time.monotonic() < deadline and len(receiver.received) < 3:
             time.sleep(0.2)
         assert worker.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)  # the last attempt's row is written after the answer
+        # Long enough for a fourth attempt to show if the cap did not hold (retries wait at most 1 s here).
+        time.sleep(0.5 if delivered else 3.0)
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)
-    assert [s.headers["Voicefarm-Delivery-Attempt"] for s in flaky.received] == ["1", "2", "3"], log.read_text()[-3000:]
+    sent = [s.headers["Voicefarm-Delivery-Attempt"] for s in receiver.received]
+    assert sent == ["1", "2", "3"], log.read_text()[-3000:]
     rows = attempts(sessions, job_id)
-    assert [r.status_code for r in rows] == [503, 500, 200] and len({r.event_id for r in rows}) == 1
+    assert [r.status_code for r in rows] == list(answers if delivered else (500, 500, 500))
+    assert len({r.event_id for r in rows}) == 1 and all(r.finished_at is not None for r in rows)
     with sessions() as session:
         job = session.get(Job, job_id)
-        assert job is not None and job.webhook_delivered_at is not None and job.webhook_error is None
+        assert job is not None
+        assert (job.webhook_delivered_at is not None) is delivered
+        assert (job.webhook_gave_up_at is not None) is not delivered
 
 
 def test_migration_gives_existing_keys_a_secret_of_their_own(tmp_path: Path) -> None:
