@@ -9,9 +9,10 @@ Upstream is installed beside the farm (docs/cosyvoice.md) and imported only in `
 * Profiles are JSON: the reference (float32 PCM at up to 24 kHz, the rate of upstream's prompt features), its
   transcript and a speaker id hashed from both. Each process writes the clip once as the wav path upstream takes as
   `prompt_wav` and registers the speaker once with `add_zero_shot_spk`, which caches its features.
-* That cache serves zero-shot ("clone") mode only: upstream's cross-lingual and instruct2 frontends edit a cached
-  entry in place, and instruct2 would speak the transcript prompt instead of the instruction (upstream issues
-  #1357, #1358, #1400), so those modes pass the prompt wav without a speaker id.
+* That cache serves clone and cross-lingual mode: upstream's frontends start from a copy of the cached entry (since
+  2025-12-29; before, cross-lingual and instruct2 edited it in place, upstream issues #1357, #1358). Instruct mode
+  passes the prompt wav without a speaker id: instruct2 given a cached speaker keeps the cached prompt text, the
+  transcript, and never sees the instruction (#1400, still so at ace7c47f).
 * Instructions reach the model verbatim; `INSTRUCTIONS` lists the phrasings upstream trained on. They never touch
   `speed` (a "slow" instruction is the model's to follow).
 """
@@ -80,8 +81,14 @@ _WRAPPING = re.compile(r"^\s*you are a helpful assistant\.?\s*|<\|endofprompt\|>
 
 
 def model_version(model_dir: Path) -> int | None:
-    """3 or 2 from the yaml upstream's AutoModel dispatches on; None when neither is there."""
-    return next((v for v in (3, 2) if (model_dir / f"cosyvoice{v}.yaml").is_file()), None)
+    """The generation upstream's AutoModel picks: the first of cosyvoice.yaml (1, which the farm does not drive),
+    cosyvoice2.yaml and cosyvoice3.yaml in the directory; None when none is there."""
+    found = (
+        v
+        for v, name in ((1, "cosyvoice.yaml"), (2, "cosyvoice2.yaml"), (3, "cosyvoice3.yaml"))
+        if (model_dir / name).is_file()
+    )
+    return next(found, None)
 
 
 def zero_shot_prompt(transcript: str, version: int) -> str:
@@ -185,7 +192,8 @@ class CosyVoiceEngine:
         self.load_vllm = _flag(load_vllm, "VOICEFARM_COSYVOICE_LOAD_VLLM")
         self.fp16 = _flag(fp16, "VOICEFARM_COSYVOICE_FP16")
         self.max_cached_speakers = max(1, max_cached_speakers)
-        self.version = model_version(self.model_dir) or 3  # the API host may hold no model: assume the default
+        # The API host may hold no model: assume the default generation.
+        self.version = version if (version := model_version(self.model_dir)) in LANGUAGES else 3
         self.capabilities = Capabilities(
             name=ENGINE_NAME, languages=LANGUAGES[self.version], modes=MODES, sample_rate=SAMPLE_RATE,
             max_segment_chars=MAX_SEGMENT_CHARS, stock_voices=(), default_voices={},
@@ -215,6 +223,11 @@ class CosyVoiceEngine:
                 raise RuntimeError(
                     f"no CosyVoice model in {source} (cosyvoice3.yaml or cosyvoice2.yaml): put Fun-CosyVoice3-0.5B "
                     "or CosyVoice2-0.5B there or point VOICEFARM_COSYVOICE_MODEL_DIR at it"
+                )
+            if version not in LANGUAGES:
+                raise RuntimeError(
+                    f"{source} holds a CosyVoice 1 model (cosyvoice.yaml), which the farm does not drive: use "
+                    "Fun-CosyVoice3-0.5B-2512 or CosyVoice2-0.5B"
                 )
             work = self._claim_work_dir()
             view = private_model_view(source, work / "models")
@@ -337,7 +350,11 @@ class CosyVoiceEngine:
                 prompt_text, spk_id = zero_shot_prompt(profile.transcript, version), profile.spk_id
                 chunks = model.inference_zero_shot(text, prompt_text, prompt, zero_shot_spk_id=spk_id, **options)
             elif mode == "cross_lingual":
-                chunks = model.inference_cross_lingual(cross_lingual_text(text, version), prompt, **options)
+                spk_id = profile.spk_id if profile.transcript else ""  # only voices with a transcript are cached
+                if spk_id:
+                    self._register(profile, prompt)
+                xl_text = cross_lingual_text(text, version)
+                chunks = model.inference_cross_lingual(xl_text, prompt, zero_shot_spk_id=spk_id, **options)
             else:
                 chunks = model.inference_instruct2(text, instruct_prompt(instruction, version), prompt, **options)
             audio = _collect(chunks)
