@@ -25,8 +25,12 @@ from shared.config import Settings
 from shared.errors import BadRequest
 from shared.models import Job, Voice
 from shared.reference import MAX_SECONDS, inspect_upload, read_mono
+from shared.storage import Storage
 from tests.fixtures_farm import auth
 from voicefarm import services
+from worker.cloning import run_clone
+from worker.context import WorkerContext
+from worker.engines import create_engine
 
 MiB = 1024 * 1024
 # The issue's bounds: a bomb answers within a second and the API process grows by less than 50 MB.
@@ -219,6 +223,37 @@ def test_api_refuses_bombs_with_the_code_of_the_limit(
     assert response.get_json()["error"]["message"]
     assert elapsed < MAX_SECONDS_TO_ANSWER
     assert _counts(sessions) == (0, 0)
+
+
+def test_clone_worker_refuses_a_bomb_it_finds_in_storage(
+    client: FlaskClient, api_key: str, farm_settings: Settings, sessions: sessionmaker[Session], bombs: dict[str, bytes]
+) -> None:
+    """worker/cloning.py decodes the stored upload with the same checks: a bomb that reached S3 some other way
+    (an upload from before these checks, a hand-placed object) fails its clone job with the limit's code."""
+    accepted = client.post("/v1/voices", data={"audio": (io.BytesIO(wav(5)), "a.wav")}, headers=auth(api_key))
+    assert accepted.status_code == 202, accepted.get_json()
+    voice_id, job_id = accepted.get_json()["id"], accepted.get_json()["job_id"]
+    with sessions() as session:
+        voice = session.get(Voice, voice_id)
+        assert voice is not None
+        upload_key = voice.upload_key
+    # No engine load: the clip is refused before the engine is asked for anything.
+    ctx = WorkerContext(
+        settings=farm_settings,
+        engine=create_engine("kokoro"),
+        storage=Storage.from_settings(farm_settings),
+        sessions=sessions,
+        name="bomb-test",
+    )
+    ctx.storage.put(upload_key, bombs["flac-60s-8ch-23kb"])
+    outcome: list[str] = []
+    raised, elapsed, peak = measured(lambda: outcome.append(run_clone(ctx, job_id)))
+    assert raised is None and outcome == ["failed"], raised
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.status, job.error_code) == ("failed", "too_many_channels")
+    assert elapsed < MAX_SECONDS_TO_ANSWER
+    assert peak < MAX_GROWTH_BYTES, f"{peak / MiB:.1f} MiB traced"
 
 
 # --- against a real API process -------------------------------------------------------------------------------
