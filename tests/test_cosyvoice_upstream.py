@@ -184,6 +184,33 @@ def test_every_mode_and_speed_gives_real_audio(driven: dict[str, Any]) -> None:
         assert case["warnings"] == [], label
 
 
+def test_prompts_reach_upstream_in_the_generation_s_format(driven: dict[str, Any]) -> None:
+    """CosyVoice3's LLM refuses input without <|endofprompt|>, so every v3 case running at all proves the prefix;
+    these pin the exact strings and the speaker-cache use."""
+    report, v3 = driven["report"], driven["version"] == 3
+    system = "You are a helpful assistant."
+    sent = {case["mode"]: case["sent"] for case in report["cases"] if case["speed"] == 1.0}
+    ((clone,),) = [sent["clone"]]
+    assert clone["args"] == [
+        "你好。",
+        f"{system}<|endofprompt|>希望你以后能够做的比我还好呦。" if v3 else "希望你以后能够做的比我还好呦。",
+    ]
+    assert clone["kwargs"]["zero_shot_spk_id"] == report["spk_id"]
+    ((cross,),) = [sent["cross_lingual"]]
+    assert cross["args"] == [f"{system}<|endofprompt|>Hi there." if v3 else "Hi there."]
+    assert cross["kwargs"]["zero_shot_spk_id"] == report["spk_id"]
+    ((instruct,),) = [sent["instruct"]]
+    assert instruct["args"] == [
+        "你好。",
+        f"{system} 请用四川话表达。<|endofprompt|>" if v3 else "请用四川话表达。<|endofprompt|>",
+    ]
+    assert instruct["kwargs"]["zero_shot_spk_id"] == ""  # a cached speaker would replace the instruction
+    assert all(c["kwargs"]["stream"] is False for case in report["cases"] for c in case["sent"])
+    # After clone, cross-lingual and instruct ran, the cached speaker is whole (upstream copies it per use).
+    assert {"prompt_text", "llm_prompt_speech_token", "flow_prompt_speech_token", "prompt_speech_feat",
+            "llm_embedding", "flow_embedding"} <= set(report["cached_speaker_keys"])  # fmt: skip
+
+
 def test_speed_stretches_the_same_tokens(driven: dict[str, Any]) -> None:
     """Same seed, same speech tokens: upstream resamples the mel to frames / speed before the vocoder."""
     by_mode: dict[str, dict[float, dict[str, Any]]] = {}

@@ -41,3 +41,42 @@ def test_parse_gpus() -> None:
             parse_gpus(bad, ["0"])
     with pytest.raises(SystemExit, match="no GPU"):
         parse_gpus("all", [])
+
+
+def test_several_pinned_processes_per_gpu() -> None:
+    specs = plan_workers(
+        Settings(engine="cosyvoice"), gpus=["0", "2"], cpu=0, per_gpu=3, host="node7", base_env={"PATH": "/x"}
+    )
+    names = [s.name for s in specs]
+    assert names == [f"cosyvoice-gpu{g}-{k}@node7" for g in ("0", "2") for k in range(3)]
+    assert len(set(names)) == len(names)  # distinct Celery hostnames and engine cache slots
+    for spec in specs:
+        assert spec.env is not None
+        gpu = spec.name.split("-gpu")[1].split("-")[0]
+        assert spec.env["CUDA_VISIBLE_DEVICES"] == gpu and spec.env["VOICEFARM_DEVICE"] == f"cuda:{gpu}"
+        assert spec.env["VOICEFARM_WORKER_NAME"] == spec.name
+        assert spec.argv[spec.argv.index("--concurrency") + 1] == "1"
+        assert spec.argv[spec.argv.index("--hostname") + 1] == spec.name
+    # CPU workers are not multiplied, and one process per GPU keeps its old name.
+    mixed = plan_workers(Settings(engine="cosyvoice"), gpus=["1"], cpu=1, per_gpu=2, host="h", base_env={})
+    assert [s.name for s in mixed] == ["cosyvoice-gpu1-0@h", "cosyvoice-gpu1-1@h", "cosyvoice-cpu0@h"]
+    assert [s.name for s in plan_workers(Settings(), gpus=["1"], cpu=0, per_gpu=1, host="h")] == ["kokoro-gpu1@h"]
+    with pytest.raises(SystemExit, match="per-gpu"):
+        plan_workers(Settings(), gpus=["0"], cpu=0, per_gpu=0, host="h")
+
+
+def test_per_gpu_needs_gpus() -> None:
+    from voicefarm.workers import run_workers
+
+    with pytest.raises(SystemExit, match="--per-gpu needs --gpus"):
+        run_workers(Settings(), gpus=None, cpu=1, per_gpu=2)
+
+
+def test_cli_passes_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import voicefarm.workers
+    from voicefarm.cli import main
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(voicefarm.workers, "run_workers", lambda settings, **kwargs: seen.update(kwargs) or 0)
+    assert main(["worker", "--gpus", "0,1", "--per-gpu", "4"]) == 0
+    assert seen == {"gpus": "0,1", "cpu": 0, "per_gpu": 4}

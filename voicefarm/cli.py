@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="start synthesis workers")
     worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
     worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
+    worker.add_argument("--per-gpu", type=int, default=1, metavar="N", help="processes pinned to each GPU (default 1)")
 
     hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
     hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from voicefarm.workers import run_workers
 
-        return run_workers(settings, gpus=args.gpus, cpu=args.cpu)
+        return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
     if args.command == "webhook-worker":
         return _exec_webhook_worker(args.concurrency or settings.webhook_concurrency)
     if args.command == "reconcile":

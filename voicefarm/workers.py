@@ -1,6 +1,8 @@
-"""`voicefarm worker`: one Celery worker process per GPU (pinned with CUDA_VISIBLE_DEVICES) or per CPU slot.
+"""`voicefarm worker`: N Celery worker processes per GPU (pinned with CUDA_VISIBLE_DEVICES; N=1 by default) or
+one per CPU slot.
 
-Each process runs concurrency 1 and keeps its engine resident; the supervisor restarts any that dies.
+Each process runs concurrency 1 and keeps its engine resident; the supervisor restarts any that dies. A 0.5B
+CosyVoice uses a few GiB of a card, so `--per-gpu N` can run N of them on each GPU (docs/cosyvoice.md).
 """
 
 from __future__ import annotations
@@ -51,12 +53,17 @@ def plan_workers(
     host: str | None = None,
     base_env: dict[str, str] | None = None,
     cpu_slots: list[int] | None = None,
+    per_gpu: int = 1,
 ) -> list[ChildSpec]:
-    """`cpu_slots` numbers the CPU workers (default 0..cpu-1): see claim_cpu_slots."""
+    """`cpu_slots` numbers the CPU workers (default 0..cpu-1): see claim_cpu_slots. `per_gpu` processes share each
+    GPU: one keeps the name gpu<N>, several are gpu<N>-0, gpu<N>-1, ... (each its own engine cache slot)."""
+    if per_gpu < 1:
+        raise SystemExit(f"--per-gpu takes a number of worker processes per GPU, at least 1 (got {per_gpu})")
     host = host or socket.gethostname()
     env = dict(os.environ if base_env is None else base_env)
     cpu_ids = cpu_slots if cpu_slots is not None else list(range(cpu))
-    slots = [(f"gpu{g}", g, "cuda") for g in gpus] + [(f"cpu{i}", "", "cpu") for i in cpu_ids]
+    copies = [""] if per_gpu == 1 else [f"-{k}" for k in range(per_gpu)]
+    slots = [(f"gpu{g}{k}", g, "cuda") for g in gpus for k in copies] + [(f"cpu{i}", "", "cpu") for i in cpu_ids]
     specs = []
     for slot, visible, device in slots:
         name = f"{settings.engine}-{slot}@{host}"
@@ -105,14 +112,18 @@ def claim_cpu_slots(data_dir: Path, count: int) -> tuple[list[int], list[IO[byte
     return slots, held
 
 
-def run_workers(settings: Settings, *, gpus: str | None, cpu: int) -> int:
+def run_workers(settings: Settings, *, gpus: str | None, cpu: int, per_gpu: int = 1) -> int:
     gpu_list = parse_gpus(gpus, detect_gpus()) if gpus else []
+    if per_gpu != 1 and not gpu_list:
+        raise SystemExit("--per-gpu needs --gpus (all, or GPU indices like 0,1)")
+    if per_gpu < 1:
+        raise SystemExit(f"--per-gpu takes a number of worker processes per GPU, at least 1 (got {per_gpu})")
     if not gpu_list and cpu == 0:
         cpu = 1
     cpu_slots, _locks = claim_cpu_slots(settings.data_dir, cpu)
     # Done before `voicefarm up`, which runs this, gives up on it (Settings.stop_budget).
     supervisor = Supervisor(stop_timeout=settings.stop_budget(2))
     supervisor.install_signal_handlers()
-    for spec in plan_workers(settings, gpus=gpu_list, cpu=cpu, cpu_slots=cpu_slots):
+    for spec in plan_workers(settings, gpus=gpu_list, cpu=cpu, cpu_slots=cpu_slots, per_gpu=per_gpu):
         supervisor.add(spec)
     return supervisor.run()

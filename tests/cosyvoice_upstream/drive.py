@@ -41,6 +41,8 @@ def _record_upstream(model: Any, calls: list[dict[str, Any]]) -> None:
         original = getattr(model, name)
 
         def wrapped(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            texts = [arg for arg in args if isinstance(arg, str)]
+            calls.append({"method": _name, "call": True, "args": texts[:-1], "kwargs": kwargs})  # last: prompt_wav
             for chunk in _original(*args, **kwargs):
                 speech = chunk["tts_speech"]
                 calls.append({
@@ -95,7 +97,9 @@ def run(model_dir: Path, data_dir: Path, prompt: Path, device_note: str = "cpu")
         ]
         return {
             **case, "speed": speed, "seed": seed, "elapsed_s": elapsed, "warnings": out.warnings,
-            "text_tokens": tokens, "upstream": upstream_calls[begin:], **_summary(out.audio, out.sample_rate),
+            "text_tokens": tokens, **_summary(out.audio, out.sample_rate),
+            "upstream": [c for c in upstream_calls[begin:] if not c.get("call")],
+            "sent": [c for c in upstream_calls[begin:] if c.get("call")],
         }  # fmt: skip
 
     for case in CASES:
@@ -103,6 +107,10 @@ def run(model_dir: Path, data_dir: Path, prompt: Path, device_note: str = "cpu")
             report["cases"].append(synth(case, speed, SEED))
     report["repeat"] = synth(CASES[0], SPEEDS[0], SEED)
     report["other_seed"] = synth(CASES[0], SPEEDS[0], SEED + 1)
+    # The speaker cache after every mode has run: upstream's frontends must have left the entry whole.
+    spk_id = json.loads(profile.data)["spk_id"]
+    report["spk_id"] = spk_id
+    report["cached_speaker_keys"] = sorted(model.frontend.spk2info.get(spk_id, {}))
     return report
 
 
