@@ -28,6 +28,7 @@ _SF_FORMATS = {
     "ogg": ("OGG", "VORBIS"),
     "opus": ("OGG", "OPUS"),
 }
+_WRITE_BLOCK_FRAMES = 1 << 18
 # mp3 in libsndfile supports only these rates.
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -82,6 +83,9 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, target_rate: int | Non
     else:
         container, subtype = _SF_FORMATS[fmt]
         buf = io.BytesIO()
-        sf.write(buf, out, rate, format=container, subtype=subtype)
+        with sf.SoundFile(buf, "w", rate, 1, format=container, subtype=subtype) as f:
+            # In blocks: libsndfile 1.2.2's Vorbis encoder crashes the process on one write of ~2M frames or more.
+            for start in range(0, len(out), _WRITE_BLOCK_FRAMES):
+                f.write(out[start : start + _WRITE_BLOCK_FRAMES])
         data = buf.getvalue()
     return Encoded(data=data, format=fmt, sample_rate=rate, duration_s=len(out) / rate)

@@ -45,3 +45,19 @@ def test_join_inserts_pauses_and_reports_starts() -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ValueError):
         encode(tone(0.1), 24000, "aiff")
+
+
+def test_long_vorbis_output_does_not_crash_the_encoder() -> None:
+    """libsndfile 1.2.2 segfaults on one Vorbis write of ~2M frames (87 s at 24 kHz); encode() writes in blocks.
+    Run in a child process so a crash fails this test instead of ending the test session."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, numpy as np, soundfile as sf; from shared.audio import encode; "
+        "x = (0.1 * np.sin(np.arange(24000 * 100) / 7)).astype(np.float32); "
+        "e = encode(x, 24000, 'ogg', 48000); print(round(sf.info(io.BytesIO(e.data)).duration))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "100"
