@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -449,6 +450,38 @@ def test_a_slow_receiver_times_out_and_the_attempt_is_recorded(
     (row,) = attempts(sessions, job_id)
     assert row.error == "timed out waiting for the answer after 0.5 s" and row.status_code is None
     assert 450 <= row.duration_ms < 2500 and row.event_id == deliveries.event_id(job_id, "failed")
+
+
+def test_a_receiver_answering_a_byte_at_a_time_is_cut_at_the_attempts_deadline(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * 100:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.1)  # each byte well inside the per-read timeout
+
+    threading.Thread(target=trickle, daemon=True).start()
+    job_id = finished_job(sessions, key, f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
+    ctx = ctx_for(farm_settings, webhook_allow_private=True, webhook_connect_timeout_s=0.5, webhook_timeout_s=0.5)
+    try:
+        with pytest.raises(WebhookFailed, match="took longer than 1 s in all"):
+            deliver_webhook(ctx, job_id)
+    finally:
+        stop.set()
+        listener.close()
+    (row,) = attempts(sessions, job_id)
+    assert row.status_code is None and 900 <= row.duration_ms < 3000
 
 
 def test_attempts_are_capped_and_each_one_is_recorded(

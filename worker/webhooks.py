@@ -3,21 +3,28 @@
 The connection goes through urllib3 with the checked IP address as the pool's host, while the Host header, the
 TLS SNI name and the certificate check name the URL's host. urllib3 never reads proxy settings from the
 environment (requests and urllib do), follows no redirects here, and does no retries of its own: every attempt
-is one request, recorded in `webhook_deliveries`, and retried by the Celery task's backoff.
+is one request, recorded in `webhook_deliveries`, and retried by the Celery task's backoff. urllib3's timeouts
+bound each socket operation; a receiver answering a byte at a time would reset them forever, so a watchdog also
+cuts the connection when the whole attempt has taken longer than the connect and answer timeouts together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import ssl
+import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import urllib3
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -43,6 +50,30 @@ MAX_ANSWER_BYTES = 4096
 
 class WebhookFailed(Exception):
     """The receiver did not take the delivery; worth another try."""
+
+
+class DeadlinePassed(Exception):
+    """The whole attempt took longer than it may: the receiver answered too slowly."""
+
+
+class _Watched:
+    """A urllib3 connection that reports itself once connected, so the attempt's watchdog can cut it."""
+
+    def __init__(self, *args: Any, on_connect: Callable[[Any], None], **kwargs: Any) -> None:
+        self._on_connect = on_connect
+        super().__init__(*args, **kwargs)
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._on_connect(self)
+
+
+class _WatchedHTTP(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, HTTPSConnection):
+    pass
 
 
 class Resources(Protocol):
@@ -112,8 +143,27 @@ def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], settings: Settings) -> int:
-    """POST to the checked address; returns the status code. Raises urllib3's errors."""
+    """POST to the checked address; returns the status code. Raises urllib3's errors, or `DeadlinePassed`."""
     timeout = urllib3.Timeout(connect=settings.webhook_connect_timeout_s, read=settings.webhook_timeout_s)
+    expired, connections = threading.Event(), []
+
+    def cut(conn: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def on_connect(conn: Any) -> None:
+        connections.append(conn)
+        if expired.is_set():
+            cut(conn)
+
+    def expire() -> None:
+        expired.set()
+        for conn in list(connections):
+            cut(conn)
+
+    watchdog = threading.Timer(settings.webhook_connect_timeout_s + settings.webhook_timeout_s, expire)
+    watchdog.daemon = True
+    watchdog.start()
     pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
         context = ssl.create_default_context()
@@ -128,9 +178,14 @@ def post(target: Target, body: bytes, headers: dict[str, str], settings: Setting
             ssl_context=context,
             server_hostname=target.host,
             assert_hostname=target.host,
+            on_connect=on_connect,
         )
+        pool.ConnectionCls = _WatchedHTTPS
     else:
-        pool = urllib3.HTTPConnectionPool(target.addresses[0], target.port, timeout=timeout, retries=False, maxsize=1)
+        pool = urllib3.HTTPConnectionPool(
+            target.addresses[0], target.port, timeout=timeout, retries=False, maxsize=1, on_connect=on_connect
+        )
+        pool.ConnectionCls = _WatchedHTTP
     try:
         response = pool.urlopen(
             "POST",
@@ -149,7 +204,12 @@ def post(target: Target, body: bytes, headers: dict[str, str], settings: Setting
         finally:
             response.close()
         return int(response.status)
+    except Exception as exc:
+        if expired.is_set() and not isinstance(exc, DeadlinePassed):
+            raise DeadlinePassed() from exc
+        raise
     finally:
+        watchdog.cancel()
         pool.close()
 
 
@@ -157,6 +217,9 @@ def describe(exc: BaseException, settings: Settings) -> str:
     """A short account of a failed attempt for the job's client: what happened, never a traceback."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the attempt ran past its time limit"
+    if isinstance(exc, DeadlinePassed):
+        total = settings.webhook_connect_timeout_s + settings.webhook_timeout_s
+        return f"timed out: the answer took longer than {total:g} s in all"
     # NewConnectionError is a ConnectTimeoutError to urllib3, so it is told apart first.
     if isinstance(exc, NewConnectionError):
         reason = str(exc).rpartition(": ")[2] or "connection failed"
