@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # voicefarm on one machine.
-#   ./run.sh                 the whole farm: embedded Redis + SeaweedFS S3, SQLite, API on :7860, one CPU worker
+#   ./run.sh                 the whole farm: embedded PostgreSQL, Redis and SeaweedFS S3, the API on :7860, and
+#                            VOICEFARM_CPU_WORKERS CPU workers (default 1)
+#   ./run.sh worker --cpu N  N more CPU workers beside a running farm: same data dir, so the same database, broker
+#                            and storage (run it with the same VOICEFARM_* settings as the farm)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS); services for it are started by the fixtures
+#   ./run.sh check           ruff check, ruff format --check and mypy; any finding fails
 #   ./run.sh COMMAND [ARGS]  any other `voicefarm` command, e.g. ./run.sh keys create --tenant acme
 # Honours VOICEFARM_PORT, VOICEFARM_DATA_DIR (default: var/ here) and the other VOICEFARM_* settings.
 set -euo pipefail
@@ -58,6 +62,14 @@ case "${1:-up}" in
             echo "run.sh: pytest collected no tests; that counts as a failure" >&2
             exit 1
         fi
+        exit "$rc"
+        ;;
+    check)
+        install dev
+        rc=0
+        "$VENV/bin/ruff" check . || rc=1
+        "$VENV/bin/ruff" format --check . || rc=1
+        "$VENV/bin/mypy" || rc=1
         exit "$rc"
         ;;
     up)

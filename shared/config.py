@@ -1,7 +1,8 @@
 """One typed settings object, read from the environment.
 
 Defaults give the embedded single-machine mode (`./run.sh`): an embedded PostgreSQL (or SQLite) under the data
-dir, a local Redis and a local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL` at real services.
+dir, a local Redis and a local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL`
+at real services.
 Nothing reads settings at import time; call `Settings()` (or `load_settings()`) where they are needed.
 """
 
