@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,8 +48,12 @@ class Attempt:
     started_at: datetime
 
 
-def claim_attempt(sessions: sessionmaker[Session], job_id: str, max_attempts: int, url_host: str) -> Attempt | None:
-    """Start the next attempt at a finished job's webhook, or None when there is nothing (more) to send."""
+def claim_attempt(
+    sessions: sessionmaker[Session], job_id: str, max_attempts: int, url_host: str, *, in_flight_s: float = 120.0
+) -> Attempt | None:
+    """Start the next attempt at a finished job's webhook, or None when there is nothing (more) to send.
+
+    An attempt unfinished after `in_flight_s` had its worker die; the last one's copy then closes the event."""
     with transaction(sessions) as session:
         number = session.execute(
             update(Job)
@@ -65,7 +69,12 @@ def claim_attempt(sessions: sessionmaker[Session], job_id: str, max_attempts: in
             .returning(Job.webhook_attempts)
         ).scalar()
         if number is None:
-            # A copy of a message that outlived the cap still closes the event.
+            # The last attempt's worker died before recording it: a later copy of the message closes the event.
+            in_flight = exists().where(
+                WebhookDelivery.job_id == job_id,
+                WebhookDelivery.finished_at.is_(None),
+                WebhookDelivery.started_at > utcnow() - timedelta(seconds=in_flight_s),
+            )
             session.execute(
                 update(Job)
                 .where(
@@ -73,6 +82,7 @@ def claim_attempt(sessions: sessionmaker[Session], job_id: str, max_attempts: in
                     Job.webhook_delivered_at.is_(None),
                     Job.webhook_gave_up_at.is_(None),
                     Job.webhook_attempts >= max_attempts,
+                    ~in_flight,
                 )
                 .values(webhook_gave_up_at=utcnow())
             )

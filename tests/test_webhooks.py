@@ -17,23 +17,26 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.app import create_app
 from shared import deliveries, tenants
 from shared.config import Settings
-from shared.db import transaction
+from shared.db import make_engine, make_session_factory, transaction
 from shared.errors import BadRequest
-from shared.models import Job, utcnow
+from shared.models import Job, WebhookDelivery, utcnow
 from shared.queue import enqueue_webhook, make_celery
+from shared.storage import Storage
 from shared.webhooks import check_webhook_url, resolve_target
-from tests.fixtures_farm import auth
+from tests.conftest import S3Settings
+from tests.fixtures_farm import auth, make_settings
 from worker.webhook_app import WebhookContext
 from worker.webhooks import WebhookFailed, deliver_webhook
 
@@ -504,6 +507,62 @@ def test_attempts_are_capped_and_each_one_is_recorded(
         job = session.get(Job, job_id)
         assert job is not None and job.webhook_attempts == 3 and job.webhook_gave_up_at is not None
         assert job.webhook_error == "answered 500"
+
+
+def test_the_cap_holds_on_sqlite_and_postgresql_when_copies_of_a_message_race(
+    database_url: str, fresh_broker_url: str, module_s3_settings: S3Settings, tmp_data_dir: Path
+) -> None:
+    settings = make_settings(database_url, fresh_broker_url, module_s3_settings, tmp_data_dir).model_copy(
+        update={"webhook_allow_private": True, "webhook_max_attempts": 2}
+    )
+    failing = Receiver((500,))
+    engine = make_engine(settings.resolved_database_url())
+    sessions = make_session_factory(engine)
+    try:
+        with transaction(sessions) as session:
+            row, _plaintext = tenants.create_key(session, "race")
+            owner = Key(row.tenant_id, row.id, "", row.webhook_secret)
+        job_id = finished_job(sessions, owner, failing.url)
+        ctx = WebhookContext(settings, sessions, Storage.from_settings(settings))
+        outcomes: list[str] = []
+
+        def one_copy() -> None:
+            try:
+                outcomes.append(deliver_webhook(ctx, job_id))
+            except WebhookFailed:
+                outcomes.append("retry")
+
+        copies = [threading.Thread(target=one_copy) for _ in range(6)]
+        for thread in copies:
+            thread.start()
+        for thread in copies:
+            thread.join(30)
+        assert sorted(outcomes) == ["retry", "skipped", "skipped", "skipped", "skipped", "undeliverable"]
+        assert [r.attempt for r in attempts(sessions, job_id)] == [1, 2] and len(failing.received) == 2
+    finally:
+        failing.close()
+        engine.dispose()
+
+
+def test_a_last_attempt_whose_worker_died_is_closed_by_a_later_copy(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+) -> None:
+    receiver = start(receivers)
+    ctx = ctx_for(farm_settings, webhook_allow_private=True, webhook_max_attempts=1)
+    job_id = finished_job(sessions, key, receiver.url)
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(webhook_attempts=1))
+        session.add(WebhookDelivery(job_id=job_id, event_id="evt_x", attempt=1, url_host="h", started_at=utcnow()))
+    assert deliver_webhook(ctx, job_id) == "skipped"  # the last attempt may still be running: leave it be
+    with sessions() as session:
+        assert session.scalar(select(Job.webhook_gave_up_at).where(Job.id == job_id)) is None
+    with transaction(sessions) as session:
+        long_ago = utcnow() - timedelta(hours=1)
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.job_id == job_id).values(started_at=long_ago))
+    assert deliver_webhook(ctx, job_id) == "skipped"
+    with sessions() as session:
+        assert session.scalar(select(Job.webhook_gave_up_at).where(Job.id == job_id)) is not None
+    assert receiver.received == []
 
 
 def test_attempts_that_raise_are_recorded(

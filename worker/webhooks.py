@@ -90,7 +90,11 @@ def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_
         url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
     if not url:
         return "skipped"
-    attempt = deliveries.claim_attempt(ctx.sessions, job_id, settings.webhook_max_attempts, _host_of(url))
+    # An attempt still unfinished after its task's time limit had its worker die.
+    in_flight_s = settings.webhook_connect_timeout_s + settings.webhook_timeout_s + 60
+    attempt = deliveries.claim_attempt(
+        ctx.sessions, job_id, settings.webhook_max_attempts, _host_of(url), in_flight_s=in_flight_s
+    )
     if attempt is None:
         return "skipped"
     last = attempt.number >= settings.webhook_max_attempts
