@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
     hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
 
+    doctor = sub.add_parser("doctor", help="check this machine for the configured engine: model, upstream, GPUs")
+    doctor.add_argument("--per-gpu", type=int, default=1, metavar="N", help="plan N worker processes per GPU")
+    doctor.add_argument("--load", action="store_true", help="also load the model once and time it")
+    doctor.add_argument("--json", action="store_true", help="findings as JSON")
+
     rec = sub.add_parser("reconcile", help="re-enqueue jobs the broker lost and recover jobs of dead workers")
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
 
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
     if args.command == "webhook-worker":
         return _exec_webhook_worker(args.concurrency or settings.webhook_concurrency)
+    if args.command == "doctor":
+        from voicefarm.doctor import run_doctor
+
+        return run_doctor(settings, per_gpu=args.per_gpu, load=args.load, as_json=args.json)
     if args.command == "reconcile":
         return _reconcile(settings, once=args.once)
     return _keys(settings, args)
