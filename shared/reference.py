@@ -1,7 +1,10 @@
 """Reference clips for cloning: decode, check, and normalise.
 
-`inspect_upload` runs in the API so bad uploads are refused at once with a specific code; `normalise` runs in
-the clone job and produces the clip every engine profile is built from.
+`inspect_upload` runs in the API so bad uploads are refused at once with a specific code, and again in the clone
+job on the stored upload; `normalise` runs in the clone job and produces the clip every engine profile is built
+from. Uploads are untrusted: the container header is checked (format, channels, sample rate, declared length)
+before a sample is decoded, and decoding stops at 30 s of frames at the declared rate whatever the header says,
+so a small file that expands to minutes of multichannel audio costs a header parse, not its decoded size.
 """
 
 from __future__ import annotations
