@@ -22,7 +22,8 @@ import requests
 from shared.config import Settings
 from tests.faultfarm import alive, descendants, kill9_tree
 from voicefarm import services
-from voicefarm.supervisor import ChildSpec, Supervisor, farm_env, service_specs
+from voicefarm.farm import farm_env, service_specs
+from voicefarm.supervisor import ChildSpec, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]

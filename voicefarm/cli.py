@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.command == "up":
-        from voicefarm.supervisor import run_farm
+        from voicefarm.farm import run_farm
 
         return run_farm(settings)
     if args.command == "migrate":
