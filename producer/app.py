@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template
 
+from producer.api.batches import bp as batches_bp
 from producer.api.catalog import bp as catalog_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(voices_bp)
     app.register_blueprint(catalog_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(batches_bp)
 
     document = openapi_document()
 

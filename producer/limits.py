@@ -50,7 +50,10 @@ def check_queue_depth(session: Session, tenant_id: str, limit: int) -> None:
     if limit <= 0:
         return
     queued = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == "queued")
+        # Batch lines have their own backlog limit (shared/batches.py): a big batch never blocks single jobs.
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.status == "queued", Job.batch_id.is_(None))
     )
     if queued is not None and queued >= limit:
         raise TooManyRequests(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from producer.api.batches import openapi_paths as batch_paths
 from shared.schemas import JobRequest
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -48,7 +49,8 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
                 },
             },
         },
-        "paths": {
+        "paths": batch_paths()
+        | {
             "/healthz": {"get": {"summary": "Liveness", "responses": _json("alive")}},
             "/readyz": {"get": {"summary": "Readiness", "responses": _json("ready") | _json("not ready", 503)}},
             "/v1/jobs": {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import idempotency
@@ -256,13 +256,17 @@ def mark_unsent(session: Session, job_id: str) -> None:
 def unsent(session: Session, older_than_s: float, limit: int) -> list[Job]:
     """Queued jobs with no message known to be in the broker, past the moment their own send should be done."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    query = select(Job).where(Job.status == "queued", Job.sent_at.is_(None), Job.created_at < cutoff)
+    # Batch lines not sent yet are the scheduler's backlog (shared/scheduler.py), not lost sends.
+    query = select(Job).where(
+        Job.status == "queued", Job.sent_at.is_(None), Job.created_at < cutoff, Job.batch_id.is_(None)
+    )
     return list(session.scalars(query.order_by(Job.priority.desc(), Job.created_at).limit(limit)))
 
 
 def queued_page(session: Session, after: tuple[datetime, str] | None, limit: int) -> list[Job]:
-    """Queued jobs in creation order, from a cursor: for re-sending a backlog the broker lost, page by page."""
-    query = select(Job).where(Job.status == "queued")
+    """Queued jobs in creation order, from a cursor: for re-sending a backlog the broker lost, page by page.
+    Batch lines the scheduler never sent stay in the database, where the scheduler sends them in turn."""
+    query = select(Job).where(Job.status == "queued", Job.batch_id.is_(None) | Job.sent_at.is_not(None))
     if after is not None:
         query = query.where((Job.created_at > after[0]) | ((Job.created_at == after[0]) & (Job.id > after[1])))
     return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
@@ -300,3 +304,51 @@ def _finish(session: Session, where: Any, **values: Any) -> bool:
 
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
+
+
+# --- batch lines and cached results (shared/batches.py, shared/scheduler.py, shared/dedup.py) ---
+
+
+def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str, dict[str, Any]] | None = None) -> None:
+    """Insert a batch's lines in one statement; each row names its id, batch_id and line_id. A line whose id is in
+    `cached` is created succeeded with that result (answered from the dedup cache: no attempt runs); the rest
+    are queued for the scheduler."""
+    cached = cached or {}
+    now = utcnow()
+    values = [
+        {"status": "succeeded", "result": cached[row["id"]], "progress": 1.0, "finished_at": now, **row}
+        if row["id"] in cached
+        else {"status": "queued", **row}
+        for row in rows
+    ]
+    if values:
+        session.execute(insert(Job), values)
+
+
+def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bool:
+    """Answer a queued job from a stored result (no attempt ran: `attempts` stays 0); False when it is not queued."""
+    return _finish(
+        session, (Job.id == job_id) & (Job.status == "queued"), status="succeeded", result=result, progress=1.0
+    )
+
+
+def cancel_queued_lines(session: Session, batch_id: str) -> int:
+    """Cancel a batch's queued lines at once (running ones finish); returns how many were canceled."""
+    result = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == "queued")
+        .values(status="canceled", finished_at=utcnow(), lease_expires_at=None)
+    )
+    return _rowcount(result)
+
+
+def replace_line(session: Session, job_id: str, take: int) -> bool:
+    """Retire a batch line's take `take` for a new one: marked replaced, and canceled if it had not started.
+    False when that take was replaced already (a concurrent re-render won)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.take == take, Job.replaced.is_(False)).values(replaced=True)
+    )
+    if _rowcount(result) != 1:
+        return False
+    _finish(session, (Job.id == job_id) & (Job.status == "queued"), status="canceled")
+    return True

@@ -6,7 +6,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -133,9 +145,7 @@ class Job(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     # A batch line: its batch, the caller's line id, its position, and which take of the line it is (a re-render
     # makes take n+1 and marks the earlier one `replaced`). The scheduler sends batch lines (shared/scheduler.py).
-    batch_id: Mapped[str | None] = mapped_column(
-        ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True
-    )
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True)
     line_id: Mapped[str | None] = mapped_column(String(128), default=None)
     line_no: Mapped[int | None] = mapped_column(Integer, default=None)
     take: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

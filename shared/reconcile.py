@@ -9,7 +9,8 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
   the reconciler re-sends their queued jobs after about one lease instead and drops the dead entries.
 - When Redis lost its data (restarted empty: the reconciler's marker key is gone), every queued job is sent again,
   one page per pass, and the marker is set once the backlog has been walked.
-- Finished jobs whose webhook was never attempted get one sent.
+- Terminal jobs whose webhook is owed but whose message was lost get it sent again.
+- The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
 Re-sending is always safe: a job is claimed only when queued (or its lease lapsed), so a duplicate message finds
 the job running or finished and does nothing.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs
+from shared import deliveries, jobs, scheduler
 from shared.config import Settings
 from shared.db import transaction
 from shared.models import Job, utcnow
@@ -48,6 +49,7 @@ class Report:
     resent_stale_unacked: int = 0
     resent_after_broker_loss: int = 0
     webhooks_sent: int = 0
+    batch_lines_sent: int = 0
 
     def any(self) -> bool:
         return any(vars(self).values())
@@ -68,11 +70,25 @@ class Reconciler:
     stale_unacked_s: float
     # A job younger than this may still be between its commit and its own send.
     grace_s: float = 10.0
+    # The batch scheduler's window: lines per live worker, and how recent a live worker's heartbeat is.
+    batch_window_per_worker: int = 2
+    worker_live_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> Reconciler:
-        return cls(sessions, celery, max_attempts=settings.max_attempts, stale_unacked_s=stale_unacked_s(settings))
+        return cls(
+            sessions,
+            celery,
+            max_attempts=settings.max_attempts,
+            stale_unacked_s=stale_unacked_s(settings),
+            webhook_quiet_s=settings.webhook_retry_backoff_max_s + 60.0,
+            batch_window_per_worker=settings.batch_window_per_worker,
+            worker_live_s=settings.worker_live_s,
+        )
 
+    # A webhook with no delivery attempt for this long lost its message (the longest retry wait, plus a margin).
+    webhook_quiet_s: float = 660.0
+    _webhooks_sent: dict[str, float] = field(default_factory=dict, init=False)
     _walk: tuple[datetime, str] | None = field(default=None, init=False)
     _walking: bool = field(default=False, init=False)
 
@@ -92,6 +108,9 @@ class Reconciler:
         report.resent_stale_unacked = self._resend_stale_unacked()
         report.resent_after_broker_loss = self._resend_after_broker_loss()
         report.webhooks_sent = self._send_missed_webhooks()
+        report.batch_lines_sent = scheduler.top_up(
+            self.sessions, self.celery, self.batch_window_per_worker, self.worker_live_s
+        )
         if report.any():
             log.info("reconciled: %s", report)
         return report
@@ -159,11 +178,25 @@ class Reconciler:
         return len(page)
 
     def _send_missed_webhooks(self) -> int:
+        """Terminal jobs whose webhook is still owed and saw no delivery attempt for a while: their message was
+        lost (a webhook worker died, Redis dropped it). Each is re-sent at most once per quiet period, so webhook
+        workers that are down for long do not pile up copies; the attempt cap lives in the database."""
+        now = time.monotonic()
+        self._webhooks_sent = {k: t for k, t in self._webhooks_sent.items() if now - t < self.webhook_quiet_s}
         with self.sessions() as session:
-            missed = jobs.finished_without_webhook(session, utcnow() - timedelta(seconds=self.grace_s * 2), PAGE)
-        for job_id in missed:
-            enqueue_webhook(self.celery, job_id)
-        return len(missed)
+            owed = deliveries.undelivered_jobs(
+                session,
+                finished_before=utcnow() - timedelta(seconds=self.grace_s * 2),
+                quiet_since=utcnow() - timedelta(seconds=self.webhook_quiet_s),
+                limit=PAGE,
+            )
+        sent = 0
+        for job_id in owed:
+            if job_id not in self._webhooks_sent:
+                enqueue_webhook(self.celery, job_id)
+                self._webhooks_sent[job_id] = now
+                sent += 1
+        return sent
 
 
 def _job_id(raw: bytes | None) -> str | None:

@@ -100,6 +100,11 @@ class Storage:
                     return False
                 raise
 
+    def copy(self, source: str, key: str) -> None:
+        """A server-side copy within the bucket: the bytes never pass through this process."""
+        with _unavailable_on_error():
+            self._client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source})
+
     def delete(self, key: str) -> None:
         with _unavailable_on_error():
             self._client.delete_object(Bucket=self.bucket, Key=key)

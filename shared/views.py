@@ -32,6 +32,8 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+    if job.batch_id is not None:
+        view["batch"] = {"id": job.batch_id, "line_id": job.line_id, "take": job.take}
     if job.webhook_url:
         view["webhook"] = {
             "url": job.webhook_url,

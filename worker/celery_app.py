@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from shared import jobs
+from shared import jobs, scheduler
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Transient
@@ -74,15 +74,20 @@ def create_worker_app() -> Celery:
 
 
 def _notify(app: Celery, ctx: WorkerContext, job_id: str) -> None:
-    """Queue the webhook of a job that just reached a terminal state, when it asked for one."""
+    """Queue the webhook of a job that just reached a terminal state, when it asked for one; when it was a batch
+    line, refill its tenant's window (shared/scheduler.py)."""
+    batch_line = False
     try:
         with ctx.sessions() as session:
             job = session.get(Job, job_id)
             wanted = job is not None and bool(job.webhook_url)
+            batch_line = job is not None and job.batch_id is not None
         if wanted:
             enqueue_webhook(app, job_id)
     except Exception:  # the reconciler sends webhooks that were never attempted
         log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
+    if batch_line:
+        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 
 
 def _after_lost_retry(ctx: WorkerContext, job_id: str, exc: Exception, exhausted: bool) -> None:

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import jobs, voices
+from shared import dedup, jobs, voices
 from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.idempotency import request_hash
@@ -54,6 +54,7 @@ def submit() -> tuple[Response, int]:
         check_text_length(payload, max_chars)
         req = JobRequest.model_validate(payload)
         fields = _job_fields(resources, session, tenant_id, req)
+        fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
         # A reused key is compared by the whole request as validated, defaults filled in.
         digest = request_hash("synthesize", req.model_dump(mode="json")) if key else None
         if key is None or not jobs.idempotent_match(session, tenant_id, key):
@@ -61,8 +62,10 @@ def submit() -> tuple[Response, int]:
         job, created = jobs.create_job(
             session, tenant_id=tenant_id, idempotency_key=key, request_hash=digest, api_key_id=g.api_key_id, **fields
         )
+        if created and resources.settings.dedup_cache:
+            dedup.answer(session, resources.storage, job)  # answered complete at once when its audio is stored
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
-    if created:
+    if created and job.status == "queued":
         try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
     return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s)), 202 if created else 200
 

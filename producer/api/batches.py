@@ -1,0 +1,459 @@
+"""Batches: submit thousands of lines at once (JSON, CSV or JSONL), follow them, fetch a manifest or a streamed
+zip of the audio, cancel, and re-render one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy.orm import Session
+from zipstream import ZIP_STORED, ZipStream
+
+from producer.auth import authenticate
+from producer.resources import Farm, farm
+from shared import batch_lines, batches, voices
+from shared.batch_lines import DEFAULT_FIELDS, LINE_FIELDS, Line
+from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
+from shared.idempotency import request_hash
+from shared.models import Batch, Job
+from shared.queue import try_enqueue
+from shared.scheduler import safe_top_up
+from shared.storage import Storage
+from shared.views import iso, job_view
+from shared.webhooks import check_webhook_url
+
+bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
+MAX_PAGE = 200
+MANIFEST_COLUMNS = (
+    "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
+    "error_code", "error_message",
+)  # fmt: skip
+
+
+@bp.post("")
+def submit() -> tuple[Response, int]:
+    resources = farm()
+    settings = resources.settings
+    key = _idempotency_key()
+    if request.content_length is not None and request.content_length > settings.max_batch_bytes:
+        raise PayloadTooLarge(
+            f"the batch is {request.content_length} bytes; the limit is max_batch_bytes={settings.max_batch_bytes}",
+            code="batch_body_too_large",
+        )
+    request.max_content_length = settings.max_batch_bytes
+    with resources.sessions() as session, session.begin():
+        tenant_id = authenticate(session)
+        rows, defaults, meta = _read_body(settings.max_batch_lines)
+        lines = batch_lines.validate(
+            rows,
+            defaults,
+            resources.capabilities,
+            _voice_checker(resources, session, tenant_id),
+            settings.max_text_chars,
+        )
+        webhook_url = check_webhook_url(meta["webhook_url"], settings) if meta.get("webhook_url") else None
+        digest = request_hash(
+            "batch",
+            {
+                "lines": [{"id": line.id, **line.fields} for line in lines],
+                "defaults": defaults,
+                "name": meta.get("name") or "",
+                "webhook_url": webhook_url,
+            },
+        )
+        batch, created = batches.create_batch(
+            session,
+            resources.storage,
+            settings,
+            tenant_id=tenant_id,
+            api_key_id=g.api_key_id,
+            lines=lines,
+            defaults=defaults,
+            name=meta.get("name") or "",
+            webhook_url=webhook_url,
+            idempotency_key=key,
+            request_hash=digest,
+        )
+        view = batch_view(batch, batches.progress(session, [batch.id])[batch.id])
+    if created:
+        safe_top_up(resources.sessions, resources.celery, settings.batch_window_per_worker, settings.worker_live_s)
+    return jsonify(view), 202 if created else 200
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and (len(key) > 200 or not key.isprintable() or not key.isascii()):
+        raise BadRequest(
+            "Idempotency-Key must be at most 200 printable ASCII characters", code="invalid_idempotency_key"
+        )
+    return key
+
+
+def _read_body(max_lines: int) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(rows, defaults, {name, webhook_url}) from JSON, a multipart upload, or a raw CSV/JSONL body."""
+    mimetype = request.mimetype
+    if mimetype == "application/json":
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict) or not isinstance(payload.get("lines"), list):
+            raise BadRequest('the body must be a JSON object with a "lines" array', code="invalid_json")
+        unknown = sorted(set(payload) - {"lines", "defaults", "name", "webhook_url"})
+        if unknown:
+            raise BadRequest(f"unknown fields: {', '.join(unknown)}", code="invalid_request")
+        rows, meta = payload["lines"], {"name": payload.get("name"), "webhook_url": payload.get("webhook_url")}
+        defaults = batch_lines.check_defaults(payload.get("defaults"))
+    elif mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("send the lines as multipart field 'file' (CSV or JSONL)", code="missing_file")
+        name = (upload.filename or "").lower()
+        rows = _parse(upload.read(), "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv")
+        form = request.form
+        defaults = _form_defaults(form.get("defaults"))
+        defaults |= batch_lines.check_defaults({k: form[k] for k in DEFAULT_FIELDS if form.get(k)})
+        meta = {"name": form.get("name"), "webhook_url": form.get("webhook_url")}
+    elif mimetype in ("text/csv", "application/jsonl", "application/x-ndjson", "application/x-jsonlines"):
+        rows = _parse(request.get_data(), "csv" if mimetype == "text/csv" else "jsonl")
+        defaults = batch_lines.check_defaults({k: v for k in DEFAULT_FIELDS if (v := request.args.get(k))})
+        meta = {"name": request.args.get("name"), "webhook_url": request.args.get("webhook_url")}
+    else:
+        raise BadRequest("send JSON, a multipart 'file' upload, text/csv or application/jsonl", code="invalid_body")
+    if not isinstance(meta.get("name") or "", str) or len(meta.get("name") or "") > 200:
+        raise BadRequest("name is a string of at most 200 characters", code="invalid_name")
+    if meta.get("webhook_url") is not None and not isinstance(meta["webhook_url"], str):
+        raise BadRequest("webhook_url must be a string", code="invalid_webhook_url")
+    if not rows:
+        raise BadRequest("the batch has no lines", code="empty_batch")
+    if len(rows) > max_lines:
+        raise PayloadTooLarge(
+            f"the batch has {len(rows)} lines; the limit is max_batch_lines={max_lines}", code="batch_too_large"
+        )
+    return rows, defaults, meta
+
+
+def _parse(data: bytes, kind: str) -> list[dict[str, Any]]:
+    rows, problems = batch_lines.parse_jsonl(data) if kind == "jsonl" else batch_lines.parse_csv(data)
+    if problems:
+        raise batch_lines.InvalidLines(f"the {kind.upper()} file cannot be read", details={"lines": problems})
+    return rows
+
+
+def _form_defaults(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadRequest("defaults must be a JSON object", code="invalid_defaults") from None
+    return batch_lines.check_defaults(value)
+
+
+def _voice_checker(resources: Farm, session: Session, tenant_id: str) -> Any:
+    caps = resources.capabilities
+
+    def problem(voice: str) -> VoicefarmError | None:
+        if voices.is_voice_id(voice):
+            try:
+                voices.ready_voice(session, tenant_id, voice, caps.name)
+            except VoicefarmError as exc:
+                return exc
+            return None
+        if voice not in caps.stock_voices:
+            return BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
+        return None
+
+    return problem
+
+
+def batch_view(batch: Batch, p: batches.Progress) -> dict[str, Any]:
+    total, done = p.total, p.done
+    remaining = total - done
+    rate = None
+    if p.first_started and p.last_finished and done:
+        span = (p.last_finished - p.first_started).total_seconds()
+        finished = p.counts.get("succeeded", 0) + p.counts.get("failed", 0)
+        rate = finished / span if span > 0 and finished else None
+    if batch.status == "canceled":
+        status = "canceled"
+    elif remaining:
+        status = "running" if p.first_started else "queued"
+    else:
+        status = "succeeded" if p.counts.get("succeeded", 0) == total else "failed"
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "status": status,
+        "done": remaining == 0,
+        "lines": total,
+        "counts": p.counts,
+        "progress": round(done / total, 4) if total else 1.0,
+        "audio_seconds": round(p.audio_s, 3),
+        "lines_per_second": round(rate, 4) if rate else None,
+        "eta_s": round(remaining / rate, 1) if rate and remaining and batch.status != "canceled" else None,
+        "defaults": batch.defaults or {},
+        "webhook_url": batch.webhook_url,
+        "created_at": iso(batch.created_at),
+        "canceled_at": iso(batch.canceled_at),
+    }
+
+
+@bp.get("")
+def index() -> Response:
+    resources = farm()
+    try:
+        limit = int(request.args.get("limit", "50"))
+    except ValueError:
+        raise BadRequest("limit must be an integer", code="invalid_limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+    with resources.sessions() as session:
+        tenant_id = authenticate(session)
+        page = batches.list_batches(session, tenant_id, limit=limit, before=request.args.get("cursor"))
+        figures = batches.progress(session, [b.id for b in page])
+    return jsonify(
+        {
+            "batches": [batch_view(b, figures[b.id]) for b in page],
+            "next_cursor": page[-1].id if len(page) == limit else None,
+        }
+    )
+
+
+@bp.get("/<batch_id>")
+def show(batch_id: str) -> Response:
+    resources = farm()
+    with resources.sessions() as session:
+        batch = batches.get_batch(session, authenticate(session), batch_id)
+        return jsonify(batch_view(batch, batches.progress(session, [batch.id])[batch.id]))
+
+
+@bp.post("/<batch_id>/cancel")
+def cancel(batch_id: str) -> Response:
+    resources = farm()
+    with resources.sessions() as session, session.begin():
+        batch = batches.get_batch(session, authenticate(session), batch_id)
+        canceled = batches.cancel(session, batch)
+    with resources.sessions() as session:
+        view = batch_view(batch, batches.progress(session, [batch.id])[batch.id])
+    return jsonify(view | {"canceled_now": canceled})
+
+
+def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool = True) -> list[dict[str, Any]]:
+    rows = []
+    for job in lines:
+        result = job.result or {}
+        ok = job.status == "succeeded" and bool(result.get("key"))
+        rows.append(
+            {
+                "line_id": job.line_id,
+                "job_id": job.id,
+                "take": job.take,
+                "status": job.status,
+                "file": f"{job.line_id}.{result.get('format') or job.format}" if ok else None,
+                "url": storage.presigned_url(result["key"], expiry_s) if ok and urls else None,
+                "format": result.get("format") or job.format,
+                "duration_s": result.get("duration_s"),
+                "sha256": result.get("sha256"),
+                "attempts": job.attempts,
+                "cached": bool(result.get("cached")),
+                "error_code": job.error_code,
+                "error_message": job.error_message,
+            }
+        )
+    return rows
+
+
+def manifest_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+@bp.get("/<batch_id>/manifest")
+def manifest(batch_id: str) -> Response:
+    resources = farm()
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise BadRequest("format must be json or csv", code="invalid_format")
+    with resources.sessions() as session:
+        batch = batches.get_batch(session, authenticate(session), batch_id)
+        lines = batches.current_lines(session, batch.id)
+    rows = manifest_rows(lines, resources.storage, resources.settings.presign_expiry_s)
+    if fmt == "json":
+        return jsonify({"batch_id": batch.id, "lines": rows})
+    response = Response(manifest_csv(rows), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}-manifest.csv"'
+    return response
+
+
+@bp.get("/<batch_id>/archive")
+def archive(batch_id: str) -> Response:
+    """A zip streamed as it is built: one object is fetched at a time, nothing is assembled in memory or on disk.
+    Audio is stored uncompressed (it does not compress); the manifest names each file."""
+    resources = farm()
+    with resources.sessions() as session:
+        batch = batches.get_batch(session, authenticate(session), batch_id)
+        lines = batches.current_lines(session, batch.id)
+    rows = manifest_rows(lines, resources.storage, resources.settings.presign_expiry_s, urls=False)
+    storage = resources.storage
+    stream = ZipStream(compress_type=ZIP_STORED)
+    for job, row in zip(lines, rows, strict=True):
+        if row["file"]:
+            assert job.result is not None
+            stream.add(_object(storage, job.result["key"]), row["file"])
+    stream.add(manifest_csv(rows).encode("utf-8"), "manifest.csv")
+    response = Response(iter(stream), mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.zip"'
+    return response
+
+
+def _object(storage: Storage, key: str) -> Iterator[bytes]:
+    yield storage.get(key)  # fetched only when the zip reaches this file
+
+
+@bp.post("/<batch_id>/lines/<line_id>")
+def rerender(batch_id: str, line_id: str) -> tuple[Response, int]:
+    """A new take of one line with changed fields; the rest of the batch is kept."""
+    resources = farm()
+    settings = resources.settings
+    with resources.sessions() as session, session.begin():
+        tenant_id = authenticate(session)
+        batch = batches.get_batch(session, tenant_id, batch_id)
+        old = batches.current_line(session, batch.id, line_id)
+        changes = request.get_json(silent=True)
+        if not isinstance(changes, dict):
+            raise BadRequest("the body must be a JSON object of the fields to change", code="invalid_json")
+        merged: dict[str, Any] = {f: getattr(old, f) for f in LINE_FIELDS}
+        if "text" in changes and "language" not in changes and "language" not in (batch.defaults or {}):
+            merged.pop("language")  # a new text may be in another language: detect it again
+        merged |= changes
+        merged["id"] = old.line_id
+        valid = batch_lines.validate(
+            [merged], {}, resources.capabilities, _voice_checker(resources, session, tenant_id), settings.max_text_chars
+        )[0]
+        line = Line(valid.id, old.line_no or 1, valid.fields)
+        job = batches.rerender(session, resources.storage, settings, batch, old, line, g.api_key_id)
+    if job.status == "queued":
+        # A re-render is interactive: it goes straight to the broker, ahead of the batch's other lines.
+        try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
+    return jsonify(job_view(job, resources.storage, settings.presign_expiry_s) | _line_fields(job)), 202
+
+
+def _line_fields(job: Job) -> dict[str, Any]:
+    return {"batch_id": job.batch_id, "line_id": job.line_id, "take": job.take}
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The batch operations' part of /openapi.json."""
+    authed: list[dict[str, list[str]]] = [{"bearer": []}]
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        return {str(s): {"description": "error", "content": {"application/json": {"schema": error}}} for s in statuses}
+
+    def ok(description: str, status: int = 200) -> dict[str, Any]:
+        content = {"application/json": {"schema": {"type": "object"}}}
+        return {str(status): {"description": description, "content": content}}
+
+    def path_id(name: str, max_length: int = 64) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": max_length}}
+
+    line = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "pattern": batch_lines.LINE_ID.pattern},
+            "text": {"type": "string"},
+            **{f: {} for f in DEFAULT_FIELDS},
+        },
+        "required": ["text"],
+    }
+    body = {
+        "type": "object",
+        "required": ["lines"],
+        "properties": {
+            "lines": {"type": "array", "items": line},
+            "defaults": {"type": "object", "properties": {f: {} for f in DEFAULT_FIELDS}},
+            "name": {"type": "string", "maxLength": 200},
+            "webhook_url": {"type": "string", "maxLength": 2000},
+        },
+    }
+    upload = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
+    return {
+        "/v1/batches": {
+            "post": {
+                "summary": "Submit a batch of up to max_batch_lines lines (JSON, or a CSV/JSONL upload)",
+                "security": authed,
+                "parameters": [
+                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": body},
+                        "multipart/form-data": {"schema": upload},
+                    },
+                },
+                "responses": ok("accepted", 202)
+                | ok("already accepted under this Idempotency-Key")
+                | errors(400, 401, 404, 409, 413, 422, 429, 503),
+            },
+            "get": {
+                "summary": "List batches, newest first",
+                "security": authed,
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": ok("a page of batches") | errors(400, 401, 404, 429, 503),
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "summary": "A batch: counts by status, progress, audio seconds, ETA",
+                "security": authed,
+                "parameters": [path_id("batch_id")],
+                "responses": ok("the batch") | errors(401, 404, 429, 503),
+            }
+        },
+        "/v1/batches/{batch_id}/manifest": {
+            "get": {
+                "summary": "Each line's current take: job, status, URL, duration, sha256, attempts, error",
+                "security": authed,
+                "parameters": [
+                    path_id("batch_id"),
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}},
+                ],
+                "responses": ok("the manifest") | errors(400, 401, 404, 429, 503),
+            }
+        },
+        "/v1/batches/{batch_id}/archive": {
+            "get": {
+                "summary": "A streamed zip: {line_id}.{format} for every succeeded line, plus manifest.csv",
+                "security": authed,
+                "parameters": [path_id("batch_id")],
+                "responses": {"200": {"description": "application/zip"}} | errors(401, 404, 429, 503),
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "summary": "Cancel a batch: queued lines at once; running lines finish",
+                "security": authed,
+                "parameters": [path_id("batch_id")],
+                "responses": ok("the canceled batch") | errors(401, 404, 429, 503),
+            }
+        },
+        "/v1/batches/{batch_id}/lines/{line_id}": {
+            "post": {
+                "summary": "Re-render one line with changed fields; manifest and archive then name the new take",
+                "security": authed,
+                "parameters": [path_id("batch_id"), path_id("line_id", 128)],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": line}}},
+                "responses": ok("the new take", 202) | errors(400, 401, 404, 409, 413, 422, 429, 503),
+            }
+        },
+    }
