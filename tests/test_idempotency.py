@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +22,7 @@ from shared.models import Job
 from tests.conftest import S3Settings
 from tests.fixtures_farm import auth, make_settings, new_api_key
 from tests.test_api import queued_messages
+from tests.test_upload_bombs import running_api
 
 THREADS = 16
 BODY: dict[str, Any] = {"text": "Say this exactly once.", "voice": "jf_alpha", "language": "en"}
@@ -153,3 +155,29 @@ def test_keys_belong_to_a_tenant(api: Flask, key: str, db: sessionmaker[Session]
     )
     assert (mine.status_code, theirs.status_code) == (202, 202)
     assert mine.get_json()["id"] != theirs.get_json()["id"]
+
+
+def test_concurrent_same_key_over_http_to_several_api_processes(
+    farm_settings: Settings, api_key: str, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The same race across gunicorn processes (2 workers x 4 threads) on PostgreSQL: one job, all answered 2xx."""
+    with running_api(farm_settings, tmp_path / "api.log", workers=2) as (url, _pid):
+        barrier = threading.Barrier(THREADS)
+        answers: list[tuple[int, Any]] = [(0, None)] * THREADS
+
+        def send(i: int) -> None:
+            with requests.Session() as http:
+                barrier.wait()
+                response = http.post(
+                    f"{url}/v1/jobs", json=BODY, headers=auth(api_key) | {"Idempotency-Key": "over-http"}, timeout=60
+                )
+                answers[i] = (response.status_code, response.json())
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+    assert Counter(status for status, _ in answers) == {202: 1, 200: THREADS - 1}, answers
+    assert len({body["id"] for _, body in answers}) == 1
+    assert job_count(sessions) == 1

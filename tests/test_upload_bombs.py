@@ -4,6 +4,7 @@ process, and against a real gunicorn API process whose memory is read from /proc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -281,26 +282,26 @@ def _gunicorn_worker(master: int, timeout: float = 30) -> int:
     raise AssertionError("gunicorn started no worker")
 
 
-@pytest.fixture
-def api_process(farm_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """`voicefarm api` (gunicorn, one worker) on the test's PostgreSQL, Redis and S3: its URL and worker pid."""
+@contextlib.contextmanager
+def running_api(settings: Settings, log_path: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """`voicefarm api` (gunicorn) on the given PostgreSQL, Redis and S3: its URL and the pid of its master."""
     port = services.free_port()
     proc = services.spawn(
         [sys.executable, "-m", "voicefarm.cli", "api"],
         env=os.environ
         | {
-            "DATABASE_URL": farm_settings.database_url,
-            "BROKER_URL": farm_settings.broker_url,
-            "S3_ENDPOINT_URL": farm_settings.s3_endpoint_url,
-            "AWS_ACCESS_KEY_ID": farm_settings.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": farm_settings.s3_secret_key,
-            "AWS_REGION": farm_settings.s3_region,
-            "VOICEFARM_S3_BUCKET": farm_settings.s3_bucket,
-            "VOICEFARM_DATA_DIR": str(farm_settings.data_dir),
+            "DATABASE_URL": settings.database_url,
+            "BROKER_URL": settings.broker_url,
+            "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+            "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
+            "AWS_REGION": settings.s3_region,
+            "VOICEFARM_S3_BUCKET": settings.s3_bucket,
+            "VOICEFARM_DATA_DIR": str(settings.data_dir),
             "VOICEFARM_PORT": str(port),
-            "VOICEFARM_API_WORKERS": "1",
+            "VOICEFARM_API_WORKERS": str(workers),
         },
-        log_path=tmp_path / "api.log",
+        log_path=log_path,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -311,10 +312,17 @@ def api_process(farm_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, 
             return False
 
     try:
-        assert services.wait_until(healthy, 90, proc), (tmp_path / "api.log").read_text()[-3000:]
-        yield url, _gunicorn_worker(proc.pid)
+        assert services.wait_until(healthy, 90, proc), log_path.read_text()[-3000:]
+        yield url, proc.pid
     finally:
         services.terminate(proc, 30)
+
+
+@pytest.fixture
+def api_process(farm_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A one-worker API process: its URL and the pid of the gunicorn worker that answers."""
+    with running_api(farm_settings, tmp_path / "api.log") as (url, master):
+        yield url, _gunicorn_worker(master)
 
 
 def test_real_api_process_refuses_the_flac_bomb_fast_and_without_growing(
