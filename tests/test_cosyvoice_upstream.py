@@ -58,14 +58,21 @@ def _env_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    # Matcha-TTS's `data` is a symlink to its author's training data (an absolute path): leave it out.
+    if member.issym() and member.linkname.startswith("/"):
+        return None
+    return tarfile.data_filter(member, dest)
+
+
 def _unpack(cache: Path) -> Path:
     """The snapshots laid out as a recursive clone: CosyVoice/ with third_party/Matcha-TTS/."""
     home = cache / "upstream" / "CosyVoice"
     with tarfile.open(SNAPSHOTS / COSYVOICE_TAR) as tar:
-        tar.extractall(cache / "upstream", filter="data")
+        tar.extractall(cache / "upstream", filter=_safe_member)
     (home / "third_party").mkdir(exist_ok=True)
     with tarfile.open(SNAPSHOTS / MATCHA_TAR) as tar:
-        tar.extractall(home / "third_party", filter="data")
+        tar.extractall(home / "third_party", filter=_safe_member)
     return home
 
 
