@@ -136,13 +136,16 @@ def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
     )
 
 
-def undelivered_jobs(session: Session, *, finished_before: datetime, quiet_since: datetime) -> list[str]:
+def undelivered_jobs(
+    session: Session, *, finished_before: datetime, quiet_since: datetime, limit: int = 500
+) -> list[str]:
     """Finished jobs whose webhook is still owed and has seen no attempt start since `quiet_since`: their message
     was lost (a worker died, Redis dropped it). For the reconciler to send again; re-sending is harmless."""
     recent = exists().where(WebhookDelivery.job_id == Job.id, WebhookDelivery.started_at >= quiet_since)
     return list(
         session.scalars(
-            select(Job.id).where(
+            select(Job.id)
+            .where(
                 Job.status.in_(TERMINAL),
                 Job.webhook_url.is_not(None),
                 Job.webhook_delivered_at.is_(None),
@@ -150,5 +153,6 @@ def undelivered_jobs(session: Session, *, finished_before: datetime, quiet_since
                 Job.finished_at < finished_before,
                 ~recent,
             )
+            .limit(limit)
         )
     )

@@ -225,13 +225,15 @@ def give_up(session: Session, job_id: str, attempt_number: int, code: str, messa
     return _finish(session, where, status="failed", error_code=code, error_message=message)
 
 
-def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+def cancel(session: Session, tenant_id: str, job_id: str) -> tuple[Job, bool]:
+    """Cancel a queued or running job (a running attempt stops at its next write); returns the job and whether
+    this call canceled it (False when it was canceled already)."""
     job = get_job(session, tenant_id, job_id)
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"job {job_id} already {job.status}", code="already_finished")
-    _finish(session, Job.id == job_id, status="canceled")
+    changed = _finish(session, Job.id == job_id, status="canceled")
     session.refresh(job)
-    return job
+    return job, changed
 
 
 def refusal(session: Session, attempt: Attempt) -> str:
@@ -276,21 +278,6 @@ def queued_among(session: Session, job_ids: list[str]) -> list[Job]:
     if not job_ids:
         return []
     return list(session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")))
-
-
-def finished_without_webhook(session: Session, finished_before: datetime, limit: int = 500) -> list[str]:
-    return list(
-        session.scalars(
-            select(Job.id)
-            .where(
-                Job.status.in_(TERMINAL),
-                Job.webhook_url.is_not(None),
-                Job.webhook_attempts == 0,
-                Job.finished_at < finished_before,
-            )
-            .limit(limit)
-        )
-    )
 
 
 def _finish(session: Session, where: Any, **values: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -17,7 +18,7 @@ from shared.audio import CONTENT_TYPES
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.idempotency import request_hash
 from shared.language import detect_language
-from shared.queue import try_enqueue
+from shared.queue import enqueue_webhook, try_enqueue
 from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
 from shared.views import job_view
 from shared.webhooks import check_webhook_url
@@ -113,7 +114,11 @@ def show(job_id: str) -> Response:
 def cancel(job_id: str) -> Response:
     resources = farm()
     with resources.sessions() as session, session.begin():
-        job = jobs.cancel(session, authenticate(session), job_id)
+        job, changed = jobs.cancel(session, authenticate(session), job_id)
+    if changed and job.webhook_url:
+        # Best effort: the reconciler sends any terminal job's webhook that was never attempted.
+        with contextlib.suppress(Exception):
+            enqueue_webhook(resources.celery, job.id)
     return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s))
 
 
