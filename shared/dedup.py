@@ -87,18 +87,16 @@ def job_cache_key(session: Session, settings: Settings, tenant_id: str, fields: 
 
 
 def sources(session: Session, tenant_id: str, keys: set[str]) -> dict[str, Job]:
-    """For each cache key, the tenant's newest succeeded job with it, if any."""
+    """For each cache key, a succeeded job of the tenant with it, if any (the newest among a single key's)."""
     found: dict[str, Job] = {}
     if not keys:
         return found
-    rows = session.scalars(
-        select(Job)
-        .where(Job.tenant_id == tenant_id, Job.cache_key.in_(list(keys)), Job.status == "succeeded")
-        .order_by(Job.finished_at)
-    )
-    for job in rows:
+    query = select(Job).where(Job.tenant_id == tenant_id, Job.cache_key.in_(list(keys)), Job.status == "succeeded")
+    if len(keys) == 1:
+        query = query.order_by(Job.finished_at.desc()).limit(1)
+    for job in session.scalars(query):
         if job.result and job.result.get("key") and job.result.get("sha256"):
-            found[str(job.cache_key)] = job  # ordered by finish time: the newest wins
+            found.setdefault(str(job.cache_key), job)
     return found
 
 

@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     local = keys.add_parser("ensure-local", help="create the local key file on first start")
     local.add_argument("--file", type=Path, help="default: $VOICEFARM_DATA_DIR/api_key")
 
+    from voicefarm import client_cli
+
+    client_cli.add_commands(sub)
+
     args = parser.parse_args(argv)
+    if args.command in client_cli.COMMANDS:  # they talk to a farm's API, not to its services
+        return client_cli.run(args)
     settings = load_settings()
     if args.command == "up":
         from voicefarm.farm import run_farm
