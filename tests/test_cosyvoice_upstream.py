@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from voicefarm.doctor import UPSTREAM_MODULES
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "tests" / "cosyvoice_upstream"
 INSTALL = ROOT / "infra" / "cosyvoice" / "install.sh"
@@ -105,13 +107,16 @@ def upstream_env() -> Iterator[dict[str, Path]]:
     yield {"python": cache / "venv" / "bin" / "python", "home": cache / "upstream" / "CosyVoice"}
 
 
-def _run(env: dict[str, Path], script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    env: dict[str, Path], *argv: str, extra: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """The environment's python with this checkout on PYTHONPATH, offline, no GPU, none of the caller's settings."""
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     base = {k: v for k, v in os.environ.items() if not k.startswith("VOICEFARM_")}
     proc = subprocess.run(
-        [str(env["python"]), str(script), *args], capture_output=True, text=True, timeout=timeout, env=base | offline
+        [str(env["python"]), *argv], capture_output=True, text=True, timeout=timeout, env=base | offline | (extra or {})
     )
-    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"{argv[:2]} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return proc
 
 
@@ -142,21 +147,22 @@ def driven(request: pytest.FixtureRequest, upstream_env: dict[str, Path], tmp_pa
     recipe = (
         upstream_env["home"] / "examples" / "libritts" / f"cosyvoice{version}" / "conf" / f"cosyvoice{version}.yaml"
     )
-    _run(upstream_env, HERE / "build_model.py", "--version", str(version), "--recipe", str(recipe), str(model_dir))
+    _run(upstream_env, str(HERE / "build_model.py"), "--version", str(version), "--recipe", str(recipe), str(model_dir))
     _set_writable(model_dir, False)
     before = _listing(model_dir)
     started = time.monotonic()
     report_path = work / "report.json"
     prompt = upstream_env["home"] / "asset" / "zero_shot_prompt.wav"
     try:
-        _run(upstream_env, HERE / "drive.py", "--model-dir", str(model_dir), "--data-dir", str(work / "var"),
+        _run(upstream_env, str(HERE / "drive.py"), "--model-dir", str(model_dir), "--data-dir", str(work / "var"),
              "--prompt", str(prompt), "--out", str(report_path))  # fmt: skip
         after = _listing(model_dir)
     finally:
         _set_writable(model_dir, True)
     report: dict[str, Any] = json.loads(report_path.read_text())
     report["wall_s"] = time.monotonic() - started
-    yield {"version": version, "report": report, "before": before, "after": after, "work": work}
+    yield {"version": version, "report": report, "before": before, "after": after, "work": work,
+           "model_dir": model_dir, "env": upstream_env}  # fmt: skip
 
 
 def test_upstream_loads_the_generation_the_yaml_names(driven: dict[str, Any]) -> None:
@@ -250,3 +256,19 @@ def test_costs_are_reported(driven: dict[str, Any]) -> None:
         f"driver wall {report['wall_s']:.0f} s"
     )
     assert report["load_s"] > 0
+
+
+def test_doctor_in_the_upstream_environment(driven: dict[str, Any]) -> None:
+    """`voicefarm doctor --load` where upstream really is: every dependency imports, audio decodes, a load is timed."""
+    settings = {
+        "VOICEFARM_ENGINE": "cosyvoice", "VOICEFARM_COSYVOICE_MODEL_DIR": str(driven["model_dir"]),
+        "VOICEFARM_DATA_DIR": str(driven["work"] / "doctor-var"),
+    }  # fmt: skip
+    code = "import sys; from voicefarm.cli import main; sys.exit(main(['doctor', '--load', '--json']))"
+    proc = _run(driven["env"], "-c", code, extra=settings)
+    found = {f["topic"]: f for f in json.loads(proc.stdout)}
+    assert not [f for f in found.values() if f["status"] == "FAIL"], proc.stdout
+    assert found["model dir"]["detail"].endswith(f"CosyVoice{driven['version']} (cosyvoice{driven['version']}.yaml)")
+    assert all(found[f"import {module}"]["status"] == "ok" for module, _ in UPSTREAM_MODULES)
+    assert found["upstream CosyVoice"]["status"] == "ok" and found["audio decoding"]["status"] == "ok"
+    assert found["first load"]["detail"].endswith(" s")
