@@ -399,7 +399,7 @@ def start_postgres(
         log_path=log_path,
         stop_argv=_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]),
         cleanup_paths=[base, sockdir],
-        info={"port": str(port), "pgdata": str(pgdata)},
+        info={"port": str(port), "pgdata": str(pgdata), "bindir": str(bindir)},
     )
     try:
         create_database(f"postgresql://postgres@{LOOPBACK}:{port}/postgres", "voicefarm")
