@@ -316,6 +316,24 @@ def test_cpu_slots_are_claimed_per_data_dir(tmp_path: Path) -> None:
     del joiner_locks
 
 
+@pytest.mark.parametrize("stop_timeout_s", [30.0, 12.0])
+def test_stop_timeouts_nest_and_come_from_one_setting(stop_timeout_s: float) -> None:
+    from voicefarm.farm import farm_children
+    from voicefarm.workers import plan_workers
+
+    settings = Settings(stop_timeout_s=stop_timeout_s)
+    children = {child.name: child for child in farm_children(settings, {})}
+    celery = plan_workers(settings, gpus=[], cpu=1, host="h", base_env={})[0]
+    assert celery.stop_escalation is not None and not celery.signal_group  # Celery stops its own pool
+    # A Celery worker's warm shutdown < `voicefarm worker`'s stop timeout < what `up` gives it < up's own.
+    worker_timeout = children["worker"].stop_timeout
+    assert worker_timeout is not None
+    assert celery.stop_escalation[0] < settings.stop_budget(2) < worker_timeout < settings.stop_timeout_s
+    assert {child.stop_timeout for child in children.values()} == {worker_timeout}
+    hooks = children["webhook-worker"]
+    assert hooks.stop_escalation is not None and hooks.stop_escalation[0] < worker_timeout
+
+
 # --- the farm, real processes: `voicefarm up` and a worker that joins it ----------------------------------------
 
 FARM_STOP_TIMEOUT_S = 12.0
