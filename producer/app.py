@@ -19,9 +19,9 @@ from producer.openapi import openapi_document
 from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
+from shared.engines.fleet import Fleet
 from shared.queue import make_celery
 from shared.storage import Storage
-from worker.engines import create_engine, engine_options
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -31,13 +31,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    # Capabilities are static: reading them does not load the model.
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     app.extensions["voicefarm"] = Farm(
         settings=settings,
-        sessions=make_session_factory(make_engine(settings.resolved_database_url())),
+        sessions=sessions,
         storage=Storage.from_settings(settings),
         celery=make_celery(settings),
-        capabilities=create_engine(settings.engine, **engine_options(settings.engine, settings)).capabilities,
+        # What live workers published when they registered; the producer never builds an engine.
+        fleet=Fleet(sessions, settings.engine, settings.worker_live_s),
         rate_limiter=RateLimiter(settings.broker_url, settings.rate_limit_per_minute),
     )
     init_cors(app, settings.cors_origins)

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.limits import RateLimiter
 from shared.config import Settings
+from shared.engines import Capabilities
+from shared.engines.fleet import Fleet
 from shared.storage import Storage
-from worker.engines.base import Capabilities
 
 
 @dataclass
@@ -20,8 +21,14 @@ class Farm:
     sessions: sessionmaker[Session]
     storage: Storage
     celery: Celery
-    capabilities: Capabilities
+    # The engines on offer: those with live workers, and the default engine (shared/engines/fleet.py).
+    fleet: Fleet
     rate_limiter: RateLimiter
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The default engine's capabilities (what a request that names no engine and no voice gets)."""
+        return self.fleet.default
 
 
 def farm() -> Farm:

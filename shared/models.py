@@ -210,3 +210,5 @@ class Worker(Base):
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # What the worker serves, published when it registers: shared.engines.Capabilities as JSON.
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -47,6 +47,9 @@ class JobRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     priority: int = Field(default=5, ge=0, le=9)
     webhook_url: str | None = Field(default=None, max_length=2000)
+    # The engine to speak with; when absent, the cloned voice's engine, the engine with the stock voice, or the
+    # farm's default engine. Checked against the engines with live workers.
+    engine: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 
     @field_validator("text", "voice", "instruct")
     @classmethod

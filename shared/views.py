@@ -18,6 +18,7 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
+        "engine": job.engine,
         "progress": round(job.progress, 3),
         "attempts": job.attempts,
         "text": job.text,

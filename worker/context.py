@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -98,10 +99,13 @@ class WorkerContext:
         self.finisher.start()
 
     def register(self) -> None:
+        """Upsert this worker's row with what it serves: the API routes and validates by these capabilities."""
+        model = str(getattr(self.engine, "model_name", self.settings.engine))
         values = {
             "name": self.name,
             "engine": self.settings.engine,
-            "model": getattr(self.engine, "model_name", self.settings.engine),
+            "model": model,
+            "capabilities": dataclasses.replace(self.engine.capabilities, model=model).to_json(),
             "device": self.settings.device,
             "started_at": utcnow(),
             "last_seen": utcnow(),

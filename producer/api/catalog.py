@@ -1,4 +1,4 @@
-"""What the farm offers right now: instructions per engine and the live workers."""
+"""What the farm offers right now: instructions per live engine and the live workers."""
 
 from __future__ import annotations
 
@@ -9,25 +9,25 @@ from sqlalchemy import select
 
 from producer.auth import authenticate
 from producer.resources import farm
+from shared.engines import catalogue
 from shared.models import Worker, utcnow
-from worker.engines import engine_names, instruction_catalogue
 
 bp = Blueprint("catalog", __name__, url_prefix="/v1")
-# A worker whose heartbeat is older than this is presumed dead.
-WORKER_STALE_S = 45
 
 
 @bp.get("/instructions")
 def instructions() -> Response:
-    with farm().sessions() as session:
+    resources = farm()
+    with resources.sessions() as session:
         authenticate(session)
     engines = {
         name: {
-            "honoured": instruction_catalogue(name),
+            "honoured": catalogue(name).instructions,
             # cosyvoice reads free-form instructions itself; kokoro reports what it could not honour.
-            "free_form": "passed to the model" if name == "cosyvoice" else "reported in result.warnings",
+            "free_form": catalogue(name).free_form,
+            "live": name in resources.fleet.live(),
         }
-        for name in engine_names()
+        for name in resources.fleet.offered()
     }
     return jsonify({"engines": engines})
 
@@ -37,9 +37,8 @@ def workers() -> Response:
     resources = farm()
     with resources.sessions() as session:
         authenticate(session)
-        rows = session.scalars(
-            select(Worker).where(Worker.last_seen > utcnow() - timedelta(seconds=WORKER_STALE_S)).order_by(Worker.name)
-        ).all()
+        live_since = utcnow() - timedelta(seconds=resources.settings.worker_live_s)
+        rows = session.scalars(select(Worker).where(Worker.last_seen > live_since).order_by(Worker.name)).all()
     return jsonify(
         {
             "workers": [
@@ -48,6 +47,8 @@ def workers() -> Response:
                     "engine": w.engine,
                     "model": w.model,
                     "device": w.device,
+                    "languages": (w.capabilities or {}).get("languages", []),
+                    "modes": (w.capabilities or {}).get("modes", []),
                     "started_at": w.started_at.isoformat(),
                     "last_seen": w.last_seen.isoformat(),
                     "jobs_done": w.jobs_done,

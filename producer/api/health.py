@@ -7,7 +7,6 @@ from datetime import timedelta
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select, text
 
-from producer.api.catalog import WORKER_STALE_S
 from producer.resources import farm
 from shared.models import Worker, utcnow
 
@@ -40,7 +39,7 @@ def readyz() -> tuple[Response, int]:
             live = session.scalar(
                 select(func.count())
                 .select_from(Worker)
-                .where(Worker.last_seen > utcnow() - timedelta(seconds=WORKER_STALE_S))
+                .where(Worker.last_seen > utcnow() - timedelta(seconds=resources.settings.worker_live_s))
             )
         if not live:
             raise LookupError("no live worker")

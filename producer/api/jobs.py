@@ -72,7 +72,9 @@ def submit() -> tuple[Response, int]:
 
 
 def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobRequest) -> dict[str, Any]:
-    caps = resources.capabilities
+    # The engine: named by the request, else its cloned voice's, else the one with its stock voice (fleet.py).
+    cloned = voices.get_voice(session, tenant_id, req.voice) if req.voice and voices.is_voice_id(req.voice) else None
+    caps = resources.fleet.for_request(req.engine, req.voice, cloned.engine if cloned else None)
     language = req.language or detect_language(req.text)
     if language not in caps.languages:
         raise BadRequest(f"language {language!r} is not spoken by engine {caps.name}", code="unsupported_language")
@@ -84,7 +86,7 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
     if voices.is_voice_id(voice):
         voices.ready_voice(session, tenant_id, voice, caps.name)
     elif voice not in caps.stock_voices:
-        raise BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
+        raise BadRequest(f"unknown voice {voice!r} for engine {caps.name}", code="unknown_voice")
     return {
         "kind": "synthesize",
         "engine": caps.name,

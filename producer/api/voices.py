@@ -42,11 +42,11 @@ def create() -> tuple[Response, int]:
         transcript = clean_text(" ".join(raw_transcript.split())) or None
     except ValueError as exc:
         raise BadRequest(f"name or transcript {exc}", code="invalid_text") from None
+    # A voice is cloned for one engine: the one named, else the farm's default (shared/engines/fleet.py).
+    caps = resources.fleet.for_request(request.form.get("engine") or None, None)
     language = request.form.get("language") or None
-    if language is not None and language not in resources.capabilities.languages:
-        raise BadRequest(
-            f"language must be one of {', '.join(resources.capabilities.languages)}", code="unsupported_language"
-        )
+    if language is not None and language not in caps.languages:
+        raise BadRequest(f"language must be one of {', '.join(caps.languages)}", code="unsupported_language")
     data = upload.read()
     # Decoding here refuses a bad clip at once, before anything is stored or queued.
     clip = inspect_upload(data)
@@ -58,7 +58,7 @@ def create() -> tuple[Response, int]:
             id=voice_id,
             tenant_id=tenant_id,
             name=name,
-            engine=resources.capabilities.name,
+            engine=caps.name,
             language=language,
             transcript=transcript,
             upload_key=voices.upload_key(tenant_id, voice_id),
@@ -70,7 +70,7 @@ def create() -> tuple[Response, int]:
             tenant_id=tenant_id,
             idempotency_key=None,
             kind="clone",
-            engine=resources.capabilities.name,
+            engine=caps.name,
             text=transcript or "",
             voice=voice_id,
             mode="clone",
@@ -109,10 +109,15 @@ def delete(voice_id: str) -> tuple[str, int]:
 
 
 def stock_voices(resources: Farm) -> list[dict[str, Any]]:
-    caps = resources.capabilities
-    defaults = {voice: [lang for lang, v in caps.default_voices.items() if v == voice] for voice in caps.stock_voices}
+    """The stock voices of every engine on offer."""
     return [
-        {"id": voice, "engine": caps.name, "kind": "stock", "default_for": defaults[voice]}
+        {
+            "id": voice,
+            "engine": caps.name,
+            "kind": "stock",
+            "default_for": [lang for lang, v in caps.default_voices.items() if v == voice],
+        }
+        for caps in resources.fleet.offered().values()
         for voice in caps.stock_voices
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from shared.config import Settings
+from shared.engines import catalogue
 from worker.engines.base import Engine
 
 _REGISTRY = {
@@ -45,9 +46,5 @@ def create_engine(name: str, **options: object) -> Engine:
 
 
 def instruction_catalogue(name: str) -> list[dict[str, str]]:
-    """The instructions an engine honours: its structured `INSTRUCTIONS` list when its module has one."""
-    engine = create_engine(name)
-    catalogue = getattr(import_module(type(engine).__module__), "INSTRUCTIONS", None)
-    if catalogue is not None:
-        return list(catalogue)
-    return [{"text": text} for text in engine.capabilities.instructions]
+    """The instructions an engine honours, from its catalogue in shared/engines."""
+    return [dict(item) for item in catalogue(name).instructions]

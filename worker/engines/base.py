@@ -11,24 +11,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from shared.engines import Capabilities  # capabilities are data in shared/; re-exported for adapters
+
 Mode = Literal["clone", "cross_lingual", "instruct"]
 Language = Literal["zh", "en", "ja"]
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an engine can do; the API validates requests against this before enqueueing."""
-
-    name: str
-    languages: tuple[str, ...]
-    modes: tuple[str, ...]
-    sample_rate: int
-    max_segment_chars: int
-    stock_voices: tuple[str, ...]
-    # language -> stock voice used when a job names no voice
-    default_voices: dict[str, str]
-    # instruction catalogue the engine honours (free-form text outside it is reported in warnings)
-    instructions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,23 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, MIN_SPEED, MODES, STOCK_VOICES
+from shared.engines.kokoro import NAME as ENGINE_NAME
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 from worker.engines.kokoro import matching
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
 from worker.engines.kokoro.model import MAX_TOKENS, SAMPLE_RATE, KokoroModel
 from worker.similarity import SpeakerEncoder, shared_encoder
-
-ENGINE_NAME = "kokoro"
-STOCK_VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
-# All five packs are Japanese speakers. Defaults by Whisper round trip over 5 sentences per language and voice:
-# en: jf_alpha, jf_tebukuro and jm_kumo tie (WER 0.02, only "nine" heard as "9"); ja: all 0.09-0.12 CER, mostly
-# kana/kanji spelling, so jf_alpha (upstream's best-graded Japanese voice); zh: jm_kumo reads Mandarin clearly
-# best (CER 0.05 vs 0.13-0.17 for the female voices).
-DEFAULT_VOICES = {"ja": "jf_alpha", "zh": "jm_kumo", "en": "jf_alpha"}
-MAX_SEGMENT_CHARS = 200
-MIN_SPEED, MAX_SPEED = 0.5, 2.0
-MODES = ("clone", "cross_lingual", "instruct")
 
 # What every stock voice reads to be matched against references: its speaker embedding, mean spectral envelope
 # and pitch come from these renders, and clone() tunes the WORLD transform on them.

@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# The catalogue advertised in `Capabilities.instructions`.
-HONOURED = ("slow", "fast", "慢", "快", "ゆっくり", "速く")
+from shared.engines.kokoro import HONOURED as HONOURED  # the catalogue advertised in `Capabilities.instructions`
 
 SLOW_FACTOR = 0.8
 FAST_FACTOR = 1.25

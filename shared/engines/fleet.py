@@ -1,0 +1,111 @@
+"""The engines the farm can serve right now: what live workers published, plus the farm's default engine.
+
+Each worker writes the capabilities of the engine it loaded into its `workers` row when it registers; a worker
+is live while its heartbeat is fresh (`worker_live_s`). The API validates every request against these. The
+default engine (`VOICEFARM_ENGINE`) is always offered, from its static catalogue when no worker of it is live,
+so a job submitted while workers restart waits in the queue instead of being refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.engines import Capabilities, catalogue, engine_names
+from shared.errors import BadRequest
+from shared.models import Worker, utcnow
+
+
+def live_engines(session: Session, live_s: float) -> dict[str, Capabilities]:
+    """Engine name -> what its live workers serve (languages, modes and stock voices of all of them together)."""
+    rows = session.scalars(
+        select(Worker).where(Worker.last_seen > utcnow() - timedelta(seconds=live_s)).order_by(Worker.name)
+    ).all()
+    merged: dict[str, Capabilities] = {}
+    for row in rows:
+        if not row.capabilities:
+            continue
+        caps = Capabilities.from_json(row.capabilities)
+        merged[caps.name] = _merge(merged[caps.name], caps) if caps.name in merged else caps
+    return merged
+
+
+def _merge(a: Capabilities, b: Capabilities) -> Capabilities:
+    def union(x: tuple[str, ...], y: tuple[str, ...]) -> tuple[str, ...]:
+        return x + tuple(v for v in y if v not in x)
+
+    return Capabilities(
+        name=a.name,
+        languages=union(a.languages, b.languages),
+        modes=union(a.modes, b.modes),
+        sample_rate=a.sample_rate,
+        max_segment_chars=min(a.max_segment_chars, b.max_segment_chars),
+        stock_voices=union(a.stock_voices, b.stock_voices),
+        default_voices=b.default_voices | a.default_voices,
+        instructions=union(a.instructions, b.instructions),
+        model=a.model if a.model == b.model else f"{a.model},{b.model}",
+        speed_range=(max(a.speed_range[0], b.speed_range[0]), min(a.speed_range[1], b.speed_range[1])),
+    )
+
+
+class Fleet:
+    """The engines on offer, read from the `workers` table and kept for `ttl_s` (several handlers ask per request)."""
+
+    def __init__(self, sessions: sessionmaker[Session], default_engine: str, live_s: float, ttl_s: float = 2.0):
+        catalogue(default_engine)  # an unknown default engine is a configuration error, found at start
+        self.sessions, self.default_engine, self.live_s, self.ttl_s = sessions, default_engine, live_s, ttl_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Capabilities]] | None = None
+
+    def live(self) -> dict[str, Capabilities]:
+        with self._lock:
+            if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl_s:
+                return self._cached[1]
+        with self.sessions() as session:
+            engines = live_engines(session, self.live_s)
+        with self._lock:
+            self._cached = (time.monotonic(), engines)
+        return engines
+
+    def offered(self) -> dict[str, Capabilities]:
+        """Engines with live workers, and the default engine whether or not one of its workers is live."""
+        live = self.live()
+        default = {self.default_engine: catalogue(self.default_engine).capabilities}
+        return {name: live[name] for name in sorted(live)} | ({} if self.default_engine in live else default)
+
+    @property
+    def default(self) -> Capabilities:
+        return self.offered()[self.default_engine]
+
+    def engine(self, name: str) -> Capabilities:
+        offered = self.offered()
+        if name in offered:
+            return offered[name]
+        if name not in engine_names():
+            raise BadRequest(f"unknown engine {name!r}; known: {', '.join(engine_names())}", code="unknown_engine")
+        raise BadRequest(
+            f"engine {name!r} has no live workers; this farm serves {', '.join(offered)}", code="engine_unavailable"
+        )
+
+    def for_request(self, engine: str | None, voice: str | None, voice_engine: str | None = None) -> Capabilities:
+        """The engine a request goes to: the one it names, else its cloned voice's, else the one with its stock
+        voice (the default engine first), else the default engine."""
+        if engine is not None:
+            return self.engine(engine)
+        if voice_engine is not None:
+            return self.engine(voice_engine)
+        offered = self.offered()
+        if voice is not None:
+            ordered = sorted(offered.values(), key=lambda caps: caps.name != self.default_engine)
+            for caps in ordered:
+                if voice in caps.stock_voices:
+                    return caps
+        return offered[self.default_engine]
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cached = None
