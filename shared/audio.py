@@ -10,14 +10,23 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm")
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "aac", "pcm")
+# Any output rate in this range for wav, flac, ogg and pcm (resampled with soxr); mp3 and aac have fixed sets.
+MIN_RATE, MAX_RATE = 8000, 48000
+CODEC_RATES = {
+    "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "aac": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "opus": (48000,),
+}
+# The file name extension of each format (aac comes in an MPEG-4 audio container).
+EXTENSIONS = {"aac": "m4a"}
 CONTENT_TYPES = {
     "wav": "audio/wav",
     "flac": "audio/flac",
     "mp3": "audio/mpeg",
     "ogg": "audio/ogg",
     "opus": "audio/ogg",
+    "aac": "audio/mp4",
     "pcm": "audio/L16",
 }
 # libsndfile containers and subtypes for each API format; opus is only defined at 48 kHz.
@@ -29,8 +38,6 @@ _SF_FORMATS = {
     "opus": ("OGG", "OPUS"),
 }
 _WRITE_BLOCK_FRAMES = 1 << 18
-# mp3 in libsndfile supports only these rates.
-_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Encoded:
     format: str
     sample_rate: int
     duration_s: float
+    channels: int = 1
 
     @property
     def sha256(self) -> str:
@@ -69,23 +77,57 @@ def join_segments(segments: list[np.ndarray], sample_rate: int, pause_s: float) 
     return np.concatenate(pieces), starts
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str, target_rate: int | None = None) -> Encoded:
+def rate_problem(fmt: str, rate: int | None) -> str | None:
+    """Why `fmt` cannot be written at `rate`, or None when it can."""
+    if rate is None:
+        return None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        return f"sample_rate must be between {MIN_RATE} and {MAX_RATE} Hz"
+    allowed = CODEC_RATES.get(fmt)
+    if allowed is not None and rate not in allowed:
+        return f"{fmt} output takes sample_rate {', '.join(map(str, allowed))}"
+    return None
+
+
+def encode(audio: np.ndarray, sample_rate: int, fmt: str, target_rate: int | None = None, channels: int = 1) -> Encoded:
+    """Encode mono float32 audio; `channels=2` writes the same signal on both channels. Each format's encoder is a
+    library: libsndfile (wav, flac, mp3, ogg vorbis, opus) through soundfile, FFmpeg's aac through PyAV."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
-    rate = target_rate or sample_rate
-    if fmt == "opus":
-        rate = 48000
-    elif fmt == "mp3" and rate not in _MP3_RATES:
-        raise ValueError(f"mp3 cannot be written at {rate} Hz")
+    if channels not in (1, 2):
+        raise ValueError("channels must be 1 or 2")
+    rate = target_rate or (48000 if fmt == "opus" else sample_rate)
+    problem = rate_problem(fmt, rate)
+    if problem:
+        raise ValueError(problem)
     out = np.clip(resample(audio, sample_rate, rate), -1.0, 1.0)
+    frames = np.repeat(out[:, np.newaxis], channels, axis=1) if channels == 2 else out
     if fmt == "pcm":
-        data = (out * 32767.0).astype("<i2").tobytes()
+        data = (frames * 32767.0).astype("<i2").tobytes()
+    elif fmt == "aac":
+        data = _encode_aac(out, rate, channels)
     else:
         container, subtype = _SF_FORMATS[fmt]
         buf = io.BytesIO()
-        with sf.SoundFile(buf, "w", rate, 1, format=container, subtype=subtype) as f:
+        with sf.SoundFile(buf, "w", rate, channels, format=container, subtype=subtype) as f:
             # In blocks: libsndfile 1.2.2's Vorbis encoder crashes the process on one write of ~2M frames or more.
-            for start in range(0, len(out), _WRITE_BLOCK_FRAMES):
-                f.write(out[start : start + _WRITE_BLOCK_FRAMES])
+            for start in range(0, len(frames), _WRITE_BLOCK_FRAMES):
+                f.write(frames[start : start + _WRITE_BLOCK_FRAMES])
         data = buf.getvalue()
-    return Encoded(data=data, format=fmt, sample_rate=rate, duration_s=len(out) / rate)
+    return Encoded(data=data, format=fmt, sample_rate=rate, duration_s=len(out) / rate, channels=channels)
+
+
+def _encode_aac(audio: np.ndarray, rate: int, channels: int) -> bytes:
+    import av
+
+    layout = "stereo" if channels == 2 else "mono"
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="ipod") as container:  # the ipod muxer writes .m4a
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(np.tile(audio.astype(np.float32), (channels, 1))), format="fltp", layout=layout
+        )
+        frame.sample_rate = rate
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    return buf.getvalue()

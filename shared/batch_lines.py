@@ -22,7 +22,11 @@ from shared.errors import BadRequest, VoicefarmError
 from shared.language import detect_language
 from shared.schemas import JobRequest
 
-LINE_FIELDS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate")
+LINE_FIELDS = (
+    "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate",
+    # post-production (shared/mastering.py): a batch default gives the whole series one loudness
+    "loudness", "trim_silence_s", "target_duration_s", "channels",
+)  # fmt: skip
 DEFAULT_FIELDS = tuple(f for f in LINE_FIELDS if f != "text")
 LINE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -224,5 +228,6 @@ def resolve(
         "format": req.format,
         "sample_rate": req.sample_rate,
         "seed": req.seed,
+        "options": req.mastering_options().to_dict() or None,
     }
     return fields, None

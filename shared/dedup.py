@@ -36,7 +36,9 @@ from shared.text import normalize_text
 log = logging.getLogger(__name__)
 # Segment joining (worker/synthesis.py SEGMENT_PAUSE_S) and encoding (shared/audio.py) as of this version.
 POSTPROCESS = {"version": 1, "segment_pause_s": 0.25}
-SHAPING = ("engine", "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate")
+SHAPING = (
+    "engine", "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "options",
+)  # fmt: skip
 
 
 @lru_cache(maxsize=8)

@@ -114,6 +114,8 @@ class Job(Base):
     speed: Mapped[float] = mapped_column(Float, default=1.0)
     format: Mapped[str] = mapped_column(String(8), default="wav")
     sample_rate: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Post-production of the whole line (shared/mastering.Options as a dict): loudness, trim, fit, channels.
+    options: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     seed: Mapped[int | None] = mapped_column(Integer, default=None)
     priority: Mapped[int] = mapped_column(Integer, default=5)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.audio import FORMATS, SAMPLE_RATES
+from shared import mastering
+from shared.audio import FORMATS, rate_problem
 from shared.errors import PayloadTooLarge
 
-Format = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm"]
+Format = Literal["wav", "flac", "mp3", "ogg", "opus", "aac", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
 # The most bytes one character takes in a JSON body: a code point beyond the BMP written as two \uXXXX escapes.
 MAX_JSON_BYTES_PER_CHAR = 12
@@ -32,7 +33,46 @@ def clean_text(value: str) -> str:
     return value
 
 
-class JobRequest(BaseModel):
+class Loudness(BaseModel):
+    """A loudness target in LUFS (ITU-R BS.1770) and the true-peak ceiling it must stay under."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: float = Field(ge=mastering.LOUDNESS_RANGE[0], le=mastering.LOUDNESS_RANGE[1])
+    true_peak: float = Field(default=mastering.DEFAULT_TRUE_PEAK_DB, ge=-9.0, le=0.0)
+
+
+class PostProduction(BaseModel):
+    """Options applied to the whole line once its segments are joined (shared/mastering.py)."""
+
+    # A LUFS target (e.g. the presets -14, -16, -18; any value in -30..-10), or {"target", "true_peak"}.
+    loudness: float | Loudness | None = None
+    # Cut leading and trailing silence down to this many seconds.
+    trim_silence_s: float | None = Field(default=None, ge=0.0, le=2.0)
+    # Make the line last this long: engine speed first, then pitch-keeping time-stretch within 25 %.
+    target_duration_s: float | None = Field(default=None, ge=0.3, le=600.0)
+    channels: Literal[1, 2] = 1
+
+    @field_validator("loudness")
+    @classmethod
+    def _loudness_in_range(cls, value: float | Loudness | None) -> float | Loudness | None:
+        low, high = mastering.LOUDNESS_RANGE
+        if isinstance(value, float | int) and not low <= value <= high:
+            raise ValueError(f"loudness must be a LUFS target between {low:g} and {high:g}")
+        return value
+
+    def mastering_options(self) -> mastering.Options:
+        loudness = Loudness(target=self.loudness) if isinstance(self.loudness, float | int) else self.loudness
+        return mastering.Options(
+            loudness_lufs=loudness.target if loudness else None,
+            true_peak_db=loudness.true_peak if loudness else mastering.DEFAULT_TRUE_PEAK_DB,
+            trim_pad_s=self.trim_silence_s,
+            target_duration_s=self.target_duration_s,
+            channels=self.channels,
+        )
+
+
+class JobRequest(PostProduction):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     text: str = Field(min_length=1)
@@ -63,12 +103,6 @@ class JobRequest(BaseModel):
             raise ValueError("text has no letters or digits to speak")
         return value
 
-    @field_validator("sample_rate")
-    @classmethod
-    def _known_rate(cls, value: int | None) -> int | None:
-        if value is not None and value not in SAMPLE_RATES:
-            raise ValueError(f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
-        return value
 
     @model_validator(mode="after")
     def _instruct_matches_mode(self) -> JobRequest:
@@ -76,6 +110,7 @@ class JobRequest(BaseModel):
             raise ValueError("mode 'instruct' needs an 'instruct' text")
         if self.mode != "instruct" and self.instruct:
             raise ValueError("'instruct' is only used with mode 'instruct'")
-        if self.format == "opus" and self.sample_rate not in (None, 48000):
-            raise ValueError("opus output is always 48000 Hz")
+        problem = rate_problem(self.format, self.sample_rate)
+        if problem:
+            raise ValueError(problem)
         return self

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from shared import voices
+from shared import mastering, voices
 from shared.audio import encode, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs import Attempt
@@ -22,6 +23,8 @@ from worker.finisher import Pending, attempt_key
 log = logging.getLogger(__name__)
 # Pause between segments: close to a sentence break in read speech.
 SEGMENT_PAUSE_S = 0.25
+# Fit to slot: a first take further off its slot than this is spoken again at the speed that should fill it.
+RETAKE_FOR_SLOT = 0.08
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class JobSpec:
     format: str
     sample_rate: int | None
     seed: int | None
+    options: dict[str, Any] | None
 
 
 def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
@@ -87,35 +91,85 @@ def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSp
         raise EngineError("the engine failed on this job; the error has been logged") from exc
 
 
+@dataclass
+class Take:
+    """Every segment of a line, synthesized once at one speed."""
+
+    audios: list[np.ndarray] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    similarities: list[tuple[float, int]] = field(default_factory=list)
+
+    def similarity(self) -> float | None:
+        if not self.similarities:
+            return None
+        return round(sum(s * n for s, n in self.similarities) / sum(n for _, n in self.similarities), 4)
+
+
+def _render(
+    ctx: WorkerContext,
+    spec: JobSpec,
+    attempt: Attempt,
+    texts: list[str],
+    voice: str | VoiceProfile,
+    speed: float,
+    *,
+    steps: int = 1,
+    first_step: int = 0,
+) -> Take:
+    """Synthesize every segment; progress counts this take as step `first_step` of `steps` (plus the finish)."""
+    take = Take()
+    at_speed = replace(spec, speed=round(speed, 3))
+    for i, text in enumerate(texts):
+        out = _speak(ctx, text, voice, at_speed)
+        take.audios.append(out.audio)
+        if out.similarity is not None:
+            take.similarities.append((out.similarity, len(out.audio)))
+        take.warnings.extend(w for w in out.warnings if w not in take.warnings)
+        ctx.progress(attempt, (first_step + (i + 1) / len(texts)) / (steps + 1 / len(texts)))
+    return take
+
+
 def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     caps = ctx.engine.capabilities
     voice = _resolve_voice(ctx, spec)
     texts = split_text(spec.text, caps.max_segment_chars)
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
+    rate = caps.sample_rate
+    options = mastering.Options.from_dict(spec.options)
     started = time.perf_counter()
-    audios: list[np.ndarray] = []
-    warnings: list[str] = []
-    similarities: list[tuple[float, int]] = []
-    for i, text in enumerate(texts):
-        out = _speak(ctx, text, voice, spec)
-        audios.append(out.audio)
-        if out.similarity is not None:
-            similarities.append((out.similarity, len(out.audio)))
-        warnings.extend(w for w in out.warnings if w not in warnings)
-        ctx.progress(attempt, (i + 1) / (len(texts) + 1))
-    audio, starts = join_segments(audios, caps.sample_rate, SEGMENT_PAUSE_S)
+    take = _render(ctx, spec, attempt, texts, voice, spec.speed, steps=2 if options.target_duration_s else 1)
+    audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
+    if options.target_duration_s:
+        # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
+        # is further off than a light stretch mends well; what is left is stretched (shared/mastering.py).
+        spoken = mastering.trim_silence(audio, rate, options.trim_pad_s)[0] if options.trim_pad_s is not None else audio
+        duration = len(spoken) / rate
+        if abs(duration / options.target_duration_s - 1) > RETAKE_FOR_SLOT:
+            speed = mastering.speed_for_slot(duration, options.target_duration_s, spec.speed)
+            take = _render(ctx, spec, attempt, texts, voice, speed, steps=2, first_step=1)
+            audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
     compute_s = time.perf_counter() - started
-    encoded = encode(audio, caps.sample_rate, spec.format, spec.sample_rate)
+    post_started = time.perf_counter()
+    mastered = mastering.master(audio, rate, options)
+    encoded = encode(mastered.audio, rate, spec.format, spec.sample_rate, options.channels)
+    post_s = time.perf_counter() - post_started
+    duration_s = len(mastered.audio) / rate
     key = attempt_key(spec.tenant_id, attempt, spec.format)
     segments = [
-        {"text": text, "start_s": round(start, 3), "end_s": round(start + len(seg) / caps.sample_rate, 3)}
-        for text, seg, start in zip(texts, audios, starts, strict=True)
+        {
+            "text": text,
+            "start_s": mastered.map_time(start, duration_s),
+            "end_s": mastered.map_time(start + len(seg) / rate, duration_s),
+        }
+        for text, seg, start in zip(texts, take.audios, starts, strict=True)
     ]
+    warnings = take.warnings + [w for w in mastered.warnings if w not in take.warnings]
     result = {
         "key": key,
         "format": encoded.format,
         "sample_rate": encoded.sample_rate,
+        "channels": encoded.channels,
         "duration_s": round(encoded.duration_s, 3),
         "bytes": len(encoded.data),
         "sha256": encoded.sha256,
@@ -123,12 +177,13 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         "warnings": warnings,
         "engine": caps.name,
         # Speaker similarity to a cloned voice's reference, weighted by each segment's length.
-        "similarity": (
-            round(sum(sim * n for sim, n in similarities) / sum(n for _, n in similarities), 4)
-            if similarities
-            else None
-        ),
-        "rtf": round(compute_s / max(len(audio) / caps.sample_rate, 1e-6), 3),
+        "similarity": take.similarity(),
+        "loudness": mastered.loudness,
+        "rtf": round(compute_s / max(len(audio) / rate, 1e-6), 3),
+        # Post-production and encoding, reported apart from the engine's time.
+        "post_s": round(post_s, 3),
     }
-    audio_s = len(audio) / caps.sample_rate
+    if options.to_dict():
+        result["options"] = options.to_dict()
+    audio_s = duration_s
     return Pending(attempt, spec.tenant_id, key, encoded.data, encoded.format, result, audio_s, compute_s)

@@ -99,6 +99,7 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
         "format": req.format,
         "sample_rate": req.sample_rate,
         "seed": req.seed,
+        "options": req.mastering_options().to_dict() or None,
         "priority": req.priority,
         "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
     }
