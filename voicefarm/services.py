@@ -449,13 +449,38 @@ class FarmPostgres:
     pgdata: Path
 
 
+def _server_major(bindir: Path) -> str:
+    try:
+        out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    # "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)" -> "15"
+    words = out.stdout.split()
+    return words[2].split(".")[0] if len(words) > 2 else ""
+
+
+def _bin_dir_for_cluster(pgdata: Path) -> Path:
+    """The server binaries for a cluster: those of its major version when it has one and they are here (a cluster
+    made by the system's PostgreSQL 15 keeps running on it after the embedded 18 appears), else the default."""
+    default = postgres_bin_dir()
+    version_file = pgdata / "PG_VERSION"
+    if not version_file.exists():
+        return default
+    major = version_file.read_text().strip()
+    candidates = [default, *sorted(Path("/usr/lib/postgresql").glob("*/bin")), embedded_postgres_bin_dir()]
+    for bindir in candidates:
+        if bindir is not None and (bindir / "postgres").is_file() and _server_major(bindir) == major:
+            return bindir
+    return default
+
+
 def prepare_farm_postgres(data_dir: Path, timeout: float = 120.0) -> FarmPostgres:
     """Initialise `data_dir/postgres` on first use; return how to run its server."""
     from shared.config import embedded_postgres_socket_dir, embedded_postgres_url
 
     user = postgres_os_user()
-    bindir = _runnable_bin_dir(postgres_bin_dir(), user)
     pgdata, sockdir = (data_dir / "postgres").resolve(), embedded_postgres_socket_dir(data_dir)
+    bindir = _runnable_bin_dir(_bin_dir_for_cluster(pgdata), user)
     if user is not None and not _reachable_by(pgdata, user):
         raise ServiceError(
             f"PostgreSQL runs as the OS user {user.pw_name!r} when the farm runs as root, and that user cannot reach "
