@@ -1,0 +1,117 @@
+"""A 1,000-line batch end to end: submit, synthesize, archive. Figures for BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/batch_1000.py --url http://127.0.0.1:7860 --key-file var/api_key [-n 1000]
+    .venv/bin/python benchmarks/batch_1000.py --own-farm [--workers 2] [-n 1000]   # a throwaway farm
+
+With --own-farm it starts a farm of its own on loopback (tests/faultfarm.py: PostgreSQL, Redis, SeaweedFS,
+`voicefarm api`, `voicefarm worker --cpu N`, `voicefarm reconcile`) and stops it afterwards. Lines are short
+English sentences, each different (`Line 17 of the benchmark, spoken once.`), so the dedup cache never answers
+one. Reports: submit time, synthesis wall time (submit to last line finished), lines per second, audio seconds
+per wall second, the archive's streaming time and size, and per-line latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from voicefarm.client import Client  # noqa: E402
+
+
+def run(client: Client, n: int, poll_s: float) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    lines = [{"id": f"b{i:04d}", "text": f"Line {i} of the benchmark {tag}, spoken once."} for i in range(n)]
+    started = time.monotonic()
+    batch = client.create_batch(lines, defaults={"seed": 1}, name=f"bench-{tag}", idempotency_key=f"bench-{tag}")
+    submit_s = time.monotonic() - started
+    print(f"submitted {n} lines in {submit_s:.2f}s: batch {batch['id']}", flush=True)
+    last = -1
+    while True:
+        view = client.get_batch(batch["id"])
+        done = view["lines"] - view["counts"]["queued"] - view["counts"]["running"]
+        if done != last and (done % 50 == 0 or view["done"]):
+            print(
+                f"  {time.monotonic() - started:7.1f}s  {done}/{n} done, {view['audio_seconds']:.0f} s of audio",
+                flush=True,
+            )
+            last = done
+        if view["done"]:
+            break
+        time.sleep(poll_s)
+    synth_s = time.monotonic() - started
+    archive = Path(tempfile.mkdtemp(prefix="vf-bench-")) / "batch.zip"
+    t0 = time.monotonic()
+    size = client.download_archive(batch["id"], archive)
+    archive_s = time.monotonic() - t0
+    manifest = client.manifest(batch["id"])
+    ok = [m for m in manifest if m["status"] == "succeeded"]
+    audio_s = sum(float(m["duration_s"] or 0) for m in ok)
+    jobs = [client.get_job(m["job_id"]) for m in ok[:: max(1, len(ok) // 100)]]
+    latency = [_seconds(j["finished_at"]) - _seconds(j["created_at"]) for j in jobs if j.get("finished_at")]
+    run_s = [_seconds(j["finished_at"]) - _seconds(j["started_at"]) for j in jobs if j.get("started_at")]
+    return {
+        "lines": n,
+        "succeeded": len(ok),
+        "submit_s": round(submit_s, 2),
+        "wall_s_submit_to_all_done": round(synth_s, 1),
+        "lines_per_s": round(len(ok) / synth_s, 3),
+        "audio_s": round(audio_s, 1),
+        "audio_s_per_wall_s": round(audio_s / synth_s, 3),
+        "mean_line_audio_s": round(audio_s / max(1, len(ok)), 2),
+        "line_run_s_median": round(statistics.median(run_s), 2) if run_s else None,
+        "line_latency_s_p50": round(statistics.median(latency), 1) if latency else None,
+        "archive_s": round(archive_s, 2),
+        "archive_mb": round(size / 1e6, 1),
+        "archive_mb_per_s": round(size / 1e6 / max(archive_s, 1e-6), 1),
+    }
+
+
+def _seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url")
+    parser.add_argument("--key-file", type=Path)
+    parser.add_argument("--own-farm", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--poll", type=float, default=2.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    farm = None
+    if args.own_farm:
+        from tests.faultfarm import FaultFarm
+
+        farm = FaultFarm(Path(tempfile.mkdtemp(prefix="vf-bench-logs-")), worker_cpu=args.workers)
+        farm.start_all()
+        client = Client(farm.url, farm.key, timeout=120)
+    else:
+        key = args.key_file.read_text().strip() if args.key_file else None
+        client = Client(args.url, key, timeout=120)
+    try:
+        figures = run(client, args.n, args.poll)
+    finally:
+        if farm is not None:
+            farm.stop_all()
+    figures["workers"] = args.workers if args.own_farm else None
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if figures["succeeded"] == figures["lines"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
