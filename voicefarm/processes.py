@@ -1,4 +1,5 @@
-"""Child processes: started in a session of their own that dies with its parent, stopped by signal, then SIGKILL."""
+"""Child processes and the services they run: a process starts in a session of its own that dies with its
+parent, stops on a signal, then SIGKILL; a `Service` is a started server with its URL and how to stop it."""
 
 from __future__ import annotations
 
@@ -6,12 +7,70 @@ import contextlib
 import ctypes
 import os
 import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A service binary is missing or did not come up."""
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    # Services that daemonize themselves (PostgreSQL) are stopped by a command instead of a signal.
+    stop_argv: list[str] | None = None
+    cleanup_paths: list[Path] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the service and remove its throwaway files; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.stop_argv is not None:
+            subprocess.run(self.stop_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout + 5)
+        if self.process is not None:
+            terminate(self.process, timeout)
+        for path in self.cleanup_paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path | None, lines: int = 20) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _parent_death_signal(signum: int) -> Callable[[], None]:
