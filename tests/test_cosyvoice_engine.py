@@ -1,7 +1,9 @@
 """The `cosyvoice` adapter against a FAKE of upstream CosyVoice (tests/fakes/cosyvoice): no torch, no GPU, no weights.
 
-The fake mirrors upstream's module path and signatures and records every call; these tests check what the adapter
-sends upstream (prompt prefixes, methods, keyword arguments, speaker registration) and where it lets upstream write.
+What upstream itself does with the adapter's calls (prompt formats, methods, speaker cache, output, seeds, speed)
+is tested against real upstream in tests/test_cosyvoice_upstream.py. The fake stays for what the CPU cannot show,
+a CUDA machine's first load writing TensorRT plans and vLLM exports into the directory it is given, and for the
+adapter's own logic around upstream (profiles, request errors, speaker registration and its bound, views, options).
 """
 
 from __future__ import annotations
@@ -115,72 +117,12 @@ def test_options_from_kwargs_then_environment(monkeypatch: pytest.MonkeyPatch, t
         CosyVoiceEngine()
 
 
-def test_cosyvoice3_prompt_prefixes(upstream: ModuleType, tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, 3)
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    engine.synthesize(TEXT, voice=profile, mode="clone", language="zh")
-    engine.synthesize(TEXT, voice=profile, mode="cross_lingual", language="zh")
-    engine.synthesize(TEXT, voice=profile, mode="instruct", instruct="用四川话说这句话", language="zh")
-    model = model_of(engine)
-    ((add_args, _),) = model.calls_to("add_zero_shot_spk")
-    assert add_args[0] == V3_PREFIX + TRANSCRIPT
-    ((zs_args, _),) = model.calls_to("inference_zero_shot")
-    assert zs_args[:2] == (TEXT, V3_PREFIX + TRANSCRIPT)
-    ((xl_args, _),) = model.calls_to("inference_cross_lingual")
-    assert xl_args[0] == V3_PREFIX + TEXT
-    ((in_args, _),) = model.calls_to("inference_instruct2")
-    assert in_args[:2] == (TEXT, "You are a helpful assistant. 用四川话说这句话<|endofprompt|>")
-
-
-def test_cosyvoice2_has_no_prefix(upstream: ModuleType, tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, 2)
-    assert "de" not in engine.capabilities.languages  # CosyVoice2 documents fewer languages
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    engine.synthesize(TEXT, voice=profile, mode="clone", language="zh")
-    engine.synthesize(TEXT, voice=profile, mode="cross_lingual", language="zh")
-    engine.synthesize(TEXT, voice=profile, mode="instruct", instruct="用四川话说这句话", language="zh")
-    model = model_of(engine)
-    assert type(model).__name__ == "CosyVoice2"
-    assert model.calls_to("add_zero_shot_spk")[0][0][0] == TRANSCRIPT
-    assert model.calls_to("inference_zero_shot")[0][0][:2] == (TEXT, TRANSCRIPT)
-    assert model.calls_to("inference_cross_lingual")[0][0][0] == TEXT
-    assert model.calls_to("inference_instruct2")[0][0][:2] == (TEXT, "用四川话说这句话<|endofprompt|>")
-
-
 def test_pasted_upstream_wrapping_is_not_doubled(upstream: ModuleType, tmp_path: Path) -> None:
     engine = make_engine(tmp_path, 3)
     profile = engine.clone(reference(), 24000, TRANSCRIPT)
     wrapped = "You are a helpful assistant. 请用广东话表达。<|endofprompt|>"
     engine.synthesize(TEXT, voice=profile, mode="instruct", instruct=wrapped, language="zh")
     assert model_of(engine).calls_to("inference_instruct2")[0][0][1] == wrapped
-
-
-@pytest.mark.parametrize(
-    ("mode", "method"),
-    [
-        ("clone", "inference_zero_shot"),
-        ("cross_lingual", "inference_cross_lingual"),
-        ("instruct", "inference_instruct2"),
-    ],
-)
-def test_each_mode_calls_its_upstream_method(upstream: ModuleType, tmp_path: Path, mode: str, method: str) -> None:
-    engine = make_engine(tmp_path, 3)
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    spk_id = decode_profile(profile.data).spk_id
-    instruct = "请非常开心地说一句话。" if mode == "instruct" else None
-    engine.synthesize(TEXT, voice=profile, mode=mode, instruct=instruct, language="zh", speed=1.25)  # type: ignore[arg-type]
-    model = model_of(engine)
-    inference = [name for name, _, _ in model.calls if name.startswith("inference_")]
-    assert inference == [method]
-    ((args, kwargs),) = model.calls_to(method)
-    assert kwargs["stream"] is False and kwargs["speed"] == 1.25
-    prompt_wav = args[-1]
-    assert isinstance(prompt_wav, str) and Path(prompt_wav).is_file()
-    assert Path(prompt_wav).is_relative_to(tmp_path / "var" / "engine-cache")
-    if mode == "instruct":  # instruct2 given a cached speaker would keep its transcript and drop the instruction
-        assert kwargs["zero_shot_spk_id"] == ""
-    else:
-        assert kwargs["zero_shot_spk_id"] == spk_id
 
 
 def test_speaker_registered_once_per_process(upstream: ModuleType, tmp_path: Path) -> None:
@@ -200,21 +142,6 @@ def test_speaker_registered_once_per_process(upstream: ModuleType, tmp_path: Pat
     second = model_of(other)
     assert second is not first
     assert [args[2] for args, _ in second.calls_to("add_zero_shot_spk")] == [spk_id]
-
-
-def test_modes_do_not_corrupt_the_speaker_cache(upstream: ModuleType, tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, 3)
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    instruction = "请非常生气地说一句话。"
-    for mode in ("clone", "cross_lingual", "instruct", "cross_lingual", "instruct", "clone"):
-        engine.synthesize(TEXT, voice=profile, mode=mode, instruct=instruction if mode == "instruct" else None)  # type: ignore[arg-type]
-    model = model_of(engine)
-    entry = model.frontend.spk2info[decode_profile(profile.data).spk_id]
-    assert {"prompt_text", "llm_prompt_speech_token"} <= set(entry)
-    instructed = [prompt for _, prompt in model.spoken if instruction in prompt]
-    assert (
-        len(instructed) == 2
-    )  # one piece (upstream merges short sentences), twice: the instruction, not the transcript
 
 
 def test_model_dir_is_never_written(upstream: ModuleType, tmp_path: Path) -> None:
@@ -255,18 +182,6 @@ def test_same_worker_name_in_two_live_processes_gets_two_dirs(upstream: ModuleTy
     assert Path(model_of(first).calls[0][1][0]) != Path(model_of(second).calls[0][1][0])
 
 
-def test_output_is_float32_mono_at_24khz(upstream: ModuleType, tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, 3)
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    normal = engine.synthesize(TEXT, voice=profile, language="zh")
-    fast = engine.synthesize(TEXT, voice=profile, language="zh", speed=2.0)
-    assert normal.sample_rate == 24000 and normal.warnings == []
-    assert normal.audio.dtype == np.float32 and normal.audio.ndim == 1
-    assert len(model_of(engine).calls_to("inference_zero_shot")) == 2
-    assert 0 < fast.audio.size < normal.audio.size  # shorter when faster
-    assert np.max(np.abs(normal.audio)) <= 1.0
-
-
 def test_profile_format(upstream: ModuleType, tmp_path: Path) -> None:
     engine = make_engine(tmp_path, 3)
     profile = engine.clone(reference(rate=48000), 48000, f"  {TRANSCRIPT} ")
@@ -280,17 +195,6 @@ def test_profile_format(upstream: ModuleType, tmp_path: Path) -> None:
     assert decode_profile(engine.clone(reference(pitch=220), 24000, TRANSCRIPT).data).spk_id != decoded.spk_id
     with pytest.raises(ValueError, match="not a cosyvoice voice profile"):
         decode_profile(b"kokoro bytes")
-
-
-def test_seed_is_passed_to_upstream(upstream: ModuleType, tmp_path: Path) -> None:
-    import cosyvoice.utils.common as common
-
-    common.SEEDS.clear()
-    engine = make_engine(tmp_path, 3)
-    profile = engine.clone(reference(), 24000, TRANSCRIPT)
-    engine.synthesize(TEXT, voice=profile, language="zh", seed=7)
-    engine.synthesize(TEXT, voice=profile, language="zh")
-    assert common.SEEDS == [7]
 
 
 def test_transcriptless_voice_falls_back_to_cross_lingual(upstream: ModuleType, tmp_path: Path) -> None:
@@ -349,17 +253,6 @@ def test_missing_model_dir_is_a_clear_error(upstream: ModuleType, tmp_path: Path
     with pytest.raises(RuntimeError, match="VOICEFARM_COSYVOICE_MODEL_DIR"):
         engine.load()
     assert not (tmp_path / "var").exists() and upstream.INSTANCES == []
-
-
-def test_fake_splits_text_as_upstream_does(upstream: ModuleType) -> None:
-    """Upstream's frontend merges short sentences (here the fake's copy of that rule; the real one runs in
-    tests/test_cosyvoice_upstream.py)."""
-    assert upstream.split_text(TEXT) == [TEXT]  # two short sentences, one piece
-    long = "".join(f"第{i}句话说得有一点长，但是还不到八十个字。" for i in range(6))
-    pieces = upstream.split_text(long)
-    assert len(pieces) > 1 and "".join(pieces) == long and all(len(p) <= 80 for p in pieces[:-1])
-    assert upstream.split_text("Hi. <|endofprompt|>Two. Three.") == ["Hi. <|endofprompt|>Two. Three."]
-    assert upstream.split_text("Hello there") == ["Hello there."]
 
 
 def test_yaml_dispatch_follows_upstream_order(upstream: ModuleType, tmp_path: Path) -> None:

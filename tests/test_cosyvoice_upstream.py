@@ -275,3 +275,23 @@ def test_doctor_in_the_upstream_environment(driven: dict[str, Any]) -> None:
     assert all(found[f"import {module}"]["status"] == "ok" for module, _ in UPSTREAM_MODULES)
     assert found["upstream CosyVoice"]["status"] == "ok" and found["audio decoding"]["status"] == "ok"
     assert found["first load"]["detail"].endswith(" s")
+
+
+def test_the_fake_splits_text_as_upstream_does(driven: dict[str, Any]) -> None:
+    """tests/fakes/cosyvoice mirrors upstream's text splitting (no ttsfrd/wetext); here it is held to the real one."""
+    fake = _load_fake()
+    splits = driven["report"]["splits"]
+    assert len(splits) >= 5
+    for text, pieces in splits.items():
+        assert fake.split_text(text) == pieces, text
+
+
+def _load_fake() -> Any:
+    import importlib.util
+
+    path = ROOT / "tests" / "fakes" / "cosyvoice" / "cli" / "cosyvoice.py"
+    spec = importlib.util.spec_from_file_location("fake_cosyvoice_for_comparison", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -32,6 +32,15 @@ CASES: list[dict[str, Any]] = [
     {"mode": "instruct", "text": "你好。", "language": "zh", "instruct": "请用四川话表达。"},
 ]
 SPEEDS = (1.0, 1.5)
+# Texts upstream's frontend splits: the report carries its pieces so the test can hold the fake to them.
+SPLIT_SAMPLES = [
+    "收到好友从远方寄来的生日礼物。那份意外的惊喜让我心中充满了甜蜜的快乐。",
+    "".join(f"第{i}句话说得有一点长，但是还不到八十个字。" for i in range(6)),
+    "你好！今天（周一）的会议在三楼。好的",
+    "我们 明天 见，OK go。面积是5m²——不大",
+    "在他讲述那个荒诞故事的过程中，他突然[laughter]停下来，因为他自己也被逗笑了[laughter]。",
+    "You are a helpful assistant.<|endofprompt|>Hi there. Two. Three.",
+]
 SEED = 1234
 
 
@@ -111,6 +120,9 @@ def run(model_dir: Path, data_dir: Path, prompt: Path, device_note: str = "cpu")
     spk_id = json.loads(profile.data)["spk_id"]
     report["spk_id"] = spk_id
     report["cached_speaker_keys"] = sorted(model.frontend.spk2info.get(spk_id, {}))
+    report["splits"] = {
+        text: model.frontend.text_normalize(text, split=True, text_frontend=True) for text in SPLIT_SAMPLES
+    }
     return report
 
 

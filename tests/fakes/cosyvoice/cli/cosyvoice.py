@@ -20,7 +20,9 @@ and the behaviour the adapter has to live with:
   2025-12-29, so cross-lingual and instruct2 no longer edit the cache); instruct2 then keeps the cached prompt
   text, the transcript, instead of instruct_text.
 - CosyVoice3's LLM refuses an input without `<|endofprompt|>` in the text or the prompt text.
-- text is split as upstream's frontend does without ttsfrd or wetext: at sentence ends, merged while a piece is
+- text is cleaned and split as upstream's frontend does without ttsfrd or wetext (Chinese: spaces between non-ASCII
+  characters, brackets and newlines dropped, "." as "。"; numbers in English text are not spelled out here): at
+  sentence ends, merged while a piece is
   under 60 units and would stay within 80, a short tail joined to the previous piece; units are characters for
   text with Chinese in it and tokens otherwise (here a stand-in: one per 4 UTF-8 bytes, near Qwen2's rate for
   English). Text with `<|`/`|>` tags is one piece. Each piece is one chunk.
@@ -55,7 +57,12 @@ def split_text(text: str) -> list[str]:
     text = text.strip()
     zh = bool(_CHINESE.search(text))
     if zh:
-        text = text.replace("\n", "").replace(".", "。").replace(" - ", "，")
+        text = text.replace("\n", "")
+        text = re.sub(r"(?<![!-~]) | (?![!-~])", "", text)  # a space survives only between two ASCII characters
+        text = text.replace("²", "平方").replace("³", "立方").replace(".", "。").replace(" - ", "，")
+        for bracket in ("（", "）", "【", "】", "`"):
+            text = text.replace(bracket, "")
+        text = text.replace("——", " ")
         text = re.sub(r"[，,、]+$", "。", text)
     ends = _ZH_ENDS if zh else _EN_ENDS
 
