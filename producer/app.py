@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify, render_template
 
 from producer.api.batches import bp as batches_bp
 from producer.api.catalog import bp as catalog_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
+from producer.api.speech import bp as speech_bp
 from producer.api.voices import bp as voices_bp
 from producer.api.webhooks import bp as webhooks_bp
 from producer.errors import register_error_handlers
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         # What live workers published when they registered; the producer never builds an engine.
         fleet=Fleet(sessions, settings.engine, settings.worker_live_s),
         rate_limiter=RateLimiter(settings.broker_url, settings.rate_limit_per_minute),
+        streams=redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=2),
     )
     init_cors(app, settings.cors_origins)
     register_error_handlers(app)
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(catalog_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(speech_bp)
 
     document = openapi_document()
 

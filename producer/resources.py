@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,8 @@ class Farm:
     # The engines on offer: those with live workers, and the default engine (shared/engines/fleet.py).
     fleet: Fleet
     rate_limiter: RateLimiter
+    # Segment streams of speech requests (shared/streaming.py), on the broker's Redis.
+    streams: redis.Redis
 
     @property
     def capabilities(self) -> Capabilities:

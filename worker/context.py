@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +23,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.models import Job, Worker, utcnow
 from shared.storage import Storage
+from shared.streaming import SegmentPublisher
 from worker.asr import Transcriber
 from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
@@ -57,11 +59,20 @@ class WorkerContext:
     # The attempt this process is running, whose lease the heartbeat renews with those the finisher holds.
     current: jobs.Attempt | None = None
     finisher: Finisher = field(init=False)
+    # Streaming hook: each synthesized segment goes to the job's segment stream when a request streams it
+    # (shared/streaming.py); None where nothing streams (tests that call tasks directly).
+    segments: SegmentPublisher | None = None
     # Profiles are small and immutable once built: keep the recent ones so a voice's jobs skip the S3 fetch.
     _profiles: OrderedDict[str, VoiceProfile] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.finisher = Finisher(self)
+
+    def segment_done(self, attempt: jobs.Attempt, index: int, count: int, audio: np.ndarray) -> None:
+        """Called by the synthesis loop after each segment: publish it for a streaming request, if any."""
+        if self.segments is not None:
+            rate = self.engine.capabilities.sample_rate
+            self.segments.publish(attempt.job_id, attempt.number, index, count, audio, rate)
 
     def transcriber(self) -> Transcriber:
         if self._transcriber is None:
@@ -89,6 +100,7 @@ class WorkerContext:
             storage=Storage.from_settings(settings),
             sessions=make_session_factory(make_engine(settings.resolved_database_url())),
             name=name,
+            segments=SegmentPublisher(settings.broker_url) if settings.broker_url.startswith("redis") else None,
         )
         ctx.storage.ensure_bucket()
         ctx.register()

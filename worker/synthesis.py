@@ -121,6 +121,7 @@ def _render(
     at_speed = replace(spec, speed=round(speed, 3))
     for i, text in enumerate(texts):
         out = _speak(ctx, text, voice, at_speed)
+        ctx.segment_done(attempt, i, len(texts), out.audio)  # streaming hook (shared/streaming.py)
         take.audios.append(out.audio)
         if out.similarity is not None:
             take.similarities.append((out.similarity, len(out.audio)))
