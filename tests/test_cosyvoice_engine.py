@@ -245,7 +245,7 @@ def test_missing_upstream_says_how_to_install(monkeypatch: pytest.MonkeyPatch, t
     engine = make_engine(tmp_path, 3)
     with pytest.raises(RuntimeError, match="FunAudioLLM/CosyVoice") as excinfo:
         engine.load()
-    assert "PYTHONPATH" in str(excinfo.value) and "Matcha-TTS" in str(excinfo.value)
+    assert "infra/cosyvoice/install.sh" in str(excinfo.value) and "Matcha-TTS" in str(excinfo.value)
 
 
 def test_missing_model_dir_is_a_clear_error(upstream: ModuleType, tmp_path: Path) -> None:

@@ -54,9 +54,10 @@ SYSTEM_PROMPT, END_OF_PROMPT = "You are a helpful assistant.", "<|endofprompt|>"
 PROFILE_FORMAT = "voicefarm.cosyvoice.profile/1"
 MAX_REFERENCE_S = 30.0  # upstream's speech tokenizer refuses longer prompts
 INSTALL_HINT = (
-    "upstream CosyVoice is not importable. Install it beside the farm: clone FunAudioLLM/CosyVoice with its "
-    "submodules, `pip install -r requirements.txt` into the farm's virtualenv next to the `gpu` extra, and put the "
-    "clone and its third_party/Matcha-TTS on PYTHONPATH (see docs/cosyvoice.md)"
+    "upstream CosyVoice is not importable. Run cosyvoice workers in the environment infra/cosyvoice/install.sh "
+    "builds: clone FunAudioLLM/CosyVoice at ace7c47f with its third_party/Matcha-TTS submodule, then "
+    "`infra/cosyvoice/install.sh --gpu VENV CLONE`, which puts both on the import path (as PYTHONPATH would); "
+    "`voicefarm doctor` says what is missing (docs/cosyvoice.md)"
 )
 _WRAPPING = re.compile(r"^\s*you are a helpful assistant\.?\s*|<\|endofprompt\|>", re.IGNORECASE)
 
