@@ -12,7 +12,8 @@ def tone(seconds: float, rate: int = 24000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "pcm"])
+# aac (in an MPEG-4 container libsndfile cannot read) is decoded back with PyAV in tests/test_mastering.py.
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in ("pcm", "aac")])
 def test_every_container_decodes_back_to_the_same_duration(fmt: str) -> None:
     encoded = encode(tone(1.0), 24000, fmt)
     audio, rate = sf.read(io.BytesIO(encoded.data))
