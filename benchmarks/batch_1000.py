@@ -38,7 +38,7 @@ def run(client: Client, n: int, poll_s: float) -> dict[str, Any]:
     while True:
         view = client.get_batch(batch["id"])
         done = view["lines"] - view["counts"]["queued"] - view["counts"]["running"]
-        if done != last and (done % 50 == 0 or view["done"]):
+        if done // 50 != last // 50 or view["done"]:
             print(
                 f"  {time.monotonic() - started:7.1f}s  {done}/{n} done, {view['audio_seconds']:.0f} s of audio",
                 flush=True,

@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import zipfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -21,7 +23,6 @@ from shared.queue import make_celery
 from shared.storage import Storage
 from tests.batch_helpers import broker_messages, finish_like_a_worker, register_workers, row
 from tests.fixtures_farm import auth, new_api_key
-
 
 # kombu's Redis list for the lowest priority step of the kokoro queue, where every batch line waits.
 BATCH_LIST = "engine.kokoro\x06\x169"
@@ -308,3 +309,23 @@ def test_json_body_shape_errors(client: FlaskClient, api_key: str) -> None:
             "/v1/batches", data=json.dumps(body), headers=auth(api_key), content_type="application/json"
         )
         assert response.status_code == 400, (body, response.get_json())
+
+
+def test_batches_on_sqlite_and_postgresql(
+    database_url: str, fresh_broker_url: str, module_s3_settings: Any, tmp_path: Path
+) -> None:
+    """The embedded mode's SQLite too: create, idempotent replay, window sent, cancel."""
+    from producer.app import create_app
+    from shared.db import make_engine, make_session_factory
+    from tests.fixtures_farm import make_settings
+
+    settings = make_settings(database_url, fresh_broker_url, module_s3_settings, tmp_path / "data")
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    key = new_api_key(sessions, "acme")
+    client = create_app(settings).test_client()
+    status, body = post_batch(client, key, {"lines": lines(30)}, **{"Idempotency-Key": "k"})
+    assert status == 202
+    assert post_batch(client, key, {"lines": lines(30)}, **{"Idempotency-Key": "k"})[0] == 200
+    assert len(broker_messages(fresh_broker_url)) == settings.batch_window_per_worker  # no live worker: one assumed
+    view = client.post(f"/v1/batches/{body['id']}/cancel", headers=auth(key)).get_json()
+    assert view["counts"]["canceled"] == 30 and view["status"] == "canceled"

@@ -68,6 +68,10 @@ def submit() -> tuple[Response, int]:
     # Enqueue only after the row is committed: a worker must always find the job it is handed.
     if created and job.status == "queued":
         try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
+    elif created and job.webhook_url:
+        # Answered from the dedup cache: its event is due now (the reconciler sends it if this send fails).
+        with contextlib.suppress(Exception):
+            enqueue_webhook(resources.celery, job.id)
     return jsonify(job_view(job, resources.storage, resources.settings.presign_expiry_s)), 202 if created else 200
 
 
