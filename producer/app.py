@@ -6,17 +6,18 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify, render_template
+from flask import Flask, render_template
 
 from producer.api.batches import bp as batches_bp
 from producer.api.catalog import bp as catalog_bp
+from producer.api.docs import bp as docs_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
 from producer.api.speech import bp as speech_bp
 from producer.api.voices import bp as voices_bp
 from producer.api.webhooks import bp as webhooks_bp
 from producer.errors import register_error_handlers
-from producer.limits import RateLimiter, init_cors
+from producer.limits import init_cors, init_limits
 from producer.openapi import openapi_document
 from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
@@ -41,10 +42,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         celery=make_celery(settings),
         # What live workers published when they registered; the producer never builds an engine.
         fleet=Fleet(sessions, settings.engine, settings.worker_live_s),
-        rate_limiter=RateLimiter(settings.broker_url, settings.rate_limit_per_minute),
         streams=redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=2),
     )
     init_cors(app, settings.cors_origins)
+    init_limits(app, settings.broker_url, settings.rate_limit_per_minute)
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
@@ -54,11 +55,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(batches_bp)
     app.register_blueprint(speech_bp)
 
-    document = openapi_document()
-
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        return jsonify(document)
+    app.register_blueprint(docs_bp)
+    app.extensions["voicefarm.openapi"] = openapi_document()
 
     @app.get("/")
     def index() -> str:

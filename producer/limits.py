@@ -1,49 +1,63 @@
-"""Admission limits: a per-key request rate, a per-tenant queue depth, and CORS (closed unless configured)."""
+"""Admission limits: a per-key request rate (Flask-Limiter), a per-tenant queue depth, and CORS (Flask-CORS,
+closed unless configured)."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-import redis
-from flask import Flask, Response, request
+from flask import Flask, Response, jsonify, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import TooManyRequests
+from shared.keys import hash_key
 from shared.models import Job
 
 log = logging.getLogger(__name__)
 
 
-class RateLimiter:
-    """Fixed one-minute windows counted in Redis, so every API process shares one count per key."""
+def _limit_key() -> str:
+    """The request's API key (as stored: hashed), else its address: one count per key across API processes."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return "key:" + hash_key(key.strip())
+    return "addr:" + (request.remote_addr or "")
 
-    def __init__(self, url: str, per_minute: int):
-        self.per_minute = per_minute
-        self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
 
-    def check(self, key_id: str) -> None:
-        if self.per_minute <= 0:
-            return
-        now = time.time()
-        window = int(now // 60)
-        name = f"voicefarm:rate:{key_id}:{window}"
-        try:
-            pipe = self._redis.pipeline()
-            pipe.incr(name)
-            pipe.expire(name, 120)
-            count = int(pipe.execute()[0])
-        except redis.RedisError:
-            # The limiter must not take the API down with Redis; jobs still land in the database.
-            log.warning("rate limiter unavailable; admitting the request")
-            return
-        if count > self.per_minute:
-            raise TooManyRequests(
-                f"this API key is limited to {self.per_minute} requests per minute",
-                retry_after=max(1, int(60 - now % 60)),
-                code="rate_limited",
-            )
+def init_limits(app: Flask, storage_url: str, per_minute: int) -> Limiter:
+    """A per-key request rate for everything under /v1 (Flask-Limiter, fixed one-minute windows in Redis).
+
+    A Redis outage admits requests (`swallow_errors`): jobs still land in the database."""
+    limiter = Limiter(
+        _limit_key,
+        app=app,
+        application_limits=[f"{per_minute}/minute"] if per_minute > 0 else [],
+        application_limits_exempt_when=lambda: not request.path.startswith("/v1"),
+        storage_uri=storage_url if storage_url.startswith(("redis://", "rediss://")) else "memory://",
+        storage_options={"socket_timeout": 1, "socket_connect_timeout": 1},
+        strategy="fixed-window",
+        key_prefix="voicefarm:rate",
+        # Its headers would overwrite the Retry-After of every 429, the queue-depth refusal's too.
+        headers_enabled=False,
+        swallow_errors=True,
+        enabled=per_minute > 0,
+    )
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> Response:
+        body = {"error": {"code": "rate_limited", "message": f"this API key is limited to {exc.description}"}}
+        response = jsonify(body)
+        response.status_code = 429
+        current = limiter.current_limit
+        reset_at = current.reset_at if current is not None else time.time() + 60 - time.time() % 60
+        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
+        return response
+
+    return limiter
 
 
 def check_queue_depth(session: Session, tenant_id: str, limit: int) -> None:
@@ -62,15 +76,11 @@ def check_queue_depth(session: Session, tenant_id: str, limit: int) -> None:
 
 
 def init_cors(app: Flask, origins: list[str]) -> None:
-    """Answer cross-origin requests only from the configured origins; by default no origin is allowed."""
-    allowed = set(origins)
-
-    @app.after_request
-    def _cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin and origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Idempotency-Key"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers.add("Vary", "Origin")
-        return response
+    """Answer cross-origin requests only from the configured origins (Flask-CORS); by default no origin is allowed."""
+    CORS(
+        app,
+        origins=list(origins),
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        methods=["GET", "POST", "DELETE", "OPTIONS"],
+        expose_headers=["Retry-After", "X-Voicefarm-Job-Id", "X-Voicefarm-Warnings"],
+    )

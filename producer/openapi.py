@@ -1,187 +1,145 @@
-"""The OpenAPI 3.1 description of API v1, served at /openapi.json.
+"""The OpenAPI 3.1 description of API v1, served at /openapi.json and rendered at /docs.
 
-Request bodies come from the pydantic schemas the endpoints validate with, so the document cannot drift from
-what is enforced.
+Every request and response body is a pydantic model: the ones endpoints validate with (`JobRequest`,
+`SpeechRequest`) and the answer models in producer/bodies.py, all turned into JSON Schema by pydantic in one
+pass. What is written by hand is only the table of operations: method, path, summary, bodies, statuses.
+Batch operations come from producer/api/batches.py.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from producer import bodies as b
 from producer.api.batches import openapi_paths as batch_paths
+from producer.api.speech import SpeechRequest
 from shared.schemas import JobRequest
 
-ERROR = {"$ref": "#/components/schemas/Error"}
+REF = "#/components/schemas/{model}"
+AUTHED = (401, 429, 503)
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): {"description": "error", "content": {"application/json": {"schema": ERROR}}} for s in statuses}
+@dataclass(frozen=True)
+class Query:
+    name: str
+    schema: dict[str, Any]
+    where: str = "query"
 
 
-def _json(description: str, status: int = 200) -> dict[str, Any]:
-    return {str(status): {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}}
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    answer: type[BaseModel] | None = None
+    status: int = 200
+    body: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None
+    errors: tuple[int, ...] = AUTHED
+    params: tuple[Query, ...] = ()
+    # Non-JSON answers: media type -> description.
+    media: dict[str, str] = field(default_factory=dict)
+    auth: bool = True
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _id(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+_LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": 200})
+OPERATIONS: tuple[Op, ...] = (
+    Op("get", "/healthz", "Liveness", b.Health, auth=False, errors=()),
+    Op("get", "/readyz", "Readiness: database, broker, storage, a live worker", b.Readiness, auth=False,
+       errors=(), extra={"503": {"description": "not ready", "model": b.Readiness}}),
+    Op("post", "/v1/jobs", "Submit a synthesis job", b.JobView, 202, body=JobRequest,
+       errors=(400, 401, 404, 409, 413, 429, 503),
+       params=(Query("Idempotency-Key", {"type": "string", "maxLength": 200}, "header"),),
+       extra={"200": {"description": "already accepted under this Idempotency-Key", "model": b.JobView}}),
+    Op("get", "/v1/jobs", "List jobs, newest first", b.JobList, errors=(400, 401, 404, 429, 503),
+       params=(Query("status", {"type": "string"}), _LIMIT, Query("cursor", {"type": "string"}))),
+    Op("get", "/v1/jobs/{job_id}", "A job's state and result", b.JobView, errors=(401, 404, 429, 503)),
+    Op("post", "/v1/jobs/{job_id}/cancel", "Cancel a queued or running job", b.JobView,
+       errors=(401, 404, 409, 429, 503)),
+    Op("get", "/v1/jobs/{job_id}/audio", "The job's audio (or a redirect to it with ?redirect=1)",
+       errors=(401, 404, 409, 429, 503), media={"application/octet-stream": "audio bytes"},
+       params=(Query("redirect", {"type": "string", "enum": ["0", "1", "true"]}),),
+       extra={"302": {"description": "presigned URL"}}),
+    Op("get", "/v1/jobs/{job_id}/subtitles", "The job's subtitles, timed by its segments",
+       errors=(400, 401, 404, 409, 429, 503), media={"application/x-subrip": "SRT", "text/vtt": "WebVTT"},
+       params=(Query("format", {"type": "string", "enum": ["srt", "vtt"]}),)),
+    Op("get", "/v1/jobs/{job_id}/webhook-deliveries", "Every delivery attempt of a job's webhook", b.Deliveries,
+       errors=(401, 404, 429, 503)),
+    Op("post", "/v1/voices", "Clone a voice from a 3-30 s reference clip", b.VoiceView, 202, form=b.CloneForm,
+       errors=(400, 401, 409, 413, 429, 503)),
+    Op("get", "/v1/voices", "Stock voices of the live engines and the tenant's cloned voices", b.VoiceList),
+    Op("get", "/v1/voices/{voice_id}", "A cloned voice", b.VoiceView, errors=(401, 404, 429, 503)),
+    Op("delete", "/v1/voices/{voice_id}", "Delete a cloned voice and its stored audio", status=204,
+       errors=(401, 404, 429, 503)),
+    Op("get", "/v1/instructions", "Instructions each live engine honours", b.Instructions),
+    Op("get", "/v1/workers", "Live workers and what each serves", b.WorkerList),
+    Op("get", "/v1/models", "Engines on offer (OpenAI-compatible model list)", b.ModelList),
+    Op("post", "/v1/audio/speech", "OpenAI-compatible speech, streamed as it is synthesized", body=SpeechRequest,
+       errors=(400, 401, 404, 409, 413, 429, 502, 503, 504),
+       media={t: "audio, streamed" for t in ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav",
+                                              "audio/pcm")}),
+    Op("get", "/v1/webhook-secret", "The calling key's webhook signing secret", b.WebhookSecret),
+    Op("post", "/v1/webhook-secret/rotate", "Replace the calling key's webhook signing secret", b.WebhookSecret),
+)  # fmt: skip
+
+
+def _schemas() -> dict[str, Any]:
+    models = {op.answer for op in OPERATIONS if op.answer} | {op.body for op in OPERATIONS if op.body}
+    models |= {op.form for op in OPERATIONS if op.form} | {b.Error}
+    models |= {x["model"] for op in OPERATIONS for x in op.extra.values() if "model" in x}
+    mode = {JobRequest: "validation", SpeechRequest: "validation"}
+    pairs = [(m, mode.get(m, "serialization")) for m in sorted(models, key=lambda m: m.__name__)]
+    _, doc = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
+    return dict(doc.get("$defs", {}))
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method}_{re.sub(r'[^a-z]+', '_', op.path)}"}
+    if op.auth:
+        out["security"] = [{"bearer": []}]
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+        for name in re.findall(r"{(\w+)}", op.path)
+    ] + [{"name": q.name, "in": q.where, "schema": q.schema} for q in op.params]
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+    if op.form is not None:
+        out["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": _ref(op.form)}}}
+    ok: dict[str, Any] = {"description": op.summary}
+    if op.answer is not None:
+        ok["content"] = {"application/json": {"schema": _ref(op.answer)}}
+    elif op.media:
+        ok["content"] = {t: {"schema": {"type": "string", "format": "binary"}} for t in op.media}
+    responses: dict[str, Any] = {str(op.status): ok}
+    for status, extra in op.extra.items():
+        responses[status] = {"description": extra["description"]}
+        if "model" in extra:
+            responses[status]["content"] = {"application/json": {"schema": _ref(extra["model"])}}
+    error = {"content": {"application/json": {"schema": _ref(b.Error)}}}
+    responses |= {str(s): {"description": "error"} | error for s in op.errors}
+    out["responses"] = responses
+    return out
 
 
 def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
-    job_request = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    authed: list[dict[str, list[str]]] = [{"bearer": []}]
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
     return {
         "openapi": "3.1.0",
         "info": {"title": "voicefarm", "version": version},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "JobRequest": job_request,
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                        }
-                    },
-                },
-            },
-        },
-        "paths": batch_paths()
-        | {
-            "/healthz": {"get": {"summary": "Liveness", "responses": _json("alive")}},
-            "/readyz": {"get": {"summary": "Readiness", "responses": _json("ready") | _json("not ready", 503)}},
-            "/v1/jobs": {
-                "post": {
-                    "summary": "Submit a synthesis job",
-                    "security": authed,
-                    "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
-                    },
-                    "responses": _json("accepted", 202)
-                    | _json("already accepted under this Idempotency-Key")
-                    | _errors(400, 401, 404, 409, 413, 429, 503),
-                },
-                "get": {
-                    "summary": "List jobs, newest first",
-                    "security": authed,
-                    "parameters": [
-                        {"name": "status", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": _json("a page of jobs") | _errors(400, 401, 404, 429, 503),
-                },
-            },
-            "/v1/jobs/{job_id}": {
-                "get": {
-                    "summary": "A job's state and result",
-                    "security": authed,
-                    "parameters": [_id("job_id")],
-                    "responses": _json("the job") | _errors(401, 404, 429, 503),
-                }
-            },
-            "/v1/jobs/{job_id}/cancel": {
-                "post": {
-                    "summary": "Cancel a queued or running job",
-                    "security": authed,
-                    "parameters": [_id("job_id")],
-                    "responses": _json("the canceled job") | _errors(401, 404, 409, 429, 503),
-                }
-            },
-            "/v1/jobs/{job_id}/audio": {
-                "get": {
-                    "summary": "The job's audio (or a redirect to it with ?redirect=1)",
-                    "security": authed,
-                    "parameters": [_id("job_id")],
-                    "responses": {"200": {"description": "audio bytes"}, "302": {"description": "presigned URL"}}
-                    | _errors(401, 404, 409, 429, 503),
-                }
-            },
-            "/v1/voices": {
-                "post": {
-                    "summary": "Clone a voice from a 3-30 s reference clip",
-                    "security": authed,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["audio"],
-                                    "properties": {
-                                        "audio": {"type": "string", "format": "binary"},
-                                        "transcript": {"type": "string", "maxLength": 1000},
-                                        "name": {"type": "string", "maxLength": 200},
-                                        "language": {"type": "string", "enum": ["zh", "en", "ja"]},
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": _json("clone job accepted", 202) | _errors(400, 401, 413, 429, 503),
-                },
-                "get": {
-                    "summary": "Stock and cloned voices",
-                    "security": authed,
-                    "responses": _json("voices") | _errors(401, 429, 503),
-                },
-            },
-            "/v1/voices/{voice_id}": {
-                "get": {
-                    "summary": "A cloned voice",
-                    "security": authed,
-                    "parameters": [_id("voice_id")],
-                    "responses": _json("the voice") | _errors(401, 404, 429, 503),
-                },
-                "delete": {
-                    "summary": "Delete a cloned voice and its stored audio",
-                    "security": authed,
-                    "parameters": [_id("voice_id")],
-                    "responses": {"204": {"description": "deleted"}} | _errors(401, 404, 429, 503),
-                },
-            },
-            "/v1/instructions": {
-                "get": {
-                    "summary": "Instructions each engine honours",
-                    "security": authed,
-                    "responses": _json("catalogue") | _errors(401, 429, 503),
-                }
-            },
-            "/v1/workers": {
-                "get": {
-                    "summary": "Live workers",
-                    "security": authed,
-                    "responses": _json("workers") | _errors(401, 429, 503),
-                }
-            },
-            "/v1/webhook-secret": {
-                "get": {
-                    "summary": "The calling key's webhook signing secret",
-                    "security": authed,
-                    "responses": _json("signing secret") | _errors(401, 429, 503),
-                }
-            },
-            "/v1/webhook-secret/rotate": {
-                "post": {
-                    "summary": "Replace the calling key's webhook signing secret",
-                    "security": authed,
-                    "responses": _json("new signing secret") | _errors(401, 429, 503),
-                }
-            },
-            "/v1/jobs/{job_id}/webhook-deliveries": {
-                "get": {
-                    "summary": "Every delivery attempt of a job's webhook",
-                    "security": authed,
-                    "parameters": [_id("job_id")],
-                    "responses": _json("delivery attempts") | _errors(401, 404, 429, 503),
-                }
-            },
-        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": _schemas()},
+        "paths": batch_paths() | paths,
     }

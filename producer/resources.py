@@ -9,7 +9,6 @@ from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.limits import RateLimiter
 from shared.config import Settings
 from shared.engines import Capabilities
 from shared.engines.fleet import Fleet
@@ -24,7 +23,6 @@ class Farm:
     celery: Celery
     # The engines on offer: those with live workers, and the default engine (shared/engines/fleet.py).
     fleet: Fleet
-    rate_limiter: RateLimiter
     # Segment streams of speech requests (shared/streaming.py), on the broker's Redis.
     streams: redis.Redis
 

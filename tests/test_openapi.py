@@ -28,6 +28,8 @@ def test_no_input_causes_a_server_error(app: Flask, api_key: str) -> None:
         op = operation.ok()
         if op.path == "/readyz":  # takes no input; it answers 503 here by design (no worker runs)
             continue
+        if op.path == "/v1/audio/speech":  # answered synchronously: 503 by design with no live worker (test_speech)
+            continue
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=op.as_strategy())

@@ -4,8 +4,9 @@ A speech request is an ordinary job at interactive priority (9), answered in the
 streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
 the worker has synthesized it (shared/streaming.py), so the first bytes leave after the first segment, not after
 the whole text. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works.
-`speed` takes OpenAI's 0.25-4.0; the engine speaks within its own range and the `X-Voicefarm-Warnings` header
-says when a speed was clamped. When the client goes away mid-answer, the job is canceled.
+With no live worker for the engine it answers 503 at once. `speed` takes OpenAI's 0.25-4.0; the engine speaks
+within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped. When the client goes
+away mid-answer, the job is canceled.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from producer.resources import Farm, farm
 from shared import dedup, jobs
 from shared.audio import FORMATS
 from shared.engines import engine_names
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Unavailable
 from shared.models import Job
 from shared.queue import time_limits, try_enqueue
 from shared.schemas import Format, JobRequest, clean_text
@@ -104,6 +105,9 @@ def speech() -> Response | tuple[Response, int]:
         body = SpeechRequest.model_validate(payload)
         req, warnings = _job_request(resources, body)
         fields = _job_fields(resources, session, tenant_id, req)
+        if fields["engine"] not in resources.fleet.live():
+            # Answered in this request: with no worker to speak it, waiting would only time out.
+            raise Unavailable(f"engine {fields['engine']} has no live workers right now", code="no_live_worker")
         fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
         check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
         job, _ = jobs.create_job(session, tenant_id=tenant_id, idempotency_key=None, api_key_id=g.api_key_id, **fields)
