@@ -253,28 +253,39 @@ def test_farm_postgres_keeps_the_binaries_of_its_major_version(
     assert postgres._server_major(Path(again.argv[0]).parent) == (pg.pgdata / "PG_VERSION").read_text().strip()
 
 
-def test_farm_postgres_shuts_down_cleanly_when_its_parent_is_killed(farm_data_dir: Path) -> None:
-    """PostgreSQL's parent-death signal is its fast shutdown: the cluster needs no crash recovery next time."""
+@pytest.mark.parametrize("cluster", ["farm", "throwaway"])
+def test_postgres_shuts_down_cleanly_when_its_parent_is_killed(farm_data_dir: Path, cluster: str) -> None:
+    """PostgreSQL's parent-death signal is its fast shutdown: a farm or a test session killed outright leaves no
+    server behind, and the cluster needs no crash recovery next time."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(farm_data_dir)], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
+        [sys.executable, "-c", PARENT, str(farm_data_dir), cluster],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
     )
     assert parent.stdout is not None
-    postmaster = int(parent.stdout.readline())
+    postmaster, log_path = parent.stdout.readline().split()
     parent.kill()
     parent.wait()
-    assert _gone(postmaster, 10)
-    log = (farm_data_dir / "pg.log").read_text()
+    assert _gone(int(postmaster), 10)
+    log = Path(log_path.decode()).read_text()
     assert "received fast shutdown request" in log and "database system is shut down" in log
+    if cluster == "throwaway":  # its parent never got to remove it
+        shutil.rmtree(Path(log_path.decode()).parent, ignore_errors=True)
 
 
 PARENT = """
-import sys, signal
+import sys, signal, time
 from pathlib import Path
 from voicefarm import services
-data_dir = Path(sys.argv[1])
-pg = services.prepare_farm_postgres(data_dir)
-proc = services.spawn(pg.argv, log_path=data_dir / "pg.log", death_signal=signal.SIGINT, user=pg.user)
-assert services.wait_until(lambda: services.postgres_ready(pg.admin_url), 30, proc)
-print(proc.pid, flush=True)
-import time; time.sleep(600)
+data_dir, cluster = Path(sys.argv[1]), sys.argv[2]
+if cluster == "farm":
+    pg = services.prepare_farm_postgres(data_dir)
+    log = data_dir / "pg.log"
+    proc = services.spawn(pg.argv, log_path=log, death_signal=signal.SIGINT, user=pg.user)
+    assert services.wait_until(lambda: services.postgres_ready(pg.admin_url), 30, proc)
+else:
+    svc = services.start_postgres(data_dir / "pg")
+    proc, log = svc.process, svc.log_path
+print(proc.pid, log, flush=True)
+time.sleep(600)
 """

@@ -15,13 +15,14 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicefarm.processes import LOOPBACK, Service, ServiceError, _tail, free_port
+from voicefarm.processes import LOOPBACK, Service, ServiceError, _tail, free_port, spawn, terminate, wait_until
 
 
 def _system_postgres_bin_dir() -> Path | None:
@@ -134,8 +135,9 @@ def _runnable_bin_dir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
 def start_postgres(
     data_dir: Path, port: int | None = None, timeout: float = 30.0, bindir: Path | None = None
 ) -> Service:
-    """A throwaway cluster (trust auth, fsync off) on a loopback port, started with `pg_ctl`; `bindir` picks
-    the server binaries (default: `postgres_bin_dir()`)."""
+    """A throwaway cluster (trust auth, fsync off) on a loopback port; `bindir` picks the server binaries
+    (default: `postgres_bin_dir()`). Its server runs as our child and shuts down when we die; `stop_argv`
+    (`pg_ctl stop`) stops it, and `pg_ctl start` may bring it back on the same data."""
     pw, port = postgres_os_user(), port or free_port()
     bindir = _runnable_bin_dir(bindir or postgres_bin_dir(), pw)
     if pw is not None:
@@ -170,17 +172,36 @@ def start_postgres(
     # fsync off: a throwaway cluster trades crash safety for speed; a clean restart still keeps the data.
     opts = f"-c listen_addresses={LOOPBACK} -p {port} -k {sockdir} -c fsync=off -c full_page_writes=off"
     pg_ctl = [str(bindir / "pg_ctl"), "-D", str(pgdata)]
-    run([*pg_ctl, "-l", str(log_path), "-w", "-t", str(int(timeout)), "-o", opts, "start"])
+    # In the foreground, not daemonized by pg_ctl: a test session killed outright leaves no server behind (its
+    # parent-death signal is the fast shutdown). The log belongs to the server's user, so `pg_ctl start` may
+    # append to it later.
+    log_path.touch()
+    if pw is not None:
+        os.chown(log_path, pw.pw_uid, pw.pw_gid)
+    proc = spawn(
+        [str(bindir / "postgres"), "-D", str(pgdata), *opts.split()],
+        log_path=log_path,
+        cwd=base,
+        death_signal=signal.SIGINT,
+        user=pw,
+    )
+    admin = f"postgresql://postgres@{LOOPBACK}:{port}/postgres"
+    if not wait_until(lambda: postgres_ready(admin), timeout, proc):
+        terminate(proc, 10, signal.SIGINT, group=False)
+        for path in (base, sockdir):
+            shutil.rmtree(path, ignore_errors=True)
+        raise ServiceError(f"postgres did not become ready in {timeout:.0f}s:\n{_tail(log_path)}")
     service = Service(
         "postgres",
         f"postgresql://postgres@{LOOPBACK}:{port}/voicefarm",
+        process=proc,
         log_path=log_path,
         stop_argv=_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]),
         cleanup_paths=[base, sockdir],
         info={"port": str(port), "pgdata": str(pgdata), "bindir": str(bindir)},
     )
     try:
-        create_database(f"postgresql://postgres@{LOOPBACK}:{port}/postgres", "voicefarm")
+        create_database(admin, "voicefarm")
     except Exception:
         service.stop()
         raise

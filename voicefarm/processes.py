@@ -30,7 +30,7 @@ class Service:
     url: str
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    # Services that daemonize themselves (PostgreSQL) are stopped by a command instead of a signal.
+    # Stopped by this command when set (PostgreSQL: `pg_ctl stop`, also after a `pg_ctl start` brought it back).
     stop_argv: list[str] | None = None
     cleanup_paths: list[Path] = field(default_factory=list)
     info: dict[str, str] = field(default_factory=dict)
