@@ -25,7 +25,7 @@ from shared.schemas import JobRequest
 LINE_FIELDS = (
     "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate",
     # post-production (shared/mastering.py): a batch default gives the whole series one loudness
-    "loudness", "trim_silence_s", "target_duration_s", "channels",
+    "loudness", "trim_silence_s", "target_duration_s", "channels", "words",
 )  # fmt: skip
 DEFAULT_FIELDS = tuple(f for f in LINE_FIELDS if f != "text")
 LINE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -35,6 +35,8 @@ class Options:
     trim_pad_s: float | None = None
     target_duration_s: float | None = None
     channels: int = 1
+    # Word timings by forced alignment (worker/alignment.py): a Whisper pass over the line, so only on request.
+    align_words: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Options:

@@ -52,6 +52,8 @@ class PostProduction(BaseModel):
     # Make the line last this long: engine speed first, then pitch-keeping time-stretch within 25 %.
     target_duration_s: float | None = Field(default=None, ge=0.3, le=600.0)
     channels: Literal[1, 2] = 1
+    # `result.words`: word (zh/ja: character) start and end times, from a forced alignment of the script.
+    words: bool = False
 
     @field_validator("loudness")
     @classmethod
@@ -69,6 +71,7 @@ class PostProduction(BaseModel):
             trim_pad_s=self.trim_silence_s,
             target_duration_s=self.target_duration_s,
             channels=self.channels,
+            align_words=self.words,
         )
 
 

@@ -76,3 +76,18 @@ class Transcriber:
             initial_prompt=PROMPTS.get(language),
         )
         return "".join(s.text for s in segments).strip(), language
+
+    def words(
+        self, audio: np.ndarray, sample_rate: int, language: str, prompt: str | None = None
+    ) -> list[tuple[str, float, float]]:
+        """Recognised words with their start and end times in seconds (Whisper's cross-attention alignment)."""
+        samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, WHISPER_RATE)
+        segments, _info = self._load().transcribe(
+            samples,
+            language=language,
+            beam_size=5,
+            condition_on_previous_text=False,
+            initial_prompt=prompt or PROMPTS.get(language),
+            word_timestamps=True,
+        )
+        return [(w.word, float(w.start), float(w.end)) for seg in segments for w in (seg.words or [])]

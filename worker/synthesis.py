@@ -15,6 +15,7 @@ from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs import Attempt
 from shared.models import Job
 from shared.text import split_text
+from worker.alignment import word_timings
 from worker.attempts import run_job
 from worker.context import WorkerContext
 from worker.engines.base import Synthesis, VoiceProfile
@@ -155,6 +156,11 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     mastered = mastering.master(audio, rate, options)
     encoded = encode(mastered.audio, rate, spec.format, spec.sample_rate, options.channels)
     post_s = time.perf_counter() - post_started
+    words = None
+    if options.align_words:
+        align_started = time.perf_counter()
+        words = word_timings(ctx.transcriber(), mastered.audio, rate, spec.text, spec.language)
+        align_s = time.perf_counter() - align_started
     duration_s = len(mastered.audio) / rate
     key = attempt_key(spec.tenant_id, attempt, spec.format)
     segments = [
@@ -186,5 +192,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     }
     if options.to_dict():
         result["options"] = options.to_dict()
+    if words is not None:
+        result["words"] = words
+        result["align_s"] = round(align_s, 3)
     audio_s = duration_s
     return Pending(attempt, spec.tenant_id, key, encoded.data, encoded.format, result, audio_s, compute_s)

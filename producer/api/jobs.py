@@ -13,17 +13,19 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import dedup, jobs, voices
-from shared.audio import CONTENT_TYPES
+from shared import dedup, jobs, subtitles, voices
+from shared.audio import CONTENT_TYPES, EXTENSIONS
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.idempotency import request_hash
 from shared.language import detect_language
+from shared.models import Job
 from shared.queue import enqueue_webhook, try_enqueue
 from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
 from shared.views import job_view
 from shared.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
+SUBTITLE_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_PAGE = 200
 # Room in a job body for everything but the text (voice, instruct, webhook URL, options), escaped at worst.
@@ -152,8 +154,7 @@ def index() -> Response:
     )
 
 
-@bp.get("/<job_id>/audio")
-def audio(job_id: str) -> Response | WerkzeugResponse:
+def _finished_audio_job(job_id: str) -> Job:
     resources = farm()
     with resources.sessions() as session:
         job = jobs.get_job(session, authenticate(session), job_id)
@@ -161,11 +162,35 @@ def audio(job_id: str) -> Response | WerkzeugResponse:
         raise NotFound(f"job {job_id} is a {job.kind} job and has no audio", code="no_audio")
     if job.status != "succeeded" or not job.result:
         raise Conflict(f"job {job_id} is {job.status}; audio exists only once it has succeeded", code="not_ready")
+    return job
+
+
+@bp.get("/<job_id>/subtitles")
+def subtitles_file(job_id: str) -> Response:
+    """SRT or WebVTT cues of the script, timed by the job's word timings (`words: true`) or its segments."""
+    fmt = request.args.get("format", "srt")
+    if fmt not in ("srt", "vtt"):
+        raise BadRequest("format must be srt or vtt", code="invalid_subtitle_format")
+    job = _finished_audio_job(job_id)
+    assert job.result is not None
+    cue_list = subtitles.cues(job.text, job.result.get("segments", []), job.result.get("words"))
+    response = Response(subtitles.render(cue_list, fmt), mimetype=SUBTITLE_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="{job.id}.{fmt}"'
+    return response
+
+
+@bp.get("/<job_id>/audio")
+def audio(job_id: str) -> Response | WerkzeugResponse:
+    resources = farm()
+    job = _finished_audio_job(job_id)
+    assert job.result is not None
     key = job.result["key"]
     if request.args.get("redirect") in ("1", "true"):
         return redirect(resources.storage.presigned_url(key, resources.settings.presign_expiry_s))
     data = resources.storage.get(key)
     response = Response(data, mimetype=CONTENT_TYPES.get(job.format, "application/octet-stream"))
-    response.headers["Content-Disposition"] = f'attachment; filename="{job.id}.{job.format}"'
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{job.id}.{EXTENSIONS.get(job.format, job.format)}"'
+    )
     response.headers["X-Content-SHA256"] = job.result["sha256"]
     return response
