@@ -16,14 +16,15 @@ Which services `voicefarm up` starts itself (the rule, kept deliberately simple)
   command on the same data dir (`./run.sh worker --cpu 2`) resolves the same URLs, so it joins the running farm.
 
 Then it runs, as `python -m voicefarm.cli ...`: `migrate` and `keys ensure-local` once, then the farm processes
-of `farm_children` (the API, `worker --cpu $VOICEFARM_CPU_WORKERS`, the reconciler) for good. Any long-lived child
-that dies is restarted with exponential backoff.
+of `farm_children` (the API, `worker --cpu $VOICEFARM_CPU_WORKERS`, the reconciler, the webhook worker pool) for
+good. Any long-lived child that dies is restarted with exponential backoff.
 
 Stopping. On SIGINT, SIGTERM or SIGHUP it stops the farm processes together, then the services, and exits 0; all
 of it within `VOICEFARM_STOP_TIMEOUT_S`, and each layer inside gets less (`Settings.stop_budget`): `voicefarm
-worker` stops its Celery processes with SIGQUIT, whose soft shutdown lets a running job finish for a while before
-it is handed back to the queue; gunicorn's graceful timeout is shorter than the time the API is given. Whatever
-has not stopped when its time is up is SIGKILLed with its process group. PostgreSQL gets a fast shutdown (SIGINT).
+worker` gives its Celery processes SIGTERM (a warm shutdown: the running job may finish) and, a while later,
+SIGQUIT (a cold shutdown: the job goes back to the queue); gunicorn's graceful timeout is shorter than the time
+the API is given. Whatever has not stopped when its time is up is SIGKILLed with its process group. PostgreSQL
+gets a fast shutdown (SIGINT).
 If `voicefarm up` itself is killed outright, every child gets a parent-death signal (SIGKILL for farm processes,
 the clean stop signal for services), and the reaper (voicefarm/reaper.py) SIGKILLs whatever of the tree is left.
 """
