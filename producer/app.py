@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis
@@ -13,6 +12,7 @@ from producer.api.catalog import bp as catalog_bp
 from producer.api.docs import bp as docs_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
+from producer.api.metrics import bp as metrics_bp
 from producer.api.speech import bp as speech_bp
 from producer.api.voices import bp as voices_bp
 from producer.api.webhooks import bp as webhooks_bp
@@ -23,6 +23,7 @@ from producer.resources import Farm, farm
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
 from shared.engines.fleet import Fleet
+from shared.logs import setup_logging
 from shared.queue import make_celery
 from shared.storage import Storage
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_format)
 
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     app.extensions["voicefarm"] = Farm(
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(speech_bp)
+    app.register_blueprint(metrics_bp)
 
     app.register_blueprint(docs_bp)
     app.extensions["voicefarm.openapi"] = openapi_document()

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str = ""
     presign_expiry_s: int = 3600
 
+    # "json": one JSON object per log line, with job, batch and tenant ids (shared/logs.py); "text": plain lines.
+    log_format: str = "json"
+
     engine: str = "kokoro"
     # Intra-op threads for CPU inference; 0 means every core.
     engine_threads: int = 0

@@ -38,6 +38,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Task events for Flower and any Celery event consumer (Flower runs unmodified against the broker).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         # Loading a model in worker_process_init takes longer than Celery's default 4 s allowance.
         worker_proc_alive_timeout=300,
         broker_connection_retry_on_startup=True,

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from shared import jobs, scheduler
+from shared import jobs, logs, scheduler
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Transient
+from shared.metrics import JobObserver
 from shared.models import Job
 from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_webhook, make_celery
 from worker.cloning import run_clone
@@ -31,15 +32,20 @@ def create_worker_app() -> Celery:
     settings = load_settings()
     app = make_celery(settings)
     holder: dict[str, WorkerContext] = {}
+    observer = JobObserver(settings.broker_url)  # latency histograms of /metrics (shared/metrics.py)
 
     def context() -> WorkerContext:
         # Built in the process hook; built lazily here when a pool runs tasks in the main process.
         if "ctx" not in holder:
             ctx = WorkerContext.build(settings)
-            ctx.notify = lambda job_id: _notify(app, ctx, job_id)
+            ctx.notify = lambda job_id: _notify(app, ctx, job_id, observer)
             ctx.start()
             holder["ctx"] = ctx
         return holder["ctx"]
+
+    @setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:
+        logs.setup_logging(settings.log_format)  # connected: Celery leaves the root logger to this hook
 
     @worker_process_init.connect(weak=False)
     def _load_engine(**_: Any) -> None:
@@ -64,7 +70,8 @@ def create_worker_app() -> Celery:
     def job_task(name: str, fn: Callable[[WorkerContext, str], str]) -> None:
         @app.task(bind=True, base=JobTask, name=name)
         def task(self: Task, job_id: str) -> str:
-            outcome = fn(context(), job_id)
+            with logs.log_context(job_id=job_id):
+                outcome = fn(context(), job_id)
             context().crash_point("before_ack")
             return outcome
 
@@ -73,7 +80,7 @@ def create_worker_app() -> Celery:
     return app
 
 
-def _notify(app: Celery, ctx: WorkerContext, job_id: str) -> None:
+def _notify(app: Celery, ctx: WorkerContext, job_id: str, observer: JobObserver | None = None) -> None:
     """Queue the webhook of a job that just reached a terminal state, when it asked for one; when it was a batch
     line, refill its tenant's window (shared/scheduler.py)."""
     batch_line = False
@@ -82,6 +89,8 @@ def _notify(app: Celery, ctx: WorkerContext, job_id: str) -> None:
             job = session.get(Job, job_id)
             wanted = job is not None and bool(job.webhook_url)
             batch_line = job is not None and job.batch_id is not None
+            if job is not None and observer is not None:
+                observer.observe(job)
         if wanted:
             enqueue_webhook(app, job_id)
     except Exception:  # the reconciler sends webhooks that were never attempted
