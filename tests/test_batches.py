@@ -329,3 +329,22 @@ def test_batches_on_sqlite_and_postgresql(
     assert len(broker_messages(fresh_broker_url)) == settings.batch_window_per_worker  # no live worker: one assumed
     view = client.post(f"/v1/batches/{body['id']}/cancel", headers=auth(key)).get_json()
     assert view["counts"]["canceled"] == 30 and view["status"] == "canceled"
+
+
+def test_a_10000_line_batch(
+    client: FlaskClient, api_key: str, sessions: sessionmaker[Session], farm_settings: Settings
+) -> None:
+    import time
+
+    register_workers(sessions, 1)
+    started = time.monotonic()
+    status, body = post_batch(client, api_key, {"lines": lines(10_000), "defaults": {"seed": 5}})
+    took = time.monotonic() - started
+    assert status == 202 and body["lines"] == 10_000, body
+    print(f"10,000-line batch accepted in {took:.1f}s")
+    assert count_jobs(sessions) == 10_000
+    # Redis holds the window, not the batch.
+    assert len(broker_messages(farm_settings.broker_url)) == 2
+    assert client.get(f"/v1/batches/{body['id']}", headers=auth(api_key)).get_json()["counts"]["queued"] == 10_000
+    status, over = post_batch(client, api_key, {"lines": lines(10_001)})
+    assert status == 413 and "max_batch_lines=10000" in over["error"]["message"]
