@@ -80,6 +80,9 @@ class BatchRun:
         self.load_state(self.idempotency_key())
         try:
             batch_id = self.submit()
+        except KeyboardInterrupt:
+            print("\ninterrupted before the batch was accepted; run the same command again", file=sys.stderr)
+            return 130
         except ApiError as exc:
             print(f"the batch was refused: {exc}", file=sys.stderr)
             for problem in (exc.body or {}).get("error", {}).get("lines", [])[:50]:
@@ -116,7 +119,9 @@ class BatchRun:
                     if batch["done"] and all(self._have(line) for line in lines if line["status"] == "succeeded"):
                         return lines
             except (requests.ConnectionError, requests.Timeout, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status not in (0, 429, 502, 503, 504):
+                # The farm or its storage away for a while (a restart, an outage): wait and go on.
+                retryable = exc.status in (0, 429, 500, 502, 503, 504) if isinstance(exc, ApiError) else True
+                if not retryable and not (isinstance(exc, ApiError) and exc.code == "download_failed"):
                     raise
                 bar.write(f"farm unreachable ({type(exc).__name__}); retrying")
                 time.sleep(max(self.poll_s, 2.0))
