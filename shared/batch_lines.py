@@ -23,7 +23,7 @@ from shared.language import detect_language
 from shared.schemas import JobRequest
 
 LINE_FIELDS = (
-    "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate",
+    "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine",
     # post-production (shared/mastering.py): a batch default gives the whole series one loudness
     "loudness", "trim_silence_s", "target_duration_s", "channels", "words",
 )  # fmt: skip
@@ -129,16 +129,18 @@ def check_defaults(defaults: Any) -> dict[str, Any]:
 def validate(
     rows: list[Any],
     defaults: Mapping[str, Any],
-    engine: EngineInfo,
-    voice_problem: Callable[[str], VoicefarmError | None],
+    engine_for: Callable[[JobRequest], EngineInfo],
+    voice_problem: Callable[[str, str], VoicefarmError | None],
     max_chars: int,
 ) -> list[Line]:
-    """Validate every row; raises `InvalidLines` listing all problems, or returns the lines."""
+    """Validate every row; raises `InvalidLines` listing all problems, or returns the lines. `engine_for` picks a
+    request's engine (raising `VoicefarmError` when none serves it); `voice_problem(voice, engine)` says why a
+    voice cannot speak on that engine, or None."""
     problems: list[dict[str, Any]] = []
     lines: list[Line] = []
     width = len(str(len(rows)))
     seen: dict[str, int] = {}
-    voice_checks: dict[str, VoicefarmError | None] = {}
+    voice_checks: dict[tuple[str, str], VoicefarmError | None] = {}
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, Mapping):
             problems.append(problem(number, None, "line", "invalid_line", "a line must be a JSON object"))
@@ -182,6 +184,11 @@ def validate(
                 field = ".".join(str(p) for p in error.get("loc", ())) or "line"
                 problems.append(problem(number, line_id, field, error["type"], error["msg"]))
             continue
+        try:
+            engine = engine_for(req)
+        except VoicefarmError as exc:
+            problems.append(problem(number, line_id, "engine", exc.code, exc.message))
+            continue
         fields, issue = resolve(req, engine, voice_problem, voice_checks)
         if issue is not None:
             problems.append(problem(number, line_id, issue[0], issue[1], issue[2]))
@@ -198,8 +205,8 @@ def validate(
 def resolve(
     req: JobRequest,
     engine: EngineInfo,
-    voice_problem: Callable[[str], VoicefarmError | None],
-    checked: dict[str, VoicefarmError | None],
+    voice_problem: Callable[[str, str], VoicefarmError | None],
+    checked: dict[tuple[str, str], VoicefarmError | None],
 ) -> tuple[dict[str, Any], tuple[str, str, str] | None]:
     """The job fields of a valid request for this engine, or the (field, code, message) that refuses it."""
     language = req.language or detect_language(req.text)
@@ -210,11 +217,10 @@ def resolve(
     voice = req.voice or engine.default_voices.get(language)
     if voice is None:
         return {}, ("voice", "voice_required", f"engine {engine.name} has no stock voices: name a cloned voice")
-    if voice not in checked:
-        checked[voice] = voice_problem(voice)
-    if checked[voice] is not None:
-        error = checked[voice]
-        assert error is not None
+    if (voice, engine.name) not in checked:
+        checked[voice, engine.name] = voice_problem(voice, engine.name)
+    error = checked[voice, engine.name]
+    if error is not None:
         return {}, ("voice", error.code, error.message)
     fields = {
         "kind": "synthesize",

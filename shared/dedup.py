@@ -126,7 +126,4 @@ def answer(session: Session, storage: Storage, job: Job) -> bool:
     if source is None or source.id == job.id:
         return False
     result = copy_result(storage, source, job.id, job.tenant_id)
-    if result is None or not jobs.complete_cached(session, job.id, result):
-        return False
-    session.refresh(job)
-    return True
+    return result is not None and jobs.complete_cached(session, job.id, result)

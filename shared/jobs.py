@@ -313,10 +313,17 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
 
 
 def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bool:
-    """Answer a queued job from a stored result (no attempt ran: `attempts` stays 0); False when it is not queued."""
-    return _finish(
-        session, (Job.id == job_id) & (Job.status == "queued"), status="succeeded", result=result, progress=1.0
+    """Answer a queued job from a stored result (no attempt ran: `attempts` stays 0); False when it is not queued.
+    The job's loaded row is refreshed by the same statement."""
+    now = utcnow()
+    done = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="succeeded", result=result, progress=1.0, finished_at=now, lease_expires_at=None)
+        .returning(Job),
+        execution_options={"populate_existing": True},
     )
+    return done is not None
 
 
 def cancel_queued_lines(session: Session, batch_id: str) -> int:

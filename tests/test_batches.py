@@ -96,6 +96,7 @@ def test_every_bad_line_is_listed_and_nothing_is_written(
         {"id": "x3", "text": "Unknown voice.", "voice": "nobody"},
         {"id": "x4", "text": "Extra field.", "priority": 9},
         {"id": "x5", "text": "x" * (farm_settings.max_text_chars + 1)},
+        {"id": "x6", "text": "No such engine.", "engine": "nosuch"},
     ]
     status, body = post_batch(client, api_key, {"lines": bad})
     assert status == 422, body
@@ -109,6 +110,7 @@ def test_every_bad_line_is_listed_and_nothing_is_written(
         (6, "voice", "unknown_voice"),
         (7, "priority", "unknown_field"),
         (8, "text", "text_too_long"),
+        (9, "engine", "unknown_engine"),
     }
     assert any(p["line"] == 4 and p["field"] == "text" for p in error["lines"])
     assert not any(p["line"] == 1 for p in error["lines"])

@@ -3,10 +3,11 @@ zip of the audio, cancel, and re-render one line."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -16,17 +17,21 @@ from zipstream import ZIP_STORED, ZipStream
 from producer.auth import authenticate
 from producer.resources import Farm, farm
 from shared import batch_lines, batches, voices
-from shared.batch_lines import DEFAULT_FIELDS, LINE_FIELDS, Line
+from shared.batch_lines import DEFAULT_FIELDS, EngineInfo, Line
+from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
 from shared.idempotency import request_hash
 from shared.models import Batch, Job
 from shared.queue import try_enqueue
 from shared.scheduler import safe_top_up
+from shared.schemas import JobRequest
 from shared.storage import Storage
 from shared.views import iso, job_view
 from shared.webhooks import check_webhook_url
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
+# Line fields a job row keeps as they were asked.
+REQUEST_COLUMNS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine")
 MAX_PAGE = 200
 MANIFEST_COLUMNS = (
     "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
@@ -51,7 +56,7 @@ def submit() -> tuple[Response, int]:
         lines = batch_lines.validate(
             rows,
             defaults,
-            resources.capabilities,
+            _engine_picker(resources, session, tenant_id),
             _voice_checker(resources, session, tenant_id),
             settings.max_text_chars,
         )
@@ -151,17 +156,33 @@ def _form_defaults(raw: str | None) -> dict[str, Any]:
     return batch_lines.check_defaults(value)
 
 
-def _voice_checker(resources: Farm, session: Session, tenant_id: str) -> Any:
-    caps = resources.capabilities
+def _engine_picker(resources: Farm, session: Session, tenant_id: str) -> Callable[[JobRequest], EngineInfo]:
+    """A line's engine, as for single jobs (shared/engines/fleet.py): the one it names, else its cloned voice's,
+    else the one with its stock voice, else the default; looked up once per (engine, voice)."""
+    picked: dict[tuple[str | None, str | None], Capabilities] = {}
 
-    def problem(voice: str) -> VoicefarmError | None:
+    def pick(req: JobRequest) -> EngineInfo:
+        key = (req.engine, req.voice)
+        if key not in picked:
+            voice_engine = None
+            if req.voice and voices.is_voice_id(req.voice) and req.engine is None:
+                with contextlib.suppress(VoicefarmError):  # an unknown voice is reported by the voice check
+                    voice_engine = voices.get_voice(session, tenant_id, req.voice).engine
+            picked[key] = resources.fleet.for_request(req.engine, req.voice, voice_engine)
+        return picked[key]
+
+    return pick
+
+
+def _voice_checker(resources: Farm, session: Session, tenant_id: str) -> Callable[[str, str], VoicefarmError | None]:
+    def problem(voice: str, engine: str) -> VoicefarmError | None:
         if voices.is_voice_id(voice):
             try:
-                voices.ready_voice(session, tenant_id, voice, caps.name)
+                voices.ready_voice(session, tenant_id, voice, engine)
             except VoicefarmError as exc:
                 return exc
             return None
-        if voice not in caps.stock_voices:
+        if voice not in resources.fleet.engine(engine).stock_voices:
             return BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
         return None
 
@@ -328,13 +349,19 @@ def rerender(batch_id: str, line_id: str) -> tuple[Response, int]:
         changes = request.get_json(silent=True)
         if not isinstance(changes, dict):
             raise BadRequest("the body must be a JSON object of the fields to change", code="invalid_json")
-        merged: dict[str, Any] = {f: getattr(old, f) for f in LINE_FIELDS}
+        # The take as spoken (its job row), over the batch's defaults for what a row keeps only in processed form
+        # (post-production options): a line's own post-production overrides are not carried to the new take.
+        merged: dict[str, Any] = dict(batch.defaults or {}) | {f: getattr(old, f) for f in REQUEST_COLUMNS}
         if "text" in changes and "language" not in changes and "language" not in (batch.defaults or {}):
             merged.pop("language")  # a new text may be in another language: detect it again
         merged |= changes
         merged["id"] = old.line_id
         valid = batch_lines.validate(
-            [merged], {}, resources.capabilities, _voice_checker(resources, session, tenant_id), settings.max_text_chars
+            [merged],
+            {},
+            _engine_picker(resources, session, tenant_id),
+            _voice_checker(resources, session, tenant_id),
+            settings.max_text_chars,
         )[0]
         line = Line(valid.id, old.line_no or 1, valid.fields)
         job = batches.rerender(session, resources.storage, settings, batch, old, line, g.api_key_id)
