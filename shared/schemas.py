@@ -106,7 +106,6 @@ class JobRequest(PostProduction):
             raise ValueError("text has no letters or digits to speak")
         return value
 
-
     @model_validator(mode="after")
     def _instruct_matches_mode(self) -> JobRequest:
         if self.mode == "instruct" and not self.instruct:

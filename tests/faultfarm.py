@@ -194,7 +194,9 @@ class Postgres:
         pgdata = self.service.info["pgdata"]
         sockdir = self.service.cleanup_paths[1]
         opts = f"-c listen_addresses={LOOPBACK} -p {self.port} -k {sockdir} -c fsync=off -c full_page_writes=off"
-        pg_ctl = [str(services.postgres_bin_dir() / "pg_ctl"), "-D", pgdata]
+        # The binaries the server was started with (a copy of the wheel's where PostgreSQL's user needs one).
+        bindir = Path(self.service.info.get("bindir") or services.postgres_bin_dir())
+        pg_ctl = [str(bindir / "pg_ctl"), "-D", pgdata]
         argv = [*pg_ctl, "-l", str(self.service.log_path), "-w", "-t", "30", "-o", opts, "start"]
         res = subprocess.run(
             services._as_postgres(argv), cwd=self.service.cleanup_paths[0], capture_output=True, timeout=60
