@@ -101,6 +101,7 @@ class BatchRun:
 
     def _follow(self, batch_id: str, bar: tqdm) -> list[ManifestLine]:
         done_seen = -1
+        lines: list[ManifestLine] = []
         while True:
             try:
                 batch = self.client.get_batch(batch_id)
@@ -108,16 +109,16 @@ class BatchRun:
                 counts = batch["counts"]
                 done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
                 bar.update(done - bar.n)
-                bar.set_postfix_str(
-                    f"audio {batch['audio_seconds']:.0f}s, downloaded {len(self.state['downloaded'])}, "
-                    f"failed {counts.get('failed', 0)}"
-                )
                 if done != done_seen or batch["done"]:
                     lines = self.client.manifest(batch_id)
                     self._download(lines)
                     done_seen = done
-                    if batch["done"] and all(self._have(line) for line in lines if line["status"] == "succeeded"):
-                        return lines
+                bar.set_postfix_str(
+                    f"audio {batch['audio_seconds']:.0f}s, downloaded {len(self.state['downloaded'])}, "
+                    f"failed {counts.get('failed', 0)}"
+                )
+                if batch["done"] and all(self._have(line) for line in lines if line["status"] == "succeeded"):
+                    return lines
             except (requests.ConnectionError, requests.Timeout, ApiError) as exc:
                 # The farm or its storage away for a while (a restart, an outage): wait and go on.
                 retryable = exc.status in (0, 429, 500, 502, 503, 504) if isinstance(exc, ApiError) else True
