@@ -3,7 +3,7 @@
 Every request and response body is a pydantic model: the ones endpoints validate with (`JobRequest`,
 `SpeechRequest`) and the answer models in producer/bodies.py, all turned into JSON Schema by pydantic in one
 pass. What is written by hand is only the table of operations: method, path, summary, bodies, statuses.
-Batch operations come from producer/api/batches.py.
+Batch operations come from producer/api/batches_doc.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from producer import bodies as b
-from producer.api.batches import openapi_paths as batch_paths
+from producer.api.batches_doc import openapi_paths as batch_paths
 from producer.api.speech import SpeechRequest
 from shared.schemas import JobRequest
 
