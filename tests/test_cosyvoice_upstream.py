@@ -205,21 +205,19 @@ def test_prompts_reach_upstream_in_the_generation_s_format(driven: dict[str, Any
     these pin the exact strings and the speaker-cache use."""
     report, v3 = driven["report"], driven["version"] == 3
     system = "You are a helpful assistant."
-    sent = {case["mode"]: case["sent"] for case in report["cases"] if case["speed"] == 1.0}
+    cases = {case["mode"]: case for case in report["cases"] if case["speed"] == 1.0}
+    sent = {mode: case["sent"] for mode, case in cases.items()}
+    text = {mode: case["text"] for mode, case in cases.items()}
     ((clone,),) = [sent["clone"]]
-    assert clone["args"] == [
-        "你好。",
-        f"{system}<|endofprompt|>希望你以后能够做的比我还好呦。" if v3 else "希望你以后能够做的比我还好呦。",
-    ]
+    transcript = "希望你以后能够做的比我还好呦。"
+    assert clone["args"] == [text["clone"], f"{system}<|endofprompt|>{transcript}" if v3 else transcript]
     assert clone["kwargs"]["zero_shot_spk_id"] == report["spk_id"]
     ((cross,),) = [sent["cross_lingual"]]
-    assert cross["args"] == [f"{system}<|endofprompt|>Hi there." if v3 else "Hi there."]
+    assert cross["args"] == [f"{system}<|endofprompt|>{text['cross_lingual']}" if v3 else text["cross_lingual"]]
     assert cross["kwargs"]["zero_shot_spk_id"] == report["spk_id"]
     ((instruct,),) = [sent["instruct"]]
-    assert instruct["args"] == [
-        "你好。",
-        f"{system} 请用四川话表达。<|endofprompt|>" if v3 else "请用四川话表达。<|endofprompt|>",
-    ]
+    wrapped = f"{system} 请用四川话表达。<|endofprompt|>" if v3 else "请用四川话表达。<|endofprompt|>"
+    assert instruct["args"] == [text["instruct"], wrapped]
     assert instruct["kwargs"].get("zero_shot_spk_id", "") == ""  # a cached speaker would replace the instruction
     assert all(c["kwargs"]["stream"] is False for case in report["cases"] for c in case["sent"])
     # After clone, cross-lingual and instruct ran, the cached speaker is whole (upstream copies it per use).
