@@ -104,10 +104,24 @@ def upstream_env() -> Iterator[dict[str, Path]]:
                 check=True, timeout=1200, env=os.environ | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
             )  # fmt: skip
             (cache / ".complete").write_text(f"built in {time.monotonic() - started:.0f} s\n")
+        in_use = open(cache / ".in-use", "w")  # held shared while this session runs: never pruned under it
+        fcntl.flock(in_use, fcntl.LOCK_SH)
         for old in root.glob("cosyvoice-env-*"):
-            if old != cache:  # environments of older requirements: seven gigabytes each
-                shutil.rmtree(old, ignore_errors=True)
-    yield {"python": cache / "venv" / "bin" / "python", "home": cache / "upstream" / "CosyVoice"}
+            if old != cache:  # environments of older requirements, 9 GB each, unless a test run still uses one
+                _prune(old)
+    try:
+        yield {"python": cache / "venv" / "bin" / "python", "home": cache / "upstream" / "CosyVoice"}
+    finally:
+        in_use.close()
+
+
+def _prune(old: Path) -> None:
+    try:
+        with open(old / ".in-use", "a") as marker:
+            fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass  # in use by another run, or already gone
 
 
 def _run(
