@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     @app.get("/")
     def index() -> str:
-        return render_template("index.html", capabilities=farm().capabilities)
+        resources = farm()
+        return render_template(
+            "index.html",
+            capabilities=resources.capabilities,
+            engines=list(resources.fleet.offered()),
+            max_chars=resources.settings.max_text_chars,
+        )
 
     return app
