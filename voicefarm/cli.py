@@ -11,6 +11,13 @@ from shared.config import Settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return _run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option (tests/test_deployment.py checks the deployment files' commands against it)."""
     parser = argparse.ArgumentParser(prog="voicefarm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -47,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     from voicefarm import client_cli
 
     client_cli.add_commands(sub)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _run(args: argparse.Namespace) -> int:
+    from voicefarm import client_cli
+
     if args.command in client_cli.COMMANDS:  # they talk to a farm's API, not to its services
         return client_cli.run(args)
     settings = load_settings()
