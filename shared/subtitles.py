@@ -172,6 +172,17 @@ def cues(text: str, segments: list[dict[str, Any]], words: list[dict[str, Any]] 
     return out
 
 
+def for_result(text: str, result: dict[str, Any]) -> list[Cue]:
+    """The cues of a finished job's script, from its word timings, else its segments, else its whole duration."""
+    segments = result.get("segments") or [{"text": text, "start_s": 0.0, "end_s": result.get("duration_s", 0.0)}]
+    return cues(text, segments, result.get("words"))
+
+
+def shifted(cue_list: list[Cue], offset_s: float) -> list[Cue]:
+    """The cues moved later by `offset_s` (a line placed after others in a whole-batch file)."""
+    return [Cue(round(c.start_s + offset_s, 3), round(c.end_s + offset_s, 3), c.lines) for c in cue_list]
+
+
 def render(cue_list: list[Cue], fmt: str) -> str:
     """SRT or WebVTT text of the cues."""
     import pysubs2

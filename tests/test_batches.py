@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pysubs2
 import pytest
 import redis
 from flask.testing import FlaskClient
@@ -221,8 +222,23 @@ def test_manifest_archive_and_rerender(
     response = client.get(f"/v1/batches/{batch_id}/archive", headers=auth(api_key))
     assert response.status_code == 200 and response.is_streamed
     archive = zipfile.ZipFile(io.BytesIO(response.get_data()))
-    assert sorted(archive.namelist()) == ["ep1-0000.wav", "ep1-0001.wav", "manifest.csv"]
+    assert sorted(archive.namelist()) == [
+        "batch.srt", "ep1-0000.srt", "ep1-0000.wav", "ep1-0001.srt", "ep1-0001.wav", "manifest.csv",
+    ]  # fmt: skip
     assert archive.read("ep1-0001.wav") == storage.get(results["ep1-0001"]["key"])
+    # Each line's subtitles say its script; the whole-batch file plays the lines back to back.
+    texts = {r["line_id"]: row(sessions, r["job_id"]).text for r in rows}
+    line_subs = pysubs2.SSAFile.from_string(archive.read("ep1-0001.srt").decode(), format_="srt")
+    assert " ".join(e.plaintext.replace("\n", " ") for e in line_subs) == texts["ep1-0001"]
+    whole = pysubs2.SSAFile.from_string(archive.read("batch.srt").decode(), format_="srt")
+    assert " ".join(e.plaintext.replace("\n", " ") for e in whole) == f"{texts['ep1-0000']} {texts['ep1-0001']}"
+    assert whole[-1].start >= 2000 and whole[-1].end <= 4000
+    vtt = client.get(f"/v1/batches/{batch_id}/archive?subtitles=vtt", headers=auth(api_key))
+    assert "ep1-0000.vtt" in zipfile.ZipFile(io.BytesIO(vtt.get_data())).namelist()
+    bare = client.get(f"/v1/batches/{batch_id}/archive?subtitles=none", headers=auth(api_key))
+    assert sorted(zipfile.ZipFile(io.BytesIO(bare.get_data())).namelist()) == [
+        "ep1-0000.wav", "ep1-0001.wav", "manifest.csv",
+    ]  # fmt: skip
 
     # One subtitle line changed: a new take of that line; the manifest and archive follow it.
     response = client.post(

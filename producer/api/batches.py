@@ -16,7 +16,7 @@ from zipstream import ZIP_STORED, ZipStream
 
 from producer.auth import authenticate
 from producer.resources import Farm, farm
-from shared import batch_lines, batches, voices
+from shared import batch_lines, batches, subtitles, voices
 from shared.batch_lines import DEFAULT_FIELDS, EngineInfo, Line
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
@@ -320,13 +320,27 @@ def archive(batch_id: str) -> Response:
     with resources.sessions() as session:
         batch = batches.get_batch(session, authenticate(session), batch_id)
         lines = batches.current_lines(session, batch.id)
+    sub_format = request.args.get("subtitles", "srt")
+    if sub_format not in ("srt", "vtt", "none"):
+        raise BadRequest("subtitles must be srt, vtt or none", code="invalid_subtitle_format")
     rows = manifest_rows(lines, resources.storage, resources.settings.presign_expiry_s, urls=False)
     storage = resources.storage
     stream = ZipStream(compress_type=ZIP_STORED)
+    # With each line's subtitles, one file for the whole batch played line after line in manifest order.
+    whole: list[subtitles.Cue] = []
+    offset = 0.0
     for job, row in zip(lines, rows, strict=True):
         if row["file"]:
             assert job.result is not None
             stream.add(_object(storage, job.result["key"]), row["file"])
+            if sub_format != "none":
+                cues = subtitles.for_result(job.text, job.result)
+                stem = row["file"].rsplit(".", 1)[0]
+                stream.add(subtitles.render(cues, sub_format).encode("utf-8"), f"{stem}.{sub_format}")
+                whole.extend(subtitles.shifted(cues, offset))
+                offset += float(job.result.get("duration_s", 0.0))
+    if whole:
+        stream.add(subtitles.render(whole, sub_format).encode("utf-8"), f"batch.{sub_format}")
     stream.add(manifest_csv(rows).encode("utf-8"), "manifest.csv")
     response = Response(iter(stream), mimetype="application/zip")
     response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.zip"'

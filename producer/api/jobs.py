@@ -173,7 +173,7 @@ def subtitles_file(job_id: str) -> Response:
         raise BadRequest("format must be srt or vtt", code="invalid_subtitle_format")
     job = _finished_audio_job(job_id)
     assert job.result is not None
-    cue_list = subtitles.cues(job.text, job.result.get("segments", []), job.result.get("words"))
+    cue_list = subtitles.for_result(job.text, job.result)
     response = Response(subtitles.render(cue_list, fmt), mimetype=SUBTITLE_TYPES[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="{job.id}.{fmt}"'
     return response
