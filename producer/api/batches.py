@@ -17,6 +17,7 @@ from zipstream import ZIP_STORED, ZipStream
 from producer.auth import authenticate
 from producer.resources import Farm, farm
 from shared import batch_lines, batches, subtitles, voices
+from shared.audio import EXTENSIONS
 from shared.batch_lines import DEFAULT_FIELDS, EngineInfo, Line
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
@@ -261,6 +262,10 @@ def cancel(batch_id: str) -> Response:
     return jsonify(view | {"canceled_now": canceled})
 
 
+def extension(fmt: str) -> str:
+    return EXTENSIONS.get(fmt, fmt)
+
+
 def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool = True) -> list[dict[str, Any]]:
     rows = []
     for job in lines:
@@ -272,7 +277,7 @@ def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool 
                 "job_id": job.id,
                 "take": job.take,
                 "status": job.status,
-                "file": f"{job.line_id}.{result.get('format') or job.format}" if ok else None,
+                "file": f"{job.line_id}.{extension(result.get('format') or job.format)}" if ok else None,
                 "url": storage.presigned_url(result["key"], expiry_s) if ok and urls else None,
                 "format": result.get("format") or job.format,
                 "duration_s": result.get("duration_s"),
