@@ -41,8 +41,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         sessions=sessions,
         storage=Storage.from_settings(settings),
         celery=make_celery(settings),
-        # What live workers published when they registered; the producer never builds an engine.
-        fleet=Fleet(sessions, settings.engine, settings.worker_live_s),
+        # What live workers published when they registered; the producer never builds an engine. Its own
+        # connection pool: handlers ask while holding a connection of theirs (shared/engines/fleet.py).
+        fleet=Fleet(
+            make_session_factory(make_engine(settings.resolved_database_url())), settings.engine, settings.worker_live_s
+        ),
         streams=redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=2),
     )
     init_cors(app, settings.cors_origins)

@@ -53,7 +53,11 @@ def _merge(a: Capabilities, b: Capabilities) -> Capabilities:
 
 
 class Fleet:
-    """The engines on offer, read from the `workers` table and kept for `ttl_s` (several handlers ask per request)."""
+    """The engines on offer, read from the `workers` table and kept for `ttl_s` (several handlers ask per request).
+
+    Give it a session factory of its own: a handler asks while it holds its own connection, so a refresh from the
+    handlers' pool could wait on that pool forever under load. One thread refreshes at a time; the others wait
+    for its answer, so the fleet never holds more than one connection."""
 
     def __init__(self, sessions: sessionmaker[Session], default_engine: str, live_s: float, ttl_s: float = 2.0):
         catalogue(default_engine)  # an unknown default engine is a configuration error, found at start
@@ -63,13 +67,10 @@ class Fleet:
 
     def live(self) -> dict[str, Capabilities]:
         with self._lock:
-            if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl_s:
-                return self._cached[1]
-        with self.sessions() as session:
-            engines = live_engines(session, self.live_s)
-        with self._lock:
-            self._cached = (time.monotonic(), engines)
-        return engines
+            if self._cached is None or time.monotonic() - self._cached[0] >= self.ttl_s:
+                with self.sessions() as session:
+                    self._cached = (time.monotonic(), live_engines(session, self.live_s))
+            return self._cached[1]
 
     def offered(self) -> dict[str, Capabilities]:
         """Engines with live workers, and the default engine whether or not one of its workers is live."""
