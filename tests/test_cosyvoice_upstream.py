@@ -54,8 +54,9 @@ def _env_key() -> str:
     """Everything the environment is made of: the install script, both requirement files, the farm's pins, the
     snapshots and the interpreter."""
     digest = hashlib.sha256(f"{sys.version_info[:2]}".encode())
-    for path in (INSTALL, INSTALL.parent / "requirements.txt", INSTALL.parent / "gpu.txt"):
-        digest.update(path.read_bytes())
+    digest.update(INSTALL.read_bytes())
+    for path in (INSTALL.parent / "requirements.txt", INSTALL.parent / "gpu.txt"):  # their requirements, not notes
+        digest.update(repr([line.split("#")[0].strip() for line in path.read_text().splitlines()]).encode())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())  # only what install.sh reads from it
     digest.update(json.dumps([project["project"]["dependencies"], project["tool"]["voicefarm"]["no-deps"]]).encode())
     for name in (COSYVOICE_TAR, MATCHA_TAR):
