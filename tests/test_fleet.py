@@ -195,3 +195,66 @@ def test_one_api_serves_kokoro_and_cosyvoice(
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "voice_engine_mismatch"
     with sessions() as session:
         assert session.get(Job, kokoro_job.get_json()["id"]).engine == "kokoro"  # type: ignore[union-attr]
+
+
+def test_speech_streams_segment_by_segment_from_a_cosyvoice_clone(
+    client: FlaskClient,
+    api_key: str,
+    cosy_ctx: WorkerContext,
+    farm_settings: Settings,
+    sessions: sessionmaker[Session],
+) -> None:
+    import threading
+    import time
+
+    from sqlalchemy import select
+
+    from shared.streaming import SegmentPublisher, stream_key
+
+    class Recording(SegmentPublisher):
+        """Notes which segments went to an open stream."""
+
+        streamed: list[int] = []
+
+        def publish(self, job_id: str, attempt: int, index: int, count: int, audio: np.ndarray, rate: int) -> None:
+            if self._redis.exists(stream_key(job_id)):
+                self.streamed.append(index)
+            super().publish(job_id, attempt, index, count, audio, rate)
+
+    publisher = Recording(farm_settings.broker_url)
+    cosy_ctx.segments = publisher
+    headers = auth(api_key)
+    form = {"audio": (io.BytesIO(reference_wav()), "ref.wav"), "transcript": "希望你以后能够做的比我还好呦。"}
+    voice = client.post("/v1/voices", data=form | {"engine": "cosyvoice"}, headers=headers).get_json()
+    assert run_clone(cosy_ctx, voice["job_id"]) == "succeeded"
+
+    sentence = "收到好友从远方寄来的生日礼物，那份意外的惊喜与深深的祝福让我心中充满了甜蜜的快乐，笑容如花儿般绽放。"
+    body = {"model": "cosyvoice", "voice": voice["id"], "input": sentence * 5, "response_format": "wav"}
+    answer: dict[str, object] = {}
+
+    def ask() -> None:
+        response = client.post("/v1/audio/speech", json=body, headers=headers)
+        answer.update(response=response, data=response.data)  # read here: the stream runs in this request's context
+
+    request = threading.Thread(target=ask)
+    request.start()
+    deadline = time.monotonic() + 30
+    job_id = None
+    while job_id is None and time.monotonic() < deadline:
+        with sessions() as session:
+            job_id = session.scalar(select(Job.id).where(Job.priority == 9, Job.kind == "synthesize"))
+        time.sleep(0.05)
+    assert job_id is not None
+    assert run_synthesis(cosy_ctx, job_id) == "succeeded"  # the worker's side, publishing each segment
+    request.join(60)
+    response, data = answer["response"], answer["data"]
+    assert response.status_code == 200, data  # type: ignore[attr-defined]
+    assert response.headers["X-Voicefarm-Job-Id"] == job_id  # type: ignore[attr-defined]
+    streamed, rate = sf.read(io.BytesIO(data), dtype="float32")  # type: ignore[arg-type]
+    done = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+    assert done["engine"] == "cosyvoice" and len(done["result"]["segments"]) >= 2
+    stored, stored_rate = sf.read(io.BytesIO(client.get(f"/v1/jobs/{job_id}/audio", headers=headers).data))
+    assert publisher.streamed == list(range(len(done["result"]["segments"])))
+    # The stream is the stored object's audio, segment after segment with the same pauses.
+    assert rate == stored_rate and abs(len(streamed) - len(stored)) <= 2
+    assert float(np.corrcoef(streamed[: len(stored)], stored[: len(streamed)])[0, 1]) > 0.999
