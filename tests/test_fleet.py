@@ -258,3 +258,9 @@ def test_speech_streams_segment_by_segment_from_a_cosyvoice_clone(
     # The stream is the stored object's audio, segment after segment with the same pauses.
     assert rate == stored_rate and abs(len(streamed) - len(stored)) <= 2
     assert float(np.corrcoef(streamed[: len(stored)], stored[: len(streamed)])[0, 1]) > 0.999
+    # The same request again is answered at once from the dedup cache's copy of the stored object, no worker run.
+    again = client.post("/v1/audio/speech", json=body, headers=headers)
+    assert again.status_code == 200 and again.headers["X-Voicefarm-Job-Id"] != job_id
+    cached = client.get(f"/v1/jobs/{again.headers['X-Voicefarm-Job-Id']}", headers=headers).get_json()
+    assert cached["status"] == "succeeded" and cached["result"].get("cached") is True
+    assert len(sf.read(io.BytesIO(again.data), dtype="float32")[0]) == len(stored)
