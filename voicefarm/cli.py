@@ -102,10 +102,11 @@ def _reconcile(settings: Settings, *, once: bool) -> int:
     import threading
 
     from shared.db import make_engine, make_session_factory
+    from shared.logs import setup_logging
     from shared.queue import make_celery
     from shared.reconcile import Reconciler
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_format)  # JSON lines, as the API and the workers write them
     log = logging.getLogger("voicefarm.reconcile")
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     reconciler = Reconciler.from_settings(settings, sessions, make_celery(settings))
