@@ -139,6 +139,10 @@ def test_flower_and_prometheus_read_a_running_farm(live_farm: LiveFarm) -> None:
         workers = requests.get(f"{base}/api/workers", params={"refresh": "1"}, timeout=30).json()
         assert workers and any(name.startswith("kokoro") or "@" in name for name in workers), workers
 
+        # The worker's log lines about the job are JSON with its job and tenant ids.
+        lines = [json.loads(x) for x in (live_farm.logs / "worker.log").read_text().splitlines() if x.startswith("{")]
+        about = [x for x in lines if x.get("job_id") == job["id"]]
+        assert about and all(x.get("tenant_id") for x in about), lines[-5:]
         # Prometheus' view of the same farm, from both gunicorn processes in turn.
         pages = [samples(requests.get(f"{live_farm.url}/metrics", timeout=10).text) for _ in range(4)]
         kokoro = (("engine", "kokoro"),)
