@@ -5,8 +5,9 @@
 #
 #   infra/cosyvoice/install.sh [--gpu] [--no-farm] VENV COSYVOICE_HOME
 #
-# COSYVOICE_HOME is an upstream checkout with its third_party/Matcha-TTS submodule. --gpu adds gpu.txt
-# (onnxruntime-gpu for CUDA 12 instead of the farm's CPU onnxruntime). --no-farm skips the final editable install of
+# COSYVOICE_HOME is an upstream checkout with its third_party/Matcha-TTS submodule. --gpu adds gpu.txt and then
+# swaps the CPU onnxruntime (which the farm and faster-whisper require) for onnxruntime-gpu for CUDA 12: both
+# packages write the same `onnxruntime` module, so only one may stay. --no-farm skips the final editable install of
 # this checkout (the upstream test puts the checkout on PYTHONPATH instead). Set PYTHON to choose the interpreter
 # (default python3.11). FFmpeg's shared libraries, which torchcodec needs to read audio, are installed with apt-get
 # when missing and running as root; otherwise the script says which to install.
@@ -50,18 +51,19 @@ fi
 "$python" -m venv "$venv"
 vpy="$venv/bin/python"
 pip=("$vpy" -m pip install --disable-pip-version-check --quiet)
-# The farm's dependencies exactly as pyproject.toml pins them; a GPU worker takes onnxruntime-gpu instead.
-"$vpy" - "$root/pyproject.toml" "$gpu" >"$venv/voicefarm-requirements.txt" <<'PY'
-import re, sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))
-skip = {"onnxruntime"} if sys.argv[2] == "1" else set()
-for dep in project["project"]["dependencies"]:
-    if re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0].lower() not in skip:
-        print(dep)
-PY
+# The farm's dependencies exactly as pyproject.toml pins them, resolved together with upstream's.
+"$vpy" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+    "$root/pyproject.toml" >"$venv/voicefarm-requirements.txt"
 extra=()
 [[ $gpu -eq 1 ]] && extra=(-r "$here/gpu.txt")
 "${pip[@]}" -r "$venv/voicefarm-requirements.txt" -r "$here/requirements.txt" "${extra[@]}"
+if [[ $gpu -eq 1 ]]; then
+    # One `onnxruntime` module, the CUDA build's: remove both distributions' files, put back onnxruntime-gpu alone.
+    # (pip check then reports faster-whisper's and the farm's onnxruntime requirement as unmet: onnxruntime-gpu
+    # provides the same module.)
+    "$vpy" -m pip uninstall --disable-pip-version-check --quiet -y onnxruntime onnxruntime-gpu
+    "${pip[@]}" --no-deps "$(grep -E '^onnxruntime-gpu==' "$here/gpu.txt")"
+fi
 # What the farm installs without its declared requirements (see [tool.voicefarm] in pyproject.toml).
 "$vpy" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["tool"]["voicefarm"]["no-deps"]))' \
     "$root/pyproject.toml" | xargs -r "${pip[@]}" --no-deps
