@@ -65,9 +65,10 @@ def check_imports() -> list[Finding]:
             found.append(Finding("ok", f"import {module}", _version(dist) if dist else "importable"))
     both = [d for d in ("onnxruntime", "onnxruntime-gpu") if _version(d) != "?"]
     if len(both) == 2:
+        fix = ("pip uninstall -y onnxruntime onnxruntime-gpu, then pip install --no-deps onnxruntime-gpu==1.26.0 "
+               "(what infra/cosyvoice/install.sh --gpu does)")  # fmt: skip
         found.append(Finding("FAIL", "onnxruntime", "both onnxruntime and onnxruntime-gpu are installed; they write "
-                             "the same module", "pip uninstall -y onnxruntime onnxruntime-gpu, then "
-                             "pip install onnxruntime-gpu==1.26.0 (infra/cosyvoice/gpu.txt)"))  # fmt: skip
+                             "the same module", fix))  # fmt: skip
     try:
         from cosyvoice.cli.cosyvoice import AutoModel  # noqa: F401
     except Exception as exc:
