@@ -146,4 +146,10 @@ def test_clone_speak_instruct_and_batch_in_the_browser(
     assert page.locator("#batch-progress").evaluate("p => p.value") == 1
     expect(page.locator("#batches")).to_contain_text("browser batch")
     page.screenshot(path=str(ARTIFACTS / "3-batches.png"), full_page=True)
+
+    # /docs renders the generated OpenAPI document with Swagger UI's files from the farm.
+    page.goto(live_farm.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("voicefarm", timeout=60_000)
+    expect(page.get_by_text("/v1/audio/speech").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "4-docs.png"))
     assert outside == [], outside

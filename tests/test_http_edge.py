@@ -31,7 +31,7 @@ def test_docs_render_with_assets_served_by_the_farm(client: FlaskClient) -> None
     for source in sources:
         answer = client.get(source)
         assert answer.status_code == 200 and len(answer.data) > 100, source
-    assert b"SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").data
+    assert b"SwaggerUIBundle" in client.get("/docs/assets/js/swagger-ui-bundle.js").data
     assert client.get("/docs/assets/../../../etc/passwd").status_code == 404
 
 

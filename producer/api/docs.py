@@ -1,22 +1,34 @@
 """The API's description: /openapi.json (generated from the pydantic models) and /docs (Swagger UI).
 
-Swagger UI's files come from the `swagger-ui-bundle` package and are served by the farm itself: the page loads
-nothing from outside the farm.
+Swagger UI 5 (it renders OpenAPI 3.1) comes as static files inside the `flask-openapi3-swagger` package, installed
+without its framework (pyproject.toml `[tool.voicefarm] no-deps`) and never imported: the farm serves the files
+itself, so the page loads nothing from outside the farm.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory
-from swagger_ui_bundle import swagger_ui_path
 
 bp = Blueprint("docs", __name__)
-_ASSETS = {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png"}
+_ASSETS = {"css/swagger-ui.css", "js/swagger-ui-bundle.js", "js/swagger-ui-standalone-preset.js", "images/swagger.svg"}
+
+
+def _assets_dir() -> Path:
+    spec = importlib.util.find_spec("flask_openapi3_swagger")  # located, not imported
+    if spec is None or not spec.submodule_search_locations:
+        abort(404)
+    return Path(next(iter(spec.submodule_search_locations))) / "templates" / "swagger"
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>voicefarm API</title>
-<link rel="stylesheet" href="/docs/assets/swagger-ui.css"><link rel="icon" href="/docs/assets/favicon-32x32.png">
+<link rel="stylesheet" href="/docs/assets/css/swagger-ui.css"><link rel="icon" href="/docs/assets/images/swagger.svg">
 </head><body><div id="swagger-ui"></div>
-<script src="/docs/assets/swagger-ui-bundle.js"></script>
-<script src="/docs/assets/swagger-ui-standalone-preset.js"></script>
+<script src="/docs/assets/js/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/js/swagger-ui-standalone-preset.js"></script>
 <script src="/docs/init.js"></script>
 </body></html>
 """
@@ -41,8 +53,8 @@ def init_js() -> Response:
     return Response(_INIT, mimetype="text/javascript")
 
 
-@bp.get("/docs/assets/<name>")
+@bp.get("/docs/assets/<path:name>")
 def asset(name: str) -> Response:
     if name not in _ASSETS:
         abort(404)
-    return send_from_directory(swagger_ui_path, name, max_age=86400)
+    return send_from_directory(_assets_dir(), name, max_age=86400)

@@ -53,10 +53,14 @@ $("text").addEventListener("input", count);
 count();
 
 // --- catalogue: voices and instructions ----------------------------------------------------------------------
+let catalogueCall = 0; // only the latest refresh fills the pickers: an earlier one may answer last
 async function refreshCatalogue(select) {
   if (!$("key").value.trim()) return;
+  const call = ++catalogueCall;
   try {
     const voices = await api("/v1/voices");
+    const catalogue = await api("/v1/instructions");
+    if (call !== catalogueCall) return;
     const picker = $("voice");
     const keep = select || picker.value;
     picker.replaceChildren(new Option("default voice for the language", ""));
@@ -65,7 +69,6 @@ async function refreshCatalogue(select) {
     }
     for (const v of voices.stock) picker.append(new Option(`${v.id} (stock, ${v.engine})`, v.id));
     picker.value = keep;
-    const catalogue = await api("/v1/instructions");
     const instruction = $("instruction");
     instruction.replaceChildren(new Option("— choose an instruction —", ""));
     for (const [engine, entry] of Object.entries(catalogue.engines)) {
