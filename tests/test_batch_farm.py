@@ -232,3 +232,29 @@ def test_voicefarm_batch_exits_non_zero_naming_failed_lines(farm: FaultFarm, tmp
     assert run.returncode == 1, output
     for line in bad:
         assert f"{line} (canceled)" in output, output
+
+
+def test_voices_add_say_jobs_status(farm: FaultFarm, tmp_path: Path) -> None:
+    key = new_key(farm, "cli-say")
+
+    def run(*args: str, timeout: float = 300) -> str:
+        proc = cli(farm, key, *args)
+        output = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+        assert proc.returncode == 0, (args, output)
+        return output
+
+    # A reference clip to clone from: a few seconds of a stock voice, made by `say` itself.
+    reference = tmp_path / "reference.wav"
+    text = "This is the narrator of the series, reading a sample for the farm to learn the voice from."
+    assert "s of audio" in run("say", text, "--voice", "jf_alpha", "-o", str(reference))
+    added = run("voices", "add", str(reference), "--transcript", text, "--name", "narrator")
+    voice_id = added.split()[1].rstrip(":")
+    assert voice_id.startswith("v_") and f"voice {voice_id}: ready" in added, added
+    line = tmp_path / "line.flac"
+    said = run("say", "A line in the cloned voice.", "--voice", voice_id, "-o", str(line))
+    assert line.read_bytes()[:4] == b"fLaC", said
+    again = run("say", "A line in the cloned voice.", "--voice", voice_id, "-o", str(tmp_path / "again.flac"))
+    assert "(cached)" in again and (tmp_path / "again.flac").read_bytes() == line.read_bytes()
+    listing = run("jobs", "--limit", "5")
+    assert "A line in the cloned voice." in listing
+    assert "ready" in run("status")
