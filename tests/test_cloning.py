@@ -70,7 +70,9 @@ def test_clone_then_speak_in_every_mode(
     assert [v["id"] for v in listing["voices"]] == [voice_id]
     assert {v["id"] for v in listing["stock"]} >= {"jf_alpha", "jm_kumo"}
 
-    reference = ctx.storage.get(f"voices/{_tenant(sessions, voice_id)}/{voice_id}/reference.wav")
+    reference_key, profile_key = _voice_keys(sessions, voice_id)
+    assert reference_key.endswith("/reference.a1.wav") and profile_key.endswith("/profile.a1.kokoro")
+    reference = ctx.storage.get(reference_key)
     ref_audio, ref_rate = sf.read(io.BytesIO(reference))
     assert ref_rate == 24000 and ref_audio.ndim == 1
 
@@ -88,8 +90,7 @@ def test_clone_then_speak_in_every_mode(
         assert run_synthesis(ctx, response.get_json()["id"]) == "succeeded"
         results[mode] = client.get(f"/v1/jobs/{response.get_json()['id']}", headers=auth(api_key)).get_json()
     # The profile was fetched once and reused; the reference itself is never reprocessed by synthesis.
-    assert [k for k in fetches if "/voices/" in f"/{k}"] == [k for k in fetches if k.endswith("profile.kokoro")]
-    assert len([k for k in fetches if k.endswith("profile.kokoro")]) == 1
+    assert [k for k in fetches if "/voices/" in f"/{k}"] == [profile_key]
     for result in (r["result"] for r in results.values()):
         assert result["duration_s"] > 0.5
         # Measured against the reference: the matched output of a stock voice's own recording scores high.
@@ -98,11 +99,12 @@ def test_clone_then_speak_in_every_mode(
     assert any("四川" in w or "dialect" in w.lower() for w in results["instruct"]["result"]["warnings"])
 
 
-def _tenant(sessions: sessionmaker[Session], voice_id: str) -> str:
+def _voice_keys(sessions: sessionmaker[Session], voice_id: str) -> tuple[str, str]:
+    """The reference and profile objects the voice row names (one per clone attempt)."""
     with sessions() as session:
         voice = session.get(Voice, voice_id)
-        assert voice is not None
-        return voice.tenant_id
+        assert voice is not None and voice.reference_key and voice.profile_key
+        return voice.reference_key, voice.profile_key
 
 
 def _tone(seconds: float, rate: int = 24000, level: float = 0.3) -> np.ndarray:
@@ -168,7 +170,7 @@ def test_voices_are_private_and_deletable(
     denied = client.post("/v1/jobs", json={"text": "Hi.", "voice": body["id"]}, headers=auth(other))
     assert denied.status_code == 404 and denied.get_json()["error"]["code"] == "voice_not_found"
     assert client.delete(f"/v1/voices/{body['id']}", headers=auth(other)).status_code == 404
-    prefix = f"voices/{_tenant(sessions, body['id'])}/{body['id']}/"
+    prefix = _voice_keys(sessions, body["id"])[0].rsplit("/", 1)[0] + "/"
     assert len(ctx.storage.list_keys(prefix)) == 3  # upload, reference, profile
     assert client.delete(f"/v1/voices/{body['id']}", headers=auth(api_key)).status_code == 204
     assert client.get(f"/v1/voices/{body['id']}", headers=auth(api_key)).status_code == 404
