@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import jobs, tenants
 from shared.config import Settings
 from shared.db import transaction
-from shared.errors import Transient, Unavailable
+from shared.errors import StorageRejected, Transient, Unavailable
 from shared.models import Job, utcnow
 from worker import synthesis
 from worker.context import WorkerContext
@@ -153,3 +153,27 @@ def test_a_stale_attempt_uploads_nothing_that_a_result_names(
     job = row(sessions, job_id)
     assert job.result == {"key": "winner-key", "sha256": "w"} and job.attempts == 2
     assert ctx.storage.list_keys(f"jobs/{job.tenant_id}/{job_id}/") == []  # its own upload was deleted
+
+
+def test_storage_refusing_a_kept_finish_fails_the_job_with_its_code(
+    ctx: WorkerContext, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+
+    def put(*_: Any, **__: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:  # down at first, then refusing (bad credentials after a rotation, say)
+            raise Unavailable("object storage unreachable: EndpointConnectionError")
+        raise StorageRejected("object storage refused the request (403 AccessDenied)")
+
+    monkeypatch.setattr(ctx.storage, "put", put)
+    monkeypatch.setattr(ctx.settings, "retry_backoff_max_s", 1)
+    job_id = make_job(sessions)
+    assert run_synthesis(ctx, job_id) == "deferred"
+    ctx.finisher.start()
+    deadline = time.monotonic() + 30
+    while row(sessions, job_id).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = row(sessions, job_id)
+    assert (job.status, job.error_code) == ("failed", "storage_error")
+    assert ctx.finisher.attempts() == []

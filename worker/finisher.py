@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared import jobs
 from shared.db import transaction
-from shared.errors import Transient, Unavailable
+from shared.errors import Permanent, Transient, Unavailable
 
 if TYPE_CHECKING:
     from worker.context import WorkerContext
@@ -115,6 +115,16 @@ class Finisher:
             self._best_effort(lambda: self._drop_other_attempts(p), "delete earlier attempts' objects")
         return reason
 
+    def _fail(self, p: Pending, code: str, message: str) -> str:
+        try:
+            with transaction(self.ctx.sessions) as session:
+                if not jobs.fail(session, p.attempt, code, message):
+                    return jobs.refusal(session, p.attempt)
+        except DBAPIError:
+            return "dropped"  # the lease lapses and the job runs again
+        self.ctx.notify(p.attempt.job_id)
+        return "failed"
+
     def _drop_other_attempts(self, p: Pending) -> None:
         # Earlier attempts that died after their upload left an object that no result names.
         for key in self.ctx.storage.list_keys(job_prefix(p.tenant_id, p.attempt.job_id)):
@@ -142,6 +152,8 @@ class Finisher:
                 except Transient:
                     self._schedule(p)
                     continue
+                except Permanent as exc:  # e.g. storage refused the upload (an S3 4xx): waiting will not help
+                    outcome = self._fail(p, exc.code, exc.message)
                 except Exception:
                     log.exception("job %s: finishing failed; the lease will lapse and the job rerun", p.attempt.job_id)
                     outcome = "dropped"
