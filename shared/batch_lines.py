@@ -222,18 +222,4 @@ def resolve(
     error = checked[voice, engine.name]
     if error is not None:
         return {}, ("voice", error.code, error.message)
-    fields = {
-        "kind": "synthesize",
-        "engine": engine.name,
-        "text": req.text,
-        "voice": voice,
-        "mode": req.mode,
-        "instruct": req.instruct,
-        "language": language,
-        "speed": req.speed,
-        "format": req.format,
-        "sample_rate": req.sample_rate,
-        "seed": req.seed,
-        "options": req.mastering_options().to_dict() or None,
-    }
-    return fields, None
+    return req.synthesis_fields(engine.name, voice, language), None

@@ -46,7 +46,8 @@ def insert_once(session: Session, values: Mapping[str, Any]) -> str | None:
     elif dialect == "sqlite":
         statement = sqlite.insert(Job).values(**values).on_conflict_do_nothing(index_elements=key)
     else:
-        raise NotImplementedError(f"idempotent inserts are not implemented for {dialect}")
+        # Settings and migrations support these two; anything else is a misconfiguration, said plainly.
+        raise ValueError(f"the job database must be PostgreSQL or SQLite, not {dialect}")
     job_id = session.scalar(statement.returning(Job.id))
     return None if job_id is None else str(job_id)
 

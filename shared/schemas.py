@@ -14,7 +14,8 @@ from shared.errors import PayloadTooLarge
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "aac", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
-# The most bytes one character takes in a JSON body: a code point beyond the BMP written as two \uXXXX escapes.
+# The most bytes one character takes in a JSON body: a code point beyond the BMP written as two six-byte
+# backslash-u escapes.
 MAX_JSON_BYTES_PER_CHAR = 12
 
 
@@ -116,3 +117,20 @@ class JobRequest(PostProduction):
         if problem:
             raise ValueError(problem)
         return self
+
+    def synthesis_fields(self, engine: str, voice: str, language: str) -> dict[str, Any]:
+        """The job row's fields for this request, once its engine, voice and language are settled."""
+        return {
+            "kind": "synthesize",
+            "engine": engine,
+            "text": self.text,
+            "voice": voice,
+            "mode": self.mode,
+            "instruct": self.instruct,
+            "language": language,
+            "speed": self.speed,
+            "format": self.format,
+            "sample_rate": self.sample_rate,
+            "seed": self.seed,
+            "options": self.mastering_options().to_dict() or None,
+        }

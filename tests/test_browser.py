@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
+from tests.needs import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -40,10 +41,7 @@ def ensure_chromium() -> str:
             subprocess.run(["apt-get", "update"], env=env, check=True)
             subprocess.run(install, env=env, check=True)
         return CHROMIUM
-    message = f"{CHROMIUM} is missing: apt-get install chromium (as root)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{CHROMIUM} is missing: apt-get install chromium (as root)")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from zipstream import ZIP_STORED, ZipStream
 
 from producer.auth import authenticate
+from producer.pages import page_limit
 from producer.resources import Farm, farm
 from shared import batch_lines, batches, subtitles, voices
 from shared.audio import EXTENSIONS
@@ -33,7 +34,6 @@ from shared.webhooks import check_webhook_url
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 # Line fields a job row keeps as they were asked.
 REQUEST_COLUMNS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine")
-MAX_PAGE = 200
 MANIFEST_COLUMNS = (
     "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
     "error_code", "error_message",
@@ -225,12 +225,7 @@ def batch_view(batch: Batch, p: batches.Progress) -> dict[str, Any]:
 @bp.get("")
 def index() -> Response:
     resources = farm()
-    try:
-        limit = int(request.args.get("limit", "50"))
-    except ValueError:
-        raise BadRequest("limit must be an integer", code="invalid_limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+    limit = page_limit()
     with resources.sessions() as session:
         tenant_id = authenticate(session)
         page = batches.list_batches(session, tenant_id, limit=limit, before=request.args.get("cursor"))

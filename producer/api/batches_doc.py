@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.api.batches import MAX_PAGE
+from producer.pages import MAX_PAGE
 from shared import batch_lines
 from shared.batch_lines import DEFAULT_FIELDS
 

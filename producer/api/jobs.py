@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
+from producer.pages import page_limit
 from producer.resources import Farm, farm
 from shared import dedup, jobs, subtitles, voices
 from shared.audio import CONTENT_TYPES, EXTENSIONS
@@ -27,7 +28,6 @@ from shared.webhooks import check_webhook_url
 log = logging.getLogger(__name__)
 SUBTITLE_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-MAX_PAGE = 200
 # Room in a job body for everything but the text (voice, instruct, webhook URL, options), escaped at worst.
 _BODY_OVERHEAD_BYTES = 64 * 1024
 
@@ -93,19 +93,7 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
         voices.ready_voice(session, tenant_id, voice, caps.name)
     elif voice not in caps.stock_voices:
         raise BadRequest(f"unknown voice {voice!r} for engine {caps.name}", code="unknown_voice")
-    return {
-        "kind": "synthesize",
-        "engine": caps.name,
-        "text": req.text,
-        "voice": voice,
-        "mode": req.mode,
-        "instruct": req.instruct,
-        "language": language,
-        "speed": req.speed,
-        "format": req.format,
-        "sample_rate": req.sample_rate,
-        "seed": req.seed,
-        "options": req.mastering_options().to_dict() or None,
+    return req.synthesis_fields(caps.name, voice, language) | {
         "priority": req.priority,
         "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
     }
@@ -137,12 +125,7 @@ def index() -> Response:
     status = request.args.get("status") or None
     if status is not None and status not in jobs.STATUSES:
         raise BadRequest(f"status must be one of {', '.join(jobs.STATUSES)}", code="invalid_status")
-    try:
-        limit = int(request.args.get("limit", "50"))
-    except ValueError:
-        raise BadRequest("limit must be an integer", code="invalid_limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+    limit = page_limit()
     with resources.sessions() as session:
         tenant_id = authenticate(session)
         page = jobs.list_jobs(session, tenant_id, status=status, limit=limit, before=request.args.get("cursor"))
