@@ -103,6 +103,10 @@ class WorkerContext:
             segments=SegmentPublisher(settings.broker_url) if settings.broker_url.startswith("redis") else None,
         )
         ctx.storage.ensure_bucket()
+        if hasattr(engine, "calibration_store"):  # kokoro: stock-voice calibration shared through S3
+            from worker.engines.kokoro.calibration import S3CalibrationStore
+
+            engine.calibration_store = S3CalibrationStore(ctx.storage)
         ctx.register()
         return ctx
 

@@ -14,7 +14,7 @@ import numpy as np
 from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, MIN_SPEED, MODES, STOCK_VOICES
 from shared.engines.kokoro import NAME as ENGINE_NAME
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
-from worker.engines.kokoro import matching
+from worker.engines.kokoro import calibration, matching
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
 from worker.engines.kokoro.model import MAX_TOKENS, SAMPLE_RATE, KokoroModel
@@ -97,6 +97,9 @@ class KokoroEngine:
         self._stock: dict[str, _StockVoice] | None = None
         self._stock_lock = threading.Lock()
         self._encoder: SpeakerEncoder = shared_encoder()
+        # Where the calibration is shared between workers (the worker sets the farm's S3); None: this process only.
+        self.calibration_store: calibration.CalibrationStore | None = None
+        self.calibrations_rendered = 0  # how often this engine rendered the calibration itself
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -142,19 +145,29 @@ class KokoroEngine:
         return voice, None, []
 
     def _stock_voices(self) -> dict[str, _StockVoice]:
-        """Every stock voice reading the calibration sentences, with its speaker embedding (computed once)."""
+        """Every stock voice reading the calibration sentences, with its speaker embedding: from the store when
+        a worker stored it already for this model version, else rendered here once and stored."""
         with self._stock_lock:
             if self._stock is None:
-                self._stock = self._calibrate()
+                key = calibration.calibration_key(_CALIBRATION, STOCK_VOICES)
+                stored = self.calibration_store.get(key) if self.calibration_store is not None else None
+                loaded = calibration.load(stored, STOCK_VOICES) if stored is not None else None
+                if loaded is None:
+                    loaded = self._calibrate()
+                    self.calibrations_rendered += 1
+                    if self.calibration_store is not None:
+                        self.calibration_store.put(key, calibration.dump(loaded))
+                self._stock = {name: _StockVoice(audio=a, embedding=e) for name, (a, e) in loaded.items()}
             return self._stock
 
-    def _calibrate(self) -> dict[str, _StockVoice]:
+    def _calibrate(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Render and embed the calibration of every stock voice: (audio, embedding) per voice."""
         stock = {}
         gap = np.zeros(int(0.3 * SAMPLE_RATE), dtype=np.float32)
         for name in STOCK_VOICES:
             renders = [self._render(sentence, language, name, 1.0)[0] for language, sentence in _CALIBRATION]
             audio = np.concatenate([renders[0], *(x for r in renders[1:] for x in (gap, r))])
-            stock[name] = _StockVoice(audio=audio, embedding=self._encoder.embed(audio, SAMPLE_RATE))
+            stock[name] = (audio, self._encoder.embed(audio, SAMPLE_RATE))
         return stock
 
     def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
