@@ -14,6 +14,7 @@ from shared.audio import encode, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs import Attempt
 from shared.models import Job
+from shared.normalization import normalize_for_speech
 from shared.text import split_text
 from worker.alignment import word_timings
 from worker.attempts import run_job
@@ -92,6 +93,23 @@ def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSp
         raise EngineError("the engine failed on this job; the error has been logged") from exc
 
 
+def _speak_whole(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSpec) -> Synthesis:
+    """One script segment's spoken text. Normalising can make it longer than the engine takes in one call
+    ("$3.50" is "three dollars fifty cents"); then its pieces are spoken apart and joined as one segment."""
+    pieces = split_text(text, ctx.engine.capabilities.max_segment_chars)
+    if len(pieces) <= 1:
+        return _speak(ctx, text, voice, spec)
+    outs = [_speak(ctx, piece, voice, spec) for piece in pieces]
+    audio, _ = join_segments([out.audio for out in outs], outs[0].sample_rate, SEGMENT_PAUSE_S)
+    measured = [(out.similarity, len(out.audio)) for out in outs if out.similarity is not None]
+    return Synthesis(
+        audio=audio,
+        sample_rate=outs[0].sample_rate,
+        warnings=list(dict.fromkeys(w for out in outs for w in out.warnings)),
+        similarity=sum(s * n for s, n in measured) / sum(n for _, n in measured) if measured else None,
+    )
+
+
 @dataclass
 class Take:
     """Every segment of a line, synthesized once at one speed."""
@@ -121,7 +139,7 @@ def _render(
     take = Take()
     at_speed = replace(spec, speed=round(speed, 3))
     for i, text in enumerate(texts):
-        out = _speak(ctx, text, voice, at_speed)
+        out = _speak_whole(ctx, text, voice, at_speed)
         ctx.segment_done(attempt, i, len(texts), out.audio)  # streaming hook (shared/streaming.py)
         take.audios.append(out.audio)
         if out.similarity is not None:
@@ -137,10 +155,14 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     texts = split_text(spec.text, caps.max_segment_chars)
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
+    # Segments keep the script's text (subtitles and alignment follow it); what is spoken is each one normalised,
+    # lexicon terms untouched so the engine can apply their pronunciations (shared/normalization.py).
+    keep = [str(item["term"]) for item in (spec.options or {}).get("lexicon") or () if item.get("term")]
+    said = [normalize_for_speech(text, spec.language, keep) for text in texts]
     rate = caps.sample_rate
     options = mastering.Options.from_dict(spec.options)
     started = time.perf_counter()
-    take = _render(ctx, spec, attempt, texts, voice, spec.speed, steps=2 if options.target_duration_s else 1)
+    take = _render(ctx, spec, attempt, said, voice, spec.speed, steps=2 if options.target_duration_s else 1)
     audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
     if options.target_duration_s:
         # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
@@ -149,7 +171,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         duration = len(spoken) / rate
         if abs(duration / options.target_duration_s - 1) > RETAKE_FOR_SLOT:
             speed = mastering.speed_for_slot(duration, options.target_duration_s, spec.speed)
-            take = _render(ctx, spec, attempt, texts, voice, speed, steps=2, first_step=1)
+            take = _render(ctx, spec, attempt, said, voice, speed, steps=2, first_step=1)
             audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
     compute_s = time.perf_counter() - started
     post_started = time.perf_counter()
@@ -181,6 +203,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         "bytes": len(encoded.data),
         "sha256": encoded.sha256,
         "segments": segments,
+        # What was spoken: the script with numbers, dates, units, ... written out as words.
+        "normalized_text": (" " if spec.language == "en" else "").join(said),
         "warnings": warnings,
         "engine": caps.name,
         # Speaker similarity to a cloned voice's reference, weighted by each segment's length.
