@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from worker.asr import Transcriber
 
-# A word: a run of letters, digits and apostrophes, or one CJK character (kana and ideographs).
-_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+# A word: one CJK character (kana and ideographs), or a run of other letters, digits and apostrophes; a run stops
+# at a CJK character, so "25個" is "25" and "個".
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:['’][^\W_{_CJK}]+)*", re.UNICODE)
 
 
 def _key(text: str) -> str:
@@ -96,3 +99,29 @@ def word_timings(
 ) -> list[dict[str, Any]]:
     recognised = transcriber.words(audio, sample_rate, language, prompt=script[:400])
     return align(script, recognised, len(audio) / sample_rate)
+
+
+def joined_words(
+    script: str,
+    segments: list[list[dict[str, Any]] | None],
+    starts: list[float],
+    map_time: Callable[[float], float],
+) -> list[dict[str, Any]] | None:
+    """Word timings from the engine: each segment's words placed at the segment's start in the joined line and
+    mapped through post-production (`map_time`). None unless every segment has them and, together, they are the
+    script's words in order (text normalisation that rewrote the script cannot be mapped back)."""
+    if not segments or any(words is None for words in segments):
+        return None
+    out = []
+    for words, start in zip(segments, starts, strict=True):
+        for word in words or ():
+            out.append(
+                {
+                    "text": word["text"],
+                    "start_s": map_time(start + word["start_s"]),
+                    "end_s": map_time(start + word["end_s"]),
+                }
+            )
+    if [word["text"] for word in out] != [text for text, _b, _e in script_words(script)]:
+        return None
+    return out

@@ -16,7 +16,7 @@ from shared.jobs import Attempt
 from shared.models import Job
 from shared.normalization import normalize_for_speech
 from shared.text import split_text
-from worker.alignment import word_timings
+from worker.alignment import joined_words, word_timings
 from worker.attempts import run_job
 from worker.context import WorkerContext
 from worker.engines.base import Synthesis, VoiceProfile
@@ -117,6 +117,7 @@ class Take:
     audios: list[np.ndarray] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     similarities: list[tuple[float, int]] = field(default_factory=list)
+    words: list[list[dict[str, Any]] | None] = field(default_factory=list)  # each segment's engine word times
 
     def similarity(self) -> float | None:
         if not self.similarities:
@@ -144,6 +145,7 @@ def _render(
         take.audios.append(out.audio)
         if out.similarity is not None:
             take.similarities.append((out.similarity, len(out.audio)))
+        take.words.append(out.words)
         take.warnings.extend(w for w in out.warnings if w not in take.warnings)
         ctx.progress(attempt, (first_step + (i + 1) / len(texts)) / (steps + 1 / len(texts)))
     return take
@@ -180,8 +182,14 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     post_s = time.perf_counter() - post_started
     words = None
     if options.align_words:
+        # The engine's own durations when it gave them for every segment; else a forced alignment (Whisper).
         align_started = time.perf_counter()
-        words = word_timings(ctx.transcriber(), mastered.audio, rate, spec.text, spec.language)
+        length_s = len(mastered.audio) / rate
+        words = joined_words(spec.text, take.words, starts, lambda t: mastered.map_time(t, length_s))
+        words_source = "engine"
+        if words is None:
+            words = word_timings(ctx.transcriber(), mastered.audio, rate, spec.text, spec.language)
+            words_source = "alignment"
         align_s = time.perf_counter() - align_started
     duration_s = len(mastered.audio) / rate
     key = attempt_key(spec.tenant_id, attempt, spec.format)
@@ -218,6 +226,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         result["options"] = options.to_dict()
     if words is not None:
         result["words"] = words
+        result["words_source"] = words_source
         result["align_s"] = round(align_s, 3)
     audio_s = duration_s
     return Pending(attempt, spec.tenant_id, key, encoded.data, encoded.format, result, audio_s, compute_s)

@@ -7,7 +7,7 @@ Nothing here imports numpy-heavy or torch-heavy code at import time beyond numpy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +33,9 @@ class Synthesis:
     sample_rate: int
     warnings: list[str] = field(default_factory=list)
     similarity: float | None = None  # speaker similarity (GE2E cosine) to a cloned voice's reference, if measured
+    # Each script word's (zh/ja: character's) {"text", "start_s", "end_s"} in `audio`, from the engine's own
+    # durations; None where the engine cannot tell (the worker then aligns with ASR).
+    words: list[dict[str, Any]] | None = None
 
 
 def check_segment(caps: Capabilities, text: str, mode: str, language: str, speed: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, 
 from shared.engines.kokoro import NAME as ENGINE_NAME
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 from worker.engines.kokoro import calibration, matching
+from worker.engines.kokoro.durations import word_clock
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
 from worker.engines.kokoro.model import MAX_TOKENS, SAMPLE_RATE, KokoroModel
@@ -57,12 +59,13 @@ def _split_phonemes(phonemes: str, tokens_of: dict[str, int]) -> list[str]:
     return chunks
 
 
-def _trim(audio: np.ndarray, threshold: float = 0.005, pad_s: float = 0.05) -> np.ndarray:
+def _trim_bounds(audio: np.ndarray, threshold: float = 0.005, pad_s: float = 0.05) -> tuple[int, int]:
+    """The part of `audio` kept: the loud part and a pad each side (all of it when nothing is loud)."""
     loud = np.flatnonzero(np.abs(audio) > threshold)
     if loud.size == 0:
-        return audio
+        return 0, len(audio)
     pad = int(pad_s * SAMPLE_RATE)
-    return audio[max(0, loud[0] - pad) : loud[-1] + pad]
+    return max(0, int(loud[0]) - pad), min(len(audio), int(loud[-1]) + pad)
 
 
 @dataclass
@@ -201,25 +204,42 @@ class KokoroEngine:
         return VoiceProfile(engine=ENGINE_NAME, data=match.to_bytes())
 
     # -- synthesis -------------------------------------------------------------------------------------------
-    def _render(self, text: str, language: str, voice: str, speed: float) -> tuple[np.ndarray, list[str]]:
+    def _render(
+        self, text: str, language: str, voice: str, speed: float
+    ) -> tuple[np.ndarray, list[str], list[dict[str, Any]] | None]:
+        """Audio, warnings, and each script word's times from the model's own durations (None: not known)."""
         model = self.model
         phonemes = self._phonemizer(text, language)
+        pieces = self._phonemizer.pieces(text, language)
+        clock = word_clock(text, phonemes, lambda word: self._phonemizer(word, language), pieces)
         warnings: list[str] = []
         _, unknown = model.tokenize(phonemes)
         if unknown:
             warnings.append(f"Some sounds have no kokoro phoneme and were skipped: {unknown!r}.")
         parts: list[np.ndarray] = []
         gap = np.zeros(int(_CHUNK_GAP_S * SAMPLE_RATE), dtype=np.float32)
+        offset = 0
         for chunk in _split_phonemes(phonemes, model.vocab):
             tokens, _ = model.tokenize(chunk)
+            owners = clock.token_owners(chunk, model.vocab) if clock is not None else []
             if tokens:
                 if parts:
                     parts.append(gap)
-                parts.append(_trim(model.infer(tokens, voice, speed)))
+                    offset += len(gap)
+                raw, durations = model.infer_timed(tokens, voice, speed)
+                begin, end = _trim_bounds(raw)
+                parts.append(raw[begin:end])
+                if clock is not None:
+                    if durations is None:
+                        clock = None
+                    else:
+                        clock.add(owners, durations, offset, (begin, end))
+                offset += end - begin
         if not parts:
             raise ValueError(f"nothing to speak in {text!r} (no pronounceable {language} text)")
         audio = np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
-        return audio, warnings
+        words = clock.timings(SAMPLE_RATE, len(audio)) if clock is not None else None
+        return audio, warnings, words
 
     def synthesize(
         self,
@@ -244,7 +264,7 @@ class KokoroEngine:
                 f"used {clamped:.2f}."
             )
             effective = clamped
-        audio, render_warnings = self._render(text, language, base_voice, effective)
+        audio, render_warnings, words = self._render(text, language, base_voice, effective)
         warnings.extend(render_warnings)
         similarity = None
         if profile is not None:
@@ -257,4 +277,4 @@ class KokoroEngine:
                     output = None
                 if output is not None:
                     similarity = self._encoder.similarity(output, profile.embedding)
-        return Synthesis(audio=audio, sample_rate=SAMPLE_RATE, warnings=warnings, similarity=similarity)
+        return Synthesis(audio=audio, sample_rate=SAMPLE_RATE, warnings=warnings, similarity=similarity, words=words)

@@ -105,3 +105,17 @@ class Phonemizer:
         with self._locks[language]:
             phonemes = backend(text)
         return re.sub(r"\s+", " ", phonemes).strip()
+
+    def pieces(self, text: str, language: str) -> list[str] | None:
+        """How the G2P's tagger cuts `text` (jieba words, OpenJTalk morphemes), for word timings; None for en."""
+        if language not in ("zh", "ja") or not text.strip():
+            return None
+        self._backend(language)  # builds the tagger's dictionaries on first use
+        with self._locks[language]:
+            if language == "zh":
+                import jieba
+
+                return [str(piece) for piece in jieba.lcut(text)]
+            import pyopenjtalk
+
+            return [str(node["string"]) for node in pyopenjtalk.run_frontend(text)]

@@ -9,7 +9,8 @@ Everything comes from installed Python packages, never from the network:
   vectors indexed by the number of phoneme tokens in the utterance.
 
 ONNX signature: inputs `tokens` int64 `[1, n + 2]` (id 0 pads both ends), `style` float32 `[1, 256]`,
-`speed` float32 `[1]`; output `audio` float32 `[samples]` at 24 kHz.
+`speed` float32 `[1]`; output `audio` float32 `[samples]` at 24 kHz, plus the frames per token that
+`durations.expose_durations` adds for word timings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import os
 from typing import Any
 
 import numpy as np
+
+from worker.engines.kokoro.durations import expose_durations
+from worker.engines.kokoro.graph import float_convolutions
 
 SAMPLE_RATE = 24_000
 # The model's context is 512 positions; two are taken by the padding tokens.
@@ -41,6 +45,21 @@ def engine_threads() -> int:
             raise ValueError(f"VOICEFARM_ENGINE_THREADS must be at least 1, got {value}")
         return value
     return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime settings for the engine: `threads` intra-op threads, no inter-op parallelism (one chain).
+
+    Idle threads do not spin: on a host shared by several workers a spinning thread steals a core from them
+    (benchmarks/kokoro_rtf.py times it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def _data_file(name: str) -> Any:
@@ -86,13 +105,9 @@ class KokoroModel:
     def __init__(self, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or engine_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            read_model_bytes(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        options = session_options(threads or engine_threads())
+        model, self.durations_output = expose_durations(float_convolutions(read_model_bytes()))
+        self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         self.vocab = read_vocab()
         self.voices = read_voice_packs()
 
@@ -111,19 +126,25 @@ class KokoroModel:
 
     def infer(self, tokens: list[int], voice: str, speed: float) -> np.ndarray:
         """Speak at most `MAX_TOKENS` tokens in a stock voice; returns float32 mono at `SAMPLE_RATE`."""
+        return self.infer_timed(tokens, voice, speed)[0]
+
+    def infer_timed(self, tokens: list[int], voice: str, speed: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """`infer`, plus the frames each token lasts (pads included), when the graph gives them."""
         if not tokens:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), None
         if len(tokens) > MAX_TOKENS:
             raise ValueError(f"{len(tokens)} phoneme tokens exceed the model limit of {MAX_TOKENS}")
         pack = self.voices[voice]
         # The style vector is chosen by utterance length, as the reference Kokoro pipeline does.
         style = pack[min(len(tokens), len(pack)) - 1].reshape(1, 256)
-        (audio,) = self.session.run(
-            ["audio"],
+        outputs = ["audio"] if self.durations_output is None else ["audio", self.durations_output]
+        audio, *durations = self.session.run(
+            outputs,
             {
                 "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
                 "style": style,
                 "speed": np.array([speed], dtype=np.float32),
             },
         )
-        return np.asarray(audio, dtype=np.float32).reshape(-1)
+        frames = np.asarray(durations[0], dtype=np.int64).reshape(-1) if durations else None
+        return np.asarray(audio, dtype=np.float32).reshape(-1), frames
