@@ -12,6 +12,7 @@ from producer.api.catalog import bp as catalog_bp
 from producer.api.docs import bp as docs_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
+from producer.api.lexicon import bp as lexicon_bp
 from producer.api.metrics import bp as metrics_bp
 from producer.api.speech import bp as speech_bp
 from producer.api.voices import bp as voices_bp
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(speech_bp)
+    app.register_blueprint(lexicon_bp)
     app.register_blueprint(metrics_bp)
 
     app.register_blueprint(docs_bp)

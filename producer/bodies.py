@@ -44,7 +44,8 @@ class JobResult(_Open):
 class JobView(_Open):
     id: str
     kind: Literal["synthesize", "clone"]
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    # "checking": a take is stored and waits for the QA gate (shared/qa.py).
+    status: Literal["queued", "running", "checking", "succeeded", "failed", "canceled"]
     engine: str
     progress: float
     attempts: int

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from producer import bodies as b
 from producer.api.batches_doc import openapi_paths as batch_paths
+from producer.api.lexicon import LexiconEntryView, LexiconList, LexiconPut
 from producer.api.speech import SpeechRequest
 from shared.schemas import JobRequest
 
@@ -84,6 +85,17 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(400, 401, 404, 409, 413, 429, 502, 503, 504),
        media={t: "audio, streamed" for t in ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav",
                                               "audio/pcm")}),
+    Op("get", "/v1/lexicon", "The tenant's pronunciation lexicon, by language then term", LexiconList,
+       errors=(400, 401, 404, 429, 503),
+       params=(Query("language", {"type": "string", "enum": ["zh", "en", "ja"]}), _LIMIT,
+               Query("cursor", {"type": "string"}))),
+    Op("get", "/v1/lexicon/{language}/{term}", "One lexicon entry (the term percent-encoded)", LexiconEntryView,
+       errors=(400, 401, 404, 429, 503)),
+    Op("put", "/v1/lexicon/{language}/{term}", "Create or replace a lexicon entry", LexiconEntryView, 201,
+       body=LexiconPut, errors=(400, 401, 409, 429, 503),
+       extra={"200": {"description": "replaced", "model": LexiconEntryView}}),
+    Op("delete", "/v1/lexicon/{language}/{term}", "Delete a lexicon entry", status=204,
+       errors=(400, 401, 404, 429, 503)),
     Op("get", "/v1/webhook-secret", "The calling key's webhook signing secret", b.WebhookSecret),
     Op("post", "/v1/webhook-secret/rotate", "Replace the calling key's webhook signing secret", b.WebhookSecret),
 )  # fmt: skip
@@ -93,7 +105,7 @@ def _schemas() -> dict[str, Any]:
     models = {op.answer for op in OPERATIONS if op.answer} | {op.body for op in OPERATIONS if op.body}
     models |= {op.form for op in OPERATIONS if op.form} | {b.Error}
     models |= {x["model"] for op in OPERATIONS for x in op.extra.values() if "model" in x}
-    mode = {JobRequest: "validation", SpeechRequest: "validation"}
+    mode = {JobRequest: "validation", SpeechRequest: "validation", LexiconPut: "validation"}
     pairs = [(m, mode.get(m, "serialization")) for m in sorted(models, key=lambda m: m.__name__)]
     _, doc = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
     return dict(doc.get("$defs", {}))

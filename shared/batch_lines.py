@@ -26,6 +26,8 @@ LINE_FIELDS = (
     "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine",
     # post-production (shared/mastering.py): a batch default gives the whole series one loudness
     "loudness", "trim_silence_s", "target_duration_s", "channels", "words",
+    # the QA gate (shared/qa.py), on for every line unless the defaults or the line say false or set thresholds
+    "qa",
 )  # fmt: skip
 DEFAULT_FIELDS = tuple(f for f in LINE_FIELDS if f != "text")
 LINE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -222,4 +224,4 @@ def resolve(
     error = checked[voice, engine.name]
     if error is not None:
         return {}, ("voice", error.code, error.message)
-    return req.synthesis_fields(engine.name, voice, language), None
+    return req.synthesis_fields(engine.name, voice, language, qa_default=True), None

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import dedup, jobs
+from shared import dedup, jobs, lexicon
 from shared.batch_lines import Line
 from shared.config import Settings
 from shared.errors import Conflict, NotFound, TooManyRequests
@@ -154,6 +154,7 @@ def line_rows(
     priority: int = BATCH_PRIORITY,
 ) -> list[dict[str, Any]]:
     lines = list(lines)
+    lexicon.attach(session, tenant_id, (line.fields for line in lines))  # snapshot: part of each line's dedup key
     profiles = dedup.profile_keys(session, tenant_id, {str(line.fields["voice"]) for line in lines})
     return [
         {

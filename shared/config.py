@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     # Test-only: kill the worker process at these points of a job (a comma list of after_claim, after_upload,
     # before_complete, before_ack), each once per data dir (a marker file there remembers).
     test_crash_at: str = ""
+    # Test-only: damage takes for the QA gate to catch (worker/takes.defect_for), e.g. "truncate@1".
+    test_take_defect: str = ""
+    # QA workers (`voicefarm qa-worker`): processes, each with its own Whisper and speaker encoder.
+    qa_concurrency: int = 1
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.
     job_lease_s: int = 60
     # A job that was started this many times without finishing is quarantined instead of retried.

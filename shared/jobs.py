@@ -25,7 +25,10 @@ from shared.errors import Conflict, NotFound
 from shared.models import Job, utcnow
 
 TERMINAL = ("succeeded", "failed", "canceled")
-STATUSES = ("queued", "running", *TERMINAL)
+# "checking": a take is stored and the QA gate (worker/qa_check.py) has yet to pass it or ask for another.
+CHECKING = "checking"
+OPEN = ("queued", "running", CHECKING)
+STATUSES = (*OPEN, *TERMINAL)
 
 
 def create_job(
@@ -282,9 +285,7 @@ def queued_among(session: Session, job_ids: list[str]) -> list[Job]:
 
 def _finish(session: Session, where: Any, **values: Any) -> bool:
     result = session.execute(
-        update(Job)
-        .where(where, Job.status.in_(("queued", "running")))
-        .values(finished_at=utcnow(), lease_expires_at=None, **values)
+        update(Job).where(where, Job.status.in_(OPEN)).values(finished_at=utcnow(), lease_expires_at=None, **values)
     )
     return _rowcount(result) == 1
 
@@ -346,3 +347,86 @@ def replace_line(session: Session, job_id: str, take: int) -> bool:
         return False
     _finish(session, (Job.id == job_id) & (Job.status == "queued"), status="canceled")
     return True
+
+
+# --- the QA gate (worker/qa_check.py): a take waits in "checking" while the QA pool checks it ---
+# The check's fencing token is the attempt that made the take: every write below is conditional on the job id,
+# that attempt number and "checking", so a check that lost the race (the reconciler re-sent it, the job was
+# canceled) writes nothing. A check holds a lease like a running attempt; the reconciler re-sends a check whose
+# lease lapsed (its QA worker died, or the broker lost the message).
+
+
+def _checking(job_id: str, number: int) -> Any:
+    return (Job.id == job_id) & (Job.attempts == number) & (Job.status == CHECKING)
+
+
+def to_checking(session: Session, attempt: Attempt, result: dict[str, Any], lease_s: float) -> bool:
+    """A take is stored: hand the job to the QA gate, with the take's result, under a check lease."""
+    result_ = session.execute(
+        update(Job)
+        .where(_held(attempt))
+        .values(
+            status=CHECKING,
+            result=result,
+            progress=1.0,
+            worker=None,
+            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+        )
+    )
+    return _rowcount(result_) == 1
+
+
+def hold_check(session: Session, job_id: str, number: int, worker: str, lease_s: float) -> bool:
+    """A QA worker takes the check of attempt `number` (or renews it); False when that take is no longer waiting."""
+    held = session.execute(
+        update(Job)
+        .where(_checking(job_id, number))
+        .values(worker=worker, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return _rowcount(held) == 1
+
+
+def pass_check(session: Session, job_id: str, number: int, result: dict[str, Any], takes: list[dict[str, Any]]) -> bool:
+    """The gate is done: the job succeeds with the kept take's result (which says whether it passed)."""
+    return _finish(session, _checking(job_id, number), status="succeeded", result=result, qa_takes=takes)
+
+
+def retake(session: Session, job_id: str, number: int, takes: list[dict[str, Any]]) -> bool:
+    """The take failed the gate: queued again for another take, with the takes so far recorded. The job is
+    unsent (`sent_at` NULL) until its message is sent: the scheduler sends batch lines, the reconciler the rest
+    if the gate's own send fails."""
+    done = session.execute(
+        update(Job)
+        .where(_checking(job_id, number))
+        .values(
+            status="queued",
+            qa_takes=takes,
+            result=None,
+            progress=0.0,
+            worker=None,
+            lease_expires_at=None,
+            sent_at=None,
+        )
+    )
+    return _rowcount(done) == 1
+
+
+def lapsed_checks(session: Session, lease_s: float, limit: int = 500) -> list[str]:
+    """Checks whose lease lapsed: their lease is renewed here and their ids returned, for one re-send each."""
+    now = utcnow()
+    return list(
+        session.scalars(
+            update(Job)
+            .where(
+                Job.id.in_(
+                    select(Job.id)
+                    .where(Job.status == CHECKING, Job.lease_expires_at < now)
+                    .limit(limit)
+                    .scalar_subquery()
+                )
+            )
+            .where(Job.status == CHECKING, Job.lease_expires_at < now)
+            .values(lease_expires_at=now + timedelta(seconds=lease_s), worker=None)
+            .returning(Job.id)
+        ).all()
+    )

@@ -40,7 +40,8 @@ class Options:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Options:
-        return cls(**(data or {}))
+        # A job's options also hold what is not post-production (its lexicon snapshot, shared/lexicon.py).
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict[str, Any]:
         defaults = Options()

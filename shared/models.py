@@ -55,6 +55,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The tenant's QA gate thresholds (shared/qa.py), over the farm's defaults and under a job's or batch's own.
+    qa: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class ApiKey(Base):
@@ -155,6 +157,9 @@ class Job(Base):
     # SHA-256 of everything that shapes the audio (shared/dedup.py): a succeeded job with the same key in the
     # tenant answers a new one from its stored audio.
     cache_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The QA gate (shared/qa.py): NULL for none, else the request's own thresholds; and each take it checked.
+    qa: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    qa_takes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class WebhookDelivery(Base):

@@ -19,6 +19,9 @@ CLONE_TASK = "voicefarm.clone"
 WEBHOOK_TASK = "voicefarm.webhook"
 # Webhook deliveries have their own queue and worker pool: a slow receiver never holds an engine slot.
 WEBHOOK_QUEUE = "webhooks"
+# The QA gate checks takes on its own queue and worker pool: an engine never waits for a check.
+QA_TASK = "voicefarm.qa_check"
+QA_QUEUE = "qa"
 TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
 log = logging.getLogger(__name__)
 
@@ -133,3 +136,8 @@ def try_enqueue(
 def enqueue_webhook(app: Celery, job_id: str) -> None:
     """Send a finished job's webhook delivery to the webhook workers."""
     app.send_task(WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)
+
+
+def enqueue_check(app: Celery, job_id: str) -> None:
+    """Send a stored take's check to the QA workers."""
+    app.send_task(QA_TASK, args=[job_id], queue=QA_QUEUE)

@@ -9,6 +9,8 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
   the reconciler re-sends their queued jobs after about one lease instead and drops the dead entries.
 - When Redis lost its data (restarted empty: the reconciler's marker key is gone), every queued job is sent again,
   one page per pass, and the marker is set once the backlog has been walked.
+- Takes waiting for the QA gate whose check lease lapsed (the QA worker died, the broker lost the message) get
+  their check sent again (`shared.jobs.lapsed_checks` renews the lease, so once per lease).
 - Terminal jobs whose webhook is owed but whose message was lost get it sent again.
 - The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
 Re-sending is always safe: a job is claimed only when queued (or its lease lapsed), so a duplicate message finds
@@ -31,7 +33,7 @@ from shared import deliveries, jobs, scheduler
 from shared.config import Settings
 from shared.db import transaction
 from shared.models import Job, utcnow
-from shared.queue import TASKS, enqueue_job, enqueue_webhook
+from shared.queue import TASKS, enqueue_check, enqueue_job, enqueue_webhook
 
 log = logging.getLogger(__name__)
 # Present while the broker still holds what the reconciler last walked; Redis restarted empty loses it.
@@ -50,6 +52,7 @@ class Report:
     resent_after_broker_loss: int = 0
     webhooks_sent: int = 0
     batch_lines_sent: int = 0
+    checks_resent: int = 0
 
     def any(self) -> bool:
         return any(vars(self).values())
@@ -73,6 +76,8 @@ class Reconciler:
     # The batch scheduler's window: lines per live worker, and how recent a live worker's heartbeat is.
     batch_window_per_worker: int = 2
     worker_live_s: float = 60.0
+    # How long a QA check holds its take before the reconciler sends it again.
+    check_lease_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> Reconciler:
@@ -84,6 +89,7 @@ class Reconciler:
             webhook_quiet_s=settings.webhook_retry_backoff_max_s + 60.0,
             batch_window_per_worker=settings.batch_window_per_worker,
             worker_live_s=settings.worker_live_s,
+            check_lease_s=settings.job_lease_s,
         )
 
     # A webhook with no delivery attempt for this long lost its message (the longest retry wait, plus a margin).
@@ -108,6 +114,11 @@ class Reconciler:
         report.resent_stale_unacked = self._resend_stale_unacked()
         report.resent_after_broker_loss = self._resend_after_broker_loss()
         report.webhooks_sent = self._send_missed_webhooks()
+        with transaction(self.sessions) as session:
+            lapsed = jobs.lapsed_checks(session, self.check_lease_s, PAGE)
+        for job_id in lapsed:
+            enqueue_check(self.celery, job_id)
+        report.checks_resent = len(lapsed)
         report.batch_lines_sent = scheduler.top_up(
             self.sessions, self.celery, self.batch_window_per_worker, self.worker_live_s
         )

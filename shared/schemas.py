@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shared import mastering
 from shared.audio import FORMATS, rate_problem
 from shared.errors import PayloadTooLarge
+from shared.qa import QaOptions, job_setting
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "aac", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
@@ -91,6 +92,8 @@ class JobRequest(PostProduction):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     priority: int = Field(default=5, ge=0, le=9)
     webhook_url: str | None = Field(default=None, max_length=2000)
+    # The QA gate (shared/qa.py): true, or the thresholds to check with; off for a job, on for a batch line.
+    qa: bool | QaOptions | None = None
     # The engine to speak with; when absent, the cloned voice's engine, the engine with the stock voice, or the
     # farm's default engine. Checked against the engines with live workers.
     engine: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
@@ -118,14 +121,16 @@ class JobRequest(PostProduction):
             raise ValueError(problem)
         return self
 
-    def synthesis_fields(self, engine: str, voice: str, language: str) -> dict[str, Any]:
-        """The job row's fields for this request, once its engine, voice and language are settled."""
+    def synthesis_fields(self, engine: str, voice: str, language: str, qa_default: bool = False) -> dict[str, Any]:
+        """The job row's fields for this request, once its engine, voice and language are settled; `qa_default`
+        is whether the gate runs when the request does not say (batch lines: yes)."""
         return {
             "kind": "synthesize",
             "engine": engine,
             "text": self.text,
             "voice": voice,
             "mode": self.mode,
+            "qa": job_setting(self.qa, qa_default),
             "instruct": self.instruct,
             "language": language,
             "speed": self.speed,

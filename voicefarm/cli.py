@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
     hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
 
+    qa = sub.add_parser("qa-worker", help="the QA gate's checks: Whisper and a speaker encoder on their own queue")
+    qa.add_argument("--concurrency", type=int, help="check processes (default: VOICEFARM_QA_CONCURRENCY, 1)")
+    limits = sub.add_parser("qa-thresholds", help="show or set a tenant's QA gate thresholds (shared/qa.py)")
+    limits.add_argument("tenant")
+    limits.add_argument("values", nargs="?", help='JSON, e.g. \'{"max_wer": 0.2, "retakes": 1}\'; {} clears them')
+
     doctor = sub.add_parser("doctor", help="check this machine for the configured engine: model, upstream, GPUs")
     doctor.add_argument("--per-gpu", type=int, default=1, metavar="N", help="plan N worker processes per GPU")
     doctor.add_argument("--load", action="store_true", help="also load the model once and time it")
@@ -87,6 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
     if args.command == "webhook-worker":
         return _exec_webhook_worker(args.concurrency or settings.webhook_concurrency)
+    if args.command == "qa-worker":
+        from shared.queue import QA_QUEUE
+
+        return _exec_celery_pool("worker.qa_main", QA_QUEUE, args.concurrency or settings.qa_concurrency)
+    if args.command == "qa-thresholds":
+        return _qa_thresholds(settings, args.tenant, args.values)
     if args.command == "doctor":
         from voicefarm.doctor import run_doctor
 
@@ -138,6 +150,36 @@ def _exec_webhook_worker(concurrency: int) -> int:
         "--concurrency", str(max(1, concurrency)),
         "--pool", "prefork",
         "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",
+        "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+def _qa_thresholds(settings: Settings, tenant: str, values: str | None) -> int:
+    import json
+
+    from shared import qa, tenants
+    from shared.db import make_engine, make_session_factory, transaction
+
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    with transaction(sessions) as session:
+        row = tenants.get_or_create_tenant(session, tenant)
+        if values is not None:
+            row.qa = qa.check_tenant_settings(json.loads(values)) or None
+        print(json.dumps({"tenant": row.qa or {}, "effective": qa.thresholds(row.qa, None)}, indent=2))
+    return 0
+
+
+def _exec_celery_pool(module: str, queue: str, concurrency: int) -> int:
+    import socket
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", module, "worker",
+        "--queues", queue,
+        "--concurrency", str(max(1, concurrency)),
+        "--pool", "prefork",
+        "--hostname", f"{queue}-{os.getpid()}@{socket.gethostname()}",
         "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip

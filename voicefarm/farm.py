@@ -226,6 +226,13 @@ def farm_children(settings: Settings, env: dict[str, str]) -> list[ChildSpec]:
             signal_group=False,
             stop_escalation=(settings.stop_budget(2), signal.SIGQUIT),
         ),
+        # The QA gate's checks (Whisper, speaker encoder) on their own pool, beside the engines.
+        child(
+            "qa-worker",
+            "qa-worker",
+            signal_group=False,
+            stop_escalation=(settings.stop_budget(2), signal.SIGQUIT),
+        ),
     ]
     return [c for c in children if c.name != "worker" or settings.cpu_workers > 0]
 

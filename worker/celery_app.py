@@ -20,7 +20,7 @@ from shared.db import transaction
 from shared.errors import Transient
 from shared.metrics import JobObserver
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_webhook, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, enqueue_webhook, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.synthesis import run_synthesis
@@ -39,6 +39,7 @@ def create_worker_app() -> Celery:
         if "ctx" not in holder:
             ctx = WorkerContext.build(settings)
             ctx.notify = lambda job_id: _notify(app, ctx, job_id, observer)
+            ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
             ctx.start()
             holder["ctx"] = ctx
         return holder["ctx"]
@@ -106,6 +107,17 @@ def _notify(app: Celery, ctx: WorkerContext, job_id: str, observer: JobObserver 
             enqueue_webhook(app, job_id)
     except Exception:  # the reconciler sends webhooks that were never attempted
         log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
+    if batch_line:
+        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
+
+
+def _send_check(app: Celery, ctx: WorkerContext, job_id: str) -> None:
+    """A take waits for the QA pool: send its check, and for a batch line let the scheduler send the next line
+    now, so the engine does not idle while the take is checked."""
+    enqueue_check(app, job_id)
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        batch_line = job is not None and job.batch_id is not None
     if batch_line:
         scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 

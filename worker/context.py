@@ -56,6 +56,8 @@ class WorkerContext:
     _transcriber: Transcriber | None = None
     # Sends a finished job's webhook (set by the Celery app; a no-op in tests that call tasks directly).
     notify: Callable[[str], None] = lambda job_id: None
+    # Sends a stored take's check to the QA pool (set by the Celery app; tests that call tasks directly set it).
+    send_check: Callable[[str], None] = lambda job_id: None
     # The attempt this process is running, whose lease the heartbeat renews with those the finisher holds.
     current: jobs.Attempt | None = None
     finisher: Finisher = field(init=False)

@@ -52,6 +52,8 @@ class Pending:
     audio_s: float
     compute_s: float
     uploaded: bool = False
+    # A take for the QA gate (worker/takes.py): the job goes to "checking" instead of succeeding.
+    check: bool = False
     tries: int = 0
     due: float = field(default_factory=time.monotonic)
 
@@ -99,12 +101,19 @@ class Finisher:
         ctx.crash_point("before_complete")
         try:
             with transaction(ctx.sessions) as session:
-                if jobs.complete(session, p.attempt, p.result):
+                if p.check and jobs.to_checking(session, p.attempt, p.result, ctx.settings.job_lease_s):
+                    reason = "checking"
+                elif not p.check and jobs.complete(session, p.attempt, p.result):
                     reason = "succeeded"
                 else:
                     reason = jobs.refusal(session, p.attempt)
         except DBAPIError as exc:
             raise Unavailable("the job database is unavailable") from exc
+        if reason == "checking":
+            # The gate's pool takes it from here; the reconciler re-sends a check whose message was lost.
+            self._best_effort(lambda: ctx.send_check(p.attempt.job_id), "send the take's check")
+            self._best_effort(lambda: ctx.record_job(p.audio_s, p.compute_s), "record worker figures")
+            return reason
         if reason != "succeeded":
             log.warning("job %s attempt %d: %s; deleting its audio", p.attempt.job_id, p.attempt.number, reason)
             self._best_effort(lambda: ctx.storage.delete(p.key), "delete a refused attempt's object")

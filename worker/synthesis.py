@@ -16,6 +16,7 @@ from shared.jobs import Attempt
 from shared.models import Job
 from shared.normalization import normalize_for_speech
 from shared.text import split_text
+from worker import takes
 from worker.alignment import joined_words, word_timings
 from worker.attempts import run_job
 from worker.context import WorkerContext
@@ -54,7 +55,13 @@ def run_synthesis(ctx: WorkerContext, job_id: str) -> str:
 
 def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
     spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
-    return ctx.finisher.finish(_synthesize(ctx, spec, attempt))
+    if job.qa is None:
+        return ctx.finisher.finish(_synthesize(ctx, spec, attempt))
+    # The QA gate (worker/takes.py): re-takes change seed and speed; the take goes to the gate, not to the user.
+    number = takes.take_number(job.qa_takes)
+    spec = takes.retake_spec(spec, number)
+    pending = _synthesize(ctx, spec, attempt)
+    return ctx.finisher.finish(takes.for_gate(pending, spec, number, ctx.settings.test_take_defect))
 
 
 def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:

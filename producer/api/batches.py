@@ -36,7 +36,7 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 REQUEST_COLUMNS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine")
 MANIFEST_COLUMNS = (
     "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
-    "error_code", "error_message",
+    "error_code", "error_message", "qa", "qa_takes",
 )  # fmt: skip
 
 
@@ -281,9 +281,18 @@ def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool 
                 "cached": bool(result.get("cached")),
                 "error_code": job.error_code,
                 "error_message": job.error_message,
+                # The QA gate (shared/qa.py): "passed", or "needs_review" for a line none of whose takes passed.
+                "qa": _qa_verdict(result.get("qa")),
+                "qa_takes": (result.get("qa") or {}).get("takes"),
             }
         )
     return rows
+
+
+def _qa_verdict(report: dict[str, Any] | None) -> str | None:
+    if not report:
+        return None
+    return "passed" if report.get("passed") else "needs_review"
 
 
 def manifest_csv(rows: list[dict[str, Any]]) -> str:

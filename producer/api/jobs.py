@@ -14,7 +14,7 @@ from producer.auth import authenticate
 from producer.limits import check_queue_depth
 from producer.pages import page_limit
 from producer.resources import Farm, farm
-from shared import dedup, jobs, subtitles, voices
+from shared import dedup, jobs, lexicon, subtitles, voices
 from shared.audio import CONTENT_TYPES, EXTENSIONS
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from shared.idempotency import request_hash
@@ -93,10 +93,12 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
         voices.ready_voice(session, tenant_id, voice, caps.name)
     elif voice not in caps.stock_voices:
         raise BadRequest(f"unknown voice {voice!r} for engine {caps.name}", code="unknown_voice")
-    return req.synthesis_fields(caps.name, voice, language) | {
+    fields = req.synthesis_fields(caps.name, voice, language) | {
         "priority": req.priority,
         "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
     }
+    lexicon.attach(session, tenant_id, [fields])  # the tenant's entries its text uses: part of the dedup key
+    return fields
 
 
 @bp.get("/<job_id>")

@@ -6,12 +6,14 @@ Nothing here imports numpy-heavy or torch-heavy code at import time beyond numpy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from shared.engines import Capabilities  # capabilities are data in shared/; re-exported for adapters
+from shared.lexicon import Entry as LexiconEntry
 
 Mode = Literal["clone", "cross_lingual", "instruct"]
 Language = Literal["zh", "en", "ja"]
@@ -73,6 +75,8 @@ class Engine(Protocol):
         language: str = "en",
         speed: float = 1.0,
         seed: int | None = None,
+        lexicon: Sequence[LexiconEntry] = (),
     ) -> Synthesis:
-        """Speak one segment (at most `capabilities.max_segment_chars`) in a stock voice or a cloned profile."""
+        """Speak one segment (at most `capabilities.max_segment_chars`) in a stock voice or a cloned profile,
+        saying each `lexicon` term that occurs in it as the entry says (shared/lexicon.py)."""
         ...

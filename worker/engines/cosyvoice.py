@@ -28,7 +28,7 @@ import re
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ from shared.engines.cosyvoice import (  # the catalogue is data in shared/
     SAMPLE_RATE,
 )
 from shared.engines.cosyvoice import NAME as ENGINE_NAME
+from shared.lexicon import Entry as LexiconEntry
+from shared.lexicon import arpabet
+from shared.lexicon import find as find_terms
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 
 DEFAULT_MODEL_DIR = "models/Fun-CosyVoice3-0.5B"
@@ -85,6 +88,43 @@ def instruct_prompt(instruction: str, version: int) -> str:
 def cross_lingual_text(text: str, version: int) -> str:
     # Cross-lingual drops the prompt text from the LLM input, so CosyVoice3's system prompt goes on the text.
     return f"{SYSTEM_PROMPT}{END_OF_PROMPT}{text}" if version >= 3 else text
+
+
+def pinyin_tokens(pinyin: str) -> str:
+    """CosyVoice3's inline pinyin: per syllable its initial and its final with the tone mark, each bracketed, as
+    upstream's tokenizer lists them and its example writes 给 (jǐ): `[j][ǐ]`. ü before e is written v (`[vè]`)."""
+    from pypinyin.contrib.tone_convert import to_finals_tone, to_initials
+
+    tokens = []
+    for syllable in pinyin.split():
+        initial = to_initials(syllable, strict=False)
+        final = to_finals_tone(syllable, strict=False)
+        if re.match(r"ü[eēéěè]", final):
+            final = "v" + final[1:]
+        tokens.append(f"[{initial}]" * bool(initial) + f"[{final}]")
+    return "".join(tokens)
+
+
+def katakana(kana: str) -> str:
+    # Upstream reads Japanese only as katakana (its example.py).
+    return "".join(chr(ord(ch) + 0x60) if "\u3041" <= ch <= "\u3096" else ch for ch in kana)
+
+
+def inline_pronunciations(text: str, spans: Sequence[tuple[int, int, LexiconEntry]]) -> str:
+    """The text with each lexicon term replaced by CosyVoice3's inline pronunciation of it: pinyin tokens for
+    Mandarin, CMU phone tokens with stress (`[K][IH1][N]`) for English, katakana for Japanese."""
+    out, position = [], 0
+    for start, end, entry in spans:
+        out.append(text[position:start])
+        if entry.alphabet == "pinyin":
+            out.append(pinyin_tokens(entry.pronunciation))
+        elif entry.alphabet in ("ipa", "arpabet"):
+            out.append("".join(f"[{phone}]" for phone in arpabet(entry)))
+        else:
+            out.append(katakana(entry.pronunciation))
+        position = end
+    out.append(text[position:])
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -285,6 +325,18 @@ class CosyVoiceEngine:
             cache.pop(spk_id, None)  # upstream would keep every speaker's features in memory
 
     # -- synthesis -------------------------------------------------------------------------------------------
+    def _pronounce(self, text: str, lexicon: Sequence[LexiconEntry], warnings: list[str]) -> str:
+        spans = find_terms(text, lexicon)
+        if not spans:
+            return text
+        if self.version < 3:
+            terms = ", ".join(sorted({e.term for _, _, e in spans}))
+            warnings.append(
+                f"CosyVoice2 takes no inline pronunciations: the lexicon entries for {terms} were not applied."
+            )
+            return text
+        return inline_pronunciations(text, spans)
+
     def synthesize(
         self,
         text: str,
@@ -295,6 +347,7 @@ class CosyVoiceEngine:
         language: str = "en",
         speed: float = 1.0,
         seed: int | None = None,
+        lexicon: Sequence[LexiconEntry] = (),
     ) -> Synthesis:
         if not isinstance(voice, VoiceProfile):
             raise ValueError(
@@ -320,6 +373,7 @@ class CosyVoiceEngine:
             warnings.append("The voice has no transcript of its reference, so it was spoken in cross-lingual mode.")
 
         self.load()
+        text = self._pronounce(text, lexicon, warnings)
         options = {"stream": False, "speed": float(speed)}
         with self._lock:
             if seed is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, MIN_SPEED, MODES, STOCK_VOICES
 from shared.engines.kokoro import NAME as ENGINE_NAME
+from shared.lexicon import Entry as LexiconEntry
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 from worker.engines.kokoro import calibration, matching
 from worker.engines.kokoro.durations import word_clock
@@ -205,11 +207,11 @@ class KokoroEngine:
 
     # -- synthesis -------------------------------------------------------------------------------------------
     def _render(
-        self, text: str, language: str, voice: str, speed: float
+        self, text: str, language: str, voice: str, speed: float, lexicon: Sequence[LexiconEntry] = ()
     ) -> tuple[np.ndarray, list[str], list[dict[str, Any]] | None]:
         """Audio, warnings, and each script word's times from the model's own durations (None: not known)."""
         model = self.model
-        phonemes = self._phonemizer(text, language)
+        phonemes = self._phonemizer(text, language, lexicon)  # lexicon terms said as their entries say
         pieces = self._phonemizer.pieces(text, language)
         clock = word_clock(text, phonemes, lambda word: self._phonemizer(word, language), pieces)
         warnings: list[str] = []
@@ -251,6 +253,7 @@ class KokoroEngine:
         language: str = "en",
         speed: float = 1.0,
         seed: int | None = None,  # Kokoro is deterministic; there is nothing to seed
+        lexicon: Sequence[LexiconEntry] = (),
     ) -> Synthesis:
         check_segment(self.capabilities, text, mode, language, speed)
         base_voice, profile, warnings = self._resolve_voice(voice)
@@ -264,7 +267,7 @@ class KokoroEngine:
                 f"used {clamped:.2f}."
             )
             effective = clamped
-        audio, render_warnings, words = self._render(text, language, base_voice, effective)
+        audio, render_warnings, words = self._render(text, language, base_voice, effective, lexicon)
         warnings.extend(render_warnings)
         similarity = None
         if profile is not None:

@@ -6,6 +6,10 @@
   Chinese text go through the English G2P instead of being spelled as raw letters.
 - en: espeak-ng (see `espeak.py`).
 
+Lexicon entries (shared/lexicon.py) cut the text: the rest is phonemised as usual and each entry's pronunciation
+is put in its place, converted into the same alphabet: pinyin through misaki's own pinyin-to-IPA step, IPA and
+ARPAbet through espeak's mapping into Kokoro's symbols, kana through the Japanese G2P.
+
 Each backend is built on first use and guarded by its own lock (jieba, pyopenjtalk and espeak keep global state).
 """
 
@@ -15,9 +19,15 @@ import logging
 import re
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from shared import lexicon as lexicon_
 
 LANGUAGES = ("zh", "en", "ja")
+# ARPAbet phones whose espeak-ng IPA differs from the plain IPA: multi-letter phonemes carry espeak's tie, so that
+# `EspeakEnglish.to_kokoro` turns them into Kokoro's single symbols (eɪ -> A, tʃ -> ʧ, ...).
+_TRAILING = frozenset(",.!?;:…")
+_ESPEAK_IPA = {"AW": "a^ʊ", "AY": "a^ɪ", "CH": "t^ʃ", "EY": "e^ɪ", "JH": "d^ʒ", "OW": "o^ʊ", "OY": "ɔ^ɪ", "ER": "ɜː"}
 _LATIN_RUN = re.compile(r"[A-Za-z][A-Za-z' -]*[A-Za-z]|[A-Za-z]")
 
 
@@ -95,16 +105,32 @@ class Phonemizer:
         for language in languages:
             self(".", language)
 
-    def __call__(self, text: str, language: str) -> str:
+    def __call__(self, text: str, language: str, lexicon: Sequence[lexicon_.Entry] = ()) -> str:
+        """Phonemes of `text`; where a lexicon term occurs, the text is cut and the entry's phonemes go there."""
         if language not in LANGUAGES:
             raise ValueError(f"unsupported language {language!r}; supported: {', '.join(LANGUAGES)}")
         text = unicodedata.normalize("NFC", text).strip()
         if not text:
             return ""
-        backend = self._backend(language)
-        with self._locks[language]:
-            phonemes = backend(text)
-        return re.sub(r"\s+", " ", phonemes).strip()
+        backend = self._locked(language)
+        out = ""
+        position = 0
+        for start, end, entry in [*lexicon_.find(text, lexicon), (len(text), len(text), None)]:
+            for piece in (backend(text[position:start]) if text[position:start].strip() else "",
+                          self.entry_phonemes(entry) if entry else ""):  # fmt: skip
+                piece = piece.strip()
+                # Punctuation after a term keeps to it, as it would in one phonemised run.
+                out += piece if not out or not piece or piece[0] in _TRAILING else " " + piece
+            position = end
+        return re.sub(r"\s+", " ", out).strip()
+
+    def entry_phonemes(self, entry: lexicon_.Entry) -> str:
+        """An entry's pronunciation in Kokoro's phoneme alphabet."""
+        if entry.alphabet == "pinyin":
+            return pinyin_phonemes(entry.pronunciation)
+        if entry.alphabet in ("ipa", "arpabet"):
+            return arpabet_phonemes(lexicon_.arpabet(entry))
+        return self._locked("ja")(entry.pronunciation)  # kana: what the Japanese G2P reads from it
 
     def pieces(self, text: str, language: str) -> list[str] | None:
         """How the G2P's tagger cuts `text` (jieba words, OpenJTalk morphemes), for word timings; None for en."""
@@ -119,3 +145,28 @@ class Phonemizer:
             import pyopenjtalk
 
             return [str(node["string"]) for node in pyopenjtalk.run_frontend(text)]
+
+
+def pinyin_phonemes(pinyin: str) -> str:
+    """What misaki's ZHG2P emits for a word read with these tone-number syllables (its `word2ipa`, less the
+    pypinyin lookup that picks the reading)."""
+    from misaki.zh import ZHG2P
+
+    return "".join(ZHG2P.py2ipa(syllable) for syllable in pinyin.split()).replace(chr(815), "")
+
+
+def arpabet_phonemes(phones: Sequence[str]) -> str:
+    """ARPAbet phones as espeak-ng would write their IPA, through the same mapping into Kokoro's symbols; the
+    stress mark goes before the stressed vowel, as in Kokoro's American-English training data."""
+    from worker.engines.kokoro.espeak import EspeakEnglish
+
+    ipa = []
+    for phone in phones:
+        base, stress = phone.rstrip("012"), phone[len(phone.rstrip("012")) :]
+        symbol = _ESPEAK_IPA.get(base, lexicon_.ARPABET_IPA[base])
+        if base == "AH" and stress == "0":
+            symbol = "ə"
+        elif base == "ER" and stress == "0":
+            symbol = "ɚ"
+        ipa.append({"1": "ˈ", "2": "ˌ"}.get(stress, "") + symbol)
+    return EspeakEnglish.to_kokoro("".join(ipa))

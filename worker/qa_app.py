@@ -1,0 +1,109 @@
+"""The QA worker's Celery app: the gate's checks on their own queue and pool, with Whisper and the speaker encoder
+but no engine.
+
+`voicefarm qa-worker` runs it (entry module worker/qa_main.py). A synthesis worker stores a take and moves on;
+the check runs here, so the engine's time is never spent waiting for it (worker/qa_check.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init
+from sqlalchemy.exc import OperationalError
+
+from shared import logs, scheduler
+from shared.config import Settings, load_settings
+from shared.db import make_engine, make_session_factory
+from shared.errors import Transient
+from shared.models import Job
+from shared.queue import QA_QUEUE, QA_TASK, enqueue_webhook, make_celery, try_enqueue
+from shared.storage import Storage
+from worker.asr import Transcriber
+from worker.qa_check import CheckContext, run_check
+from worker.similarity import shared_encoder
+
+log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings, app: Celery | None = None) -> CheckContext:
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    ctx = CheckContext(
+        settings=settings,
+        sessions=sessions,
+        storage=Storage.from_settings(settings),
+        name=f"qa@{socket.gethostname()}-{os.getpid()}",
+        transcriber=Transcriber(settings.data_dir / "cache"),
+        encoder=shared_encoder(),
+    )
+    if app is not None:
+        ctx.send_retake = lambda job: _send_retake(app, ctx, job)
+        ctx.notify = lambda job_id: _notify(app, ctx, job_id)
+    return ctx
+
+
+def _send_retake(app: Celery, ctx: CheckContext, job: Job) -> None:
+    """A batch line waits for the scheduler's window like any unsent line; any other job is sent at once (the
+    reconciler sends it if this send fails)."""
+    if job.batch_id is not None:
+        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
+    else:
+        try_enqueue(app, job.id, job.kind, job.engine, job.priority, len(job.text), ctx.sessions)
+
+
+def _notify(app: Celery, ctx: CheckContext, job_id: str) -> None:
+    """A job the gate finished: its webhook, and for a batch line the scheduler's next lines."""
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        webhook, batch_line = job is not None and bool(job.webhook_url), job is not None and job.batch_id is not None
+    if webhook:
+        try:
+            enqueue_webhook(app, job_id)
+        except Exception:  # the reconciler sends webhooks that were never attempted
+            log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
+    if batch_line:
+        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
+
+
+def create_qa_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    app = make_celery(settings)
+    app.conf.task_default_queue = QA_QUEUE
+    holder: dict[str, CheckContext] = {}
+
+    def context() -> CheckContext:
+        # One per pool process, built after the fork: no database connection or model shared between processes.
+        if "ctx" not in holder:
+            holder["ctx"] = build_context(settings, app)
+        return holder["ctx"]
+
+    @setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:
+        logs.setup_logging(settings.log_format)
+
+    @worker_process_init.connect(weak=False)
+    def _build(**_: Any) -> None:
+        holder.clear()
+        context()
+
+    @app.task(
+        name=QA_TASK,
+        autoretry_for=(Transient, OperationalError),
+        retry_backoff=True,
+        retry_backoff_max=settings.retry_backoff_max_s,
+        retry_jitter=True,
+        max_retries=settings.task_max_retries,
+        soft_time_limit=300,
+        time_limit=360,
+    )
+    def check(job_id: str) -> str:
+        with logs.log_context(job_id=job_id):
+            outcome = run_check(context(), job_id)
+            log.info("qa check of job %s: %s", job_id, outcome)
+        return outcome
+
+    return app
