@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import tempfile
 from collections.abc import Iterator
@@ -120,20 +121,18 @@ def test_an_english_word_span_holds_what_asr_hears_there(engine: KokoroEngine) -
     out = engine.synthesize(text, voice="jf_alpha", language="en")
     assert out.words is not None
     heard = Transcriber(Path(tempfile.mkdtemp(prefix="vf-words-"))).words(out.audio, out.sample_rate, "en")
-    key = [w["text"].lower() for w in out.words]
-    matched = 0
-    cursor = 0
-    for word, start, end in heard:
-        token = "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'")
-        if token not in key[cursor : cursor + 3]:
-            continue
-        cursor += key[cursor : cursor + 3].index(token)
-        span = out.words[cursor]
-        middle = (start + end) / 2
-        assert span["start_s"] - 0.15 <= middle <= span["end_s"] + 0.15, (word, start, end, span)
-        matched += 1
-        cursor += 1
-    assert matched >= 0.7 * len(key), (heard, out.words)
+    ours = [w["text"].lower() for w in out.words]
+    theirs = ["".join(ch for ch in word.lower() if ch.isalnum() or ch == "'") for word, _s, _e in heard]
+    pairs = [
+        (block.a + n, block.b + n)
+        for block in difflib.SequenceMatcher(None, ours, theirs, autojunk=False).get_matching_blocks()
+        for n in range(block.size)
+    ]
+    assert len(pairs) >= 0.7 * len(ours), (heard, out.words)  # ASR heard most of the script's words
+    for mine, asr in pairs:
+        span, (word, start, end) = out.words[mine], heard[asr]
+        # Whisper's word times are quantised to 20 ms and drift a little: its middle must fall in our span.
+        assert span["start_s"] - 0.15 <= (start + end) / 2 <= span["end_s"] + 0.15, (word, start, end, span)
 
 
 @pytest.fixture
