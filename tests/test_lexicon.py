@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
 import tarfile
 import time
@@ -25,13 +26,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import lexicon
 from shared.config import Settings
 from shared.storage import Storage
+from tests import needs
 from tests.asr import transcribe
 from tests.batch_helpers import finish_like_a_worker, row
 from tests.fixtures_farm import auth, new_api_key
 from tests.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM_TAR = ROOT.parent / "shared" / "upstream" / "CosyVoice-ace7c47f.tar.gz"
+# The upstream snapshot folder, as tests/test_cosyvoice_upstream.py finds it.
+SNAPSHOTS = Path(os.environ.get("VOICEFARM_UPSTREAM_SNAPSHOTS") or ROOT.parent / "shared" / "upstream")
+UPSTREAM_TAR = SNAPSHOTS / "CosyVoice-ace7c47f.tar.gz"
 SHAN = ("单老师来了。", "单", "shan4")  # the surname 单 is shàn; pypinyin reads 单老师 as dān
 ZORBLAT = ("Welcome to Zorblat.", "Zorblat", "ˈlʌndən")  # a made-up word said as a real one Whisper knows
 
@@ -287,6 +291,8 @@ def test_kokoro_g2p_puts_the_entry_phonemes_where_the_term_was(phonemizer: objec
 # -- cosyvoice inline tokens --------------------------------------------------------------------------------------
 def upstream_special_tokens() -> set[str]:
     """The inline tokens CosyVoice3's tokenizer adds, read from the upstream snapshot (the real source)."""
+    if not UPSTREAM_TAR.is_file():
+        needs.missing(f"the upstream CosyVoice snapshot {UPSTREAM_TAR} is missing")
     with tarfile.open(UPSTREAM_TAR) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("cosyvoice/tokenizer/tokenizer.py"))
         handle = tar.extractfile(member)
