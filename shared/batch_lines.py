@@ -26,6 +26,8 @@ LINE_FIELDS = (
     "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine",
     # post-production (shared/mastering.py): a batch default gives the whole series one loudness
     "loudness", "trim_silence_s", "target_duration_s", "channels", "words",
+    # one-off pronunciations (shared/lexicon.py), beside the tenant's lexicon
+    "lexicon",
     # the QA gate (shared/qa.py), on for every line unless the defaults or the line say false or set thresholds
     "qa",
 )  # fmt: skip

@@ -219,3 +219,20 @@ class Worker(Base):
     compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     # What the worker serves, published when it registers: shared.engines.Capabilities as JSON.
     capabilities: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class LexiconEntry(Base):
+    """How a tenant wants a word or phrase said (shared/lexicon.py); jobs snapshot the entries their text uses."""
+
+    __tablename__ = "lexicon_entries"
+    __table_args__ = (UniqueConstraint("tenant_id", "language", "term", name="uq_lexicon_tenant_language_term"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    language: Mapped[str] = mapped_column(String(8))
+    term: Mapped[str] = mapped_column(String(64))
+    pronunciation: Mapped[str] = mapped_column(String(256))
+    # pinyin (zh), ipa or arpabet (en), kana (ja)
+    alphabet: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared import mastering
+from shared import lexicon, mastering
 from shared.audio import FORMATS, rate_problem
 from shared.errors import PayloadTooLarge
 from shared.qa import QaOptions, job_setting
@@ -77,6 +77,28 @@ class PostProduction(BaseModel):
         )
 
 
+class LexiconItem(BaseModel):
+    """How to say one term in this job only (beside the tenant's `/v1/lexicon`); see shared/lexicon.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    term: str = Field(min_length=1, max_length=lexicon.MAX_TERM_CHARS)
+    pronunciation: str = Field(min_length=1, max_length=lexicon.MAX_PRONUNCIATION_CHARS)
+    # zh, en or ja; when absent, the alphabet's language, else the term's script.
+    language: Literal["zh", "en", "ja"] | None = None
+    # pinyin (zh), ipa or arpabet (en), kana (ja); when absent, the language's first.
+    alphabet: Literal["pinyin", "ipa", "arpabet", "kana"] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> LexiconItem:
+        self.entry()  # raises ValueError naming what is wrong (bad pinyin, an alphabet of another language, ...)
+        return self
+
+    def entry(self) -> lexicon.Entry:
+        entry = lexicon.normalise(self.term, self.language, self.pronunciation, self.alphabet)
+        return lexicon.Entry(entry.term, entry.language, entry.pronunciation, entry.alphabet, source="job")
+
+
 class JobRequest(PostProduction):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -97,6 +119,8 @@ class JobRequest(PostProduction):
     # The engine to speak with; when absent, the cloned voice's engine, the engine with the stock voice, or the
     # farm's default engine. Checked against the engines with live workers.
     engine: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    # One-off pronunciations for this job; the tenant's entries that occur in the text are added at submit.
+    lexicon: list[LexiconItem] | None = Field(default=None, max_length=lexicon.MAX_JOB_ENTRIES)
 
     @field_validator("text", "voice", "instruct")
     @classmethod
@@ -137,5 +161,9 @@ class JobRequest(PostProduction):
             "format": self.format,
             "sample_rate": self.sample_rate,
             "seed": self.seed,
-            "options": self.mastering_options().to_dict() or None,
+            "options": (self.mastering_options().to_dict() | self._lexicon_options()) or None,
         }
+
+    def _lexicon_options(self) -> dict[str, Any]:
+        # The job's own entries; shared/lexicon.attach adds the tenant's that occur in the text.
+        return {"lexicon": [item.entry().to_dict() for item in self.lexicon]} if self.lexicon else {}
