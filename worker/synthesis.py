@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import mastering, voices
+from shared import lexicon, mastering, voices
 from shared.audio import encode, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs import Attempt
@@ -86,6 +86,7 @@ def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSp
             language=spec.language,
             speed=spec.speed,
             seed=spec.seed,
+            lexicon=lexicon.job_entries(spec.options),  # the snapshot taken at submit (shared/lexicon.py)
         )
     except VoicefarmError:
         raise
