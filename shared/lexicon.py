@@ -247,7 +247,7 @@ def normalise(term: str, language: str | None, pronunciation: str, alphabet: str
         elif not is_kana(pronunciation):
             raise ValueError("kana must be hiragana or katakana only")
     except ValueError as exc:
-        raise InvalidEntry(f"{alphabet}: {exc}", f"invalid_{alphabet}") from None
+        raise InvalidEntry(str(exc), f"invalid_{alphabet}") from None
     return Entry(term, language, pronunciation, alphabet)
 
 
