@@ -142,16 +142,23 @@ def test_text_without_written_forms_is_unchanged_and_other_languages_pass() -> N
 
 
 # -- slow: by ear ------------------------------------------------------------------------------------------------
-# A sample of the table, each with whether the engine misreads the raw form (heard in a first run: espeak says
-# "$3.50" as "dollar three point five zero"; the Japanese G2P drops the point of "3.14" and the % of "12.5%";
-# the Mandarin G2P says "10:30" as "十:三十").
+# A sample, each with whether the engine misreads the raw form in a way Whisper shows. Whisper writes numbers as
+# digits ("three dollars fifty cents" comes back "$3.50"), so where the engine reads a raw form acceptably both
+# transcripts agree; these raw forms are heard wrongly (first run, seed 7): espeak says "1/5/2024" as "one slash
+# five slash ..." and "°C" as "degrees C"; the Mandarin G2P says "10:30" as "十三十" and "2个" as "二个"; the
+# Japanese G2P drops the point of "3.14" and the % of "12.5%", reads "10:30" as "十三十" and spells "meeting".
 HEARD = [
-    ("en", "It costs $3.50 today.", True),
-    ("en", "The train leaves at 10:30 on 2024-01-05.", False),
+    ("en", "It costs $3.50 today.", False),
+    ("en", "The date is 2024-01-05.", False),
+    ("en", "It is 1/5/2024.", True),
+    ("en", "It was -3°C.", True),
+    ("zh", "增长了12.5%。", False),
     ("zh", "会议在10:30开始。", True),
-    ("zh", "气温是-3℃，电话13812345678。", False),
+    ("zh", "我有2个苹果。", True),
     ("ja", "円周率は3.14です。", True),
     ("ja", "割合は12.5%です。", True),
+    ("ja", "10:30に会議です。", True),
+    ("ja", "meetingに行きます。", True),
 ]
 MAX_ERROR = {"en": 0.3, "zh": 0.3, "ja": 0.35}
 
@@ -202,7 +209,7 @@ def test_a_job_speaks_normalised_text_and_keeps_the_script(live_farm: LiveFarm) 
     response = requests.post(
         f"{live_farm.url}/v1/jobs",
         headers=live_farm.headers(),
-        json={"text": script, "voice": "af_heart", "language": "en", "seed": 3},
+        json={"text": script, "voice": "jm_kumo", "language": "en", "seed": 3},
         timeout=30,
     )
     assert response.status_code == 202, response.text
