@@ -18,16 +18,19 @@ Substrings listed in `keep` (pronunciation-lexicon terms) pass through untouched
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import cn2an
 from num2words import num2words
 
+log = logging.getLogger(__name__)
 Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
 
 # A number as written: digits with optional thousands commas and a decimal part.
@@ -46,13 +49,26 @@ def normalize_for_speech(text: str, language: str, keep: Sequence[str] = ()) -> 
     text, kept = _protect(text, keep)
     text = text.translate(_FULLWIDTH)
     for pattern, spell in rules:
-        text = pattern.sub(spell, text)
+        text = pattern.sub(partial(_as_said, spell), text)
     if rules is _ZH_RULES:
-        text = cn2an.transform(text, "an2cn")
+        try:
+            with warnings.catch_warnings():  # it warns of numbers over 16 digits, which it leaves as they are
+                warnings.simplefilter("ignore", UserWarning)
+                text = cn2an.transform(text, "an2cn")
+        except Exception:  # cn2an refuses some shapes; the engine then reads the digits itself
+            log.debug("cn2an could not transform %r", text)
     text = re.sub(r"[ \t]+", " ", text).strip()
     for i, original in enumerate(kept):
         text = text.replace(chr(_KEEP_BASE + i), original)
     return text
+
+
+def _as_said(spell: Callable[[re.Match[str]], str], m: re.Match[str]) -> str:
+    """A rule's words for a match, or the match as written where the rule cannot read it (May 45, 10^40)."""
+    try:
+        return spell(m)
+    except (ValueError, ArithmeticError, KeyError, IndexError, TypeError):
+        return m.group()
 
 
 def _protect(text: str, keep: Sequence[str]) -> tuple[str, list[str]]:

@@ -4,6 +4,7 @@ ear through the kokoro engine and Whisper on a sample, and through the running f
 from __future__ import annotations
 
 import io
+import random
 import re
 import time
 
@@ -133,6 +134,20 @@ def test_the_table_covers_each_language() -> None:
 )
 def test_kept_terms_pass_untouched(language: str, text: str, keep: list[str], spoken: str) -> None:
     assert normalize_for_speech(text, language, keep) == spoken
+
+
+def test_any_text_normalises_without_error() -> None:
+    """A job must never fail in normalisation: odd shapes stay as written for the engine to read."""
+    alphabet = "0123456789" * 4 + ".,:-/%$€£¥+()° kmgCsh年月日点个AIa今天はです，。"
+    rng = random.Random(5)
+    texts = ["May 45", "32:99", "2024-13-45", "9" * 40, "$" + "9" * 40 + ".5", "1" * 30 + "%", "-.-", "..5"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
+    for language in ("en", "zh", "ja"):
+        for text in texts:
+            spoken = normalize_for_speech(text, language)
+            assert isinstance(spoken, str)
+    assert normalize_for_speech("May 45", "en") == "May forty-five"
+    assert normalize_for_speech("32:99", "zh") == "三十二:九十九"
 
 
 def test_text_without_written_forms_is_unchanged_and_other_languages_pass() -> None:
