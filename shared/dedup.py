@@ -35,7 +35,7 @@ from shared.text import normalize_text
 
 log = logging.getLogger(__name__)
 # Segment joining (worker/synthesis.py SEGMENT_PAUSE_S), encoding (shared/audio.py) and text normalisation
-# (shared/normalization.py: what is spoken for the same text) as of this version.
+# (shared/normalization/: what is spoken for the same text) as of this version.
 POSTPROCESS = {"version": 2, "segment_pause_s": 0.25}
 SHAPING = (
     "engine", "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "options",

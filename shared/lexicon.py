@@ -300,7 +300,9 @@ def _cursor(entry: LexiconEntry) -> str:
 def _after(cursor: str) -> tuple[str, str]:
     try:
         language, term = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return str(language), str(term)
+        if not isinstance(language, str) or not isinstance(term, str) or "\x00" in language + term:
+            raise ValueError("not a cursor of this list")
+        return language, term
     except (ValueError, TypeError, binascii.Error):
         raise NotFound("cursor does not name a lexicon entry", code="bad_cursor") from None
 

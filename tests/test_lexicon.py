@@ -174,7 +174,9 @@ def test_bad_puts_are_refused_with_a_code(
 
 
 def test_a_bad_cursor_and_a_bad_language_filter(client: FlaskClient, api_key: str) -> None:
-    assert client.get("/v1/lexicon?cursor=%%%", headers=auth(api_key)).get_json()["error"]["code"] == "bad_cursor"
+    for cursor in ("%%%", "WzFd", "WyJlbiIsICJcdTAwMDAiXQ"):  # not base64 JSON; [1]; ["en", "\u0000"]
+        answer = client.get(f"/v1/lexicon?cursor={cursor}", headers=auth(api_key))
+        assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "bad_cursor", cursor
     answer = client.get("/v1/lexicon?language=fr", headers=auth(api_key))
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "unsupported_language"
 

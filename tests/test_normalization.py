@@ -1,4 +1,4 @@
-"""Text normalisation (shared/normalization.py): a table of written forms and the words said for them, checked by
+"""Text normalisation (shared/normalization/): a table of written forms and the words said for them, checked by
 ear through the kokoro engine and Whisper on a sample, and through the running farm."""
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
     # Segments keep the script's text (subtitles and alignment follow it); what is spoken is each one normalised,
-    # lexicon terms untouched so the engine can apply their pronunciations (shared/normalization.py).
+    # lexicon terms untouched so the engine can apply their pronunciations (shared/normalization/).
     keep = [str(item["term"]) for item in (spec.options or {}).get("lexicon") or () if item.get("term")]
     said = [normalize_for_speech(text, spec.language, keep) for text in texts]
     rate = caps.sample_rate
