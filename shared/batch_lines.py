@@ -32,6 +32,8 @@ LINE_FIELDS = (
     "qa",
 )  # fmt: skip
 DEFAULT_FIELDS = tuple(f for f in LINE_FIELDS if f != "text")
+# What a job row keeps of a line as asked (the rest only in processed form, as `options`).
+REQUEST_COLUMNS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine")
 LINE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -59,11 +61,13 @@ class EngineInfo(Protocol):
 
 @dataclass(frozen=True)
 class Line:
-    """A valid line: its id, position (from 1) and the job fields it becomes."""
+    """A valid line: its id, position (from 1), the job fields it becomes, and the request they came from (the
+    line's own fields over the defaults, as sent), which its job row keeps for re-renders."""
 
     id: str
     number: int
     fields: dict[str, Any]
+    request: dict[str, Any] | None = None
 
 
 def problem(line: int, line_id: str | None, field: str, code: str, message: str) -> dict[str, Any]:
@@ -198,7 +202,7 @@ def validate(
             problems.append(problem(number, line_id, issue[0], issue[1], issue[2]))
             continue
         assert line_id is not None
-        lines.append(Line(line_id, number, fields))
+        lines.append(Line(line_id, number, fields, merged))
     if problems:
         raise InvalidLines(
             f"{len({p['line'] for p in problems})} of {len(rows)} lines are invalid", details={"lines": problems}
@@ -227,3 +231,30 @@ def resolve(
     if error is not None:
         return {}, ("voice", error.code, error.message)
     return req.synthesis_fields(engine.name, voice, language, qa_default=True), None
+
+
+class Take(Protocol):
+    """What a re-render reads of a line's current take (a job row)."""
+
+    request: dict[str, Any] | None
+    engine: str
+    voice: str
+    language: str
+
+
+def rerender_request(old: Take, defaults: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The request of a line's new take: the previous take's whole request (the line's own overrides, the
+    post-production ones included, over the defaults it was made with) with the changes on top. The engine,
+    voice and language the previous take was resolved to stay, so a series keeps its voice even if the farm's
+    defaults moved; a new text is detected afresh unless a language was asked for, and a new voice may pick
+    another engine unless one was asked for. A change to null drops the field (back to the farm's default)."""
+    if old.request is not None:
+        base = dict(old.request)
+    else:  # a take from before requests were kept: its row's columns over the batch's defaults
+        base = dict(defaults) | {f: getattr(old, f) for f in REQUEST_COLUMNS}
+    pinned = {"engine": old.engine, "voice": old.voice, "language": old.language}
+    if "text" in changes and "language" not in (old.request or defaults):
+        pinned.pop("language")
+    if "voice" in changes and "engine" not in (old.request or defaults):
+        pinned.pop("engine")
+    return base | pinned | dict(changes)

@@ -3,31 +3,41 @@
 A batch is a `batches` row; each of its lines is a job row with `batch_id`, the caller's `line_id`, its position
 (`line_no`) and its `take`. Re-rendering a line makes take n+1 and marks take n `replaced` (canceling it if it had
 not started); manifests and archives show each line's current take. Job rows are created and changed through
-shared/jobs.py only; the scheduler (shared/scheduler.py) sends queued lines to the broker in turn.
+shared/jobs.py only; the scheduler (shared/scheduler.py) sends queued lines to the broker in turn. Whether a batch
+is finished is settled with each line change (shared/batch_state.py); its final event is a webhook like a job's.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import dedup, jobs, lexicon
+from shared import batch_state, dedup, jobs, lexicon
+from shared.audio import EXTENSIONS
 from shared.batch_lines import Line
 from shared.config import Settings
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.models import Batch, Job, new_id, utcnow
 from shared.scheduler import BATCH_PRIORITY
 from shared.storage import Storage
+from shared.views import iso
 
 COPY_THREADS = 8
 CHUNK = 500
+MANIFEST_COLUMNS = (
+    "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
+    "error_code", "error_message", "qa", "qa_takes",
+)  # fmt: skip
 
 
 def is_batch_id(value: str) -> bool:
@@ -166,6 +176,7 @@ def line_rows(
             "line_id": line.id,
             "line_no": line.number,
             "take": take,
+            "request": line.request,
             "priority": priority,
             "cache_key": dedup.cache_key(settings, line.fields, profiles[str(line.fields["voice"])]),
         }
@@ -238,8 +249,6 @@ def progress(session: Session, batch_ids: list[str]) -> dict[str, Progress]:
 
 
 def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -257,13 +266,16 @@ def current_line(session: Session, batch_id: str, line_id: str) -> Job:
 
 
 def cancel(session: Session, batch: Batch) -> int:
-    """Cancel the batch: every queued line at once; running lines finish. Returns the lines canceled now."""
+    """Cancel the batch: every queued line at once; running lines finish. Returns the lines canceled now.
+    Lines first, then the batch row: the order every line change takes (shared/batch_state.py), so a line
+    finishing meanwhile cannot deadlock with the cancel."""
+    canceled = jobs.cancel_queued_lines(session, batch.id)
     session.execute(
         update(Batch)
         .where(Batch.id == batch.id, Batch.status == "active")
         .values(status="canceled", canceled_at=utcnow())
     )
-    canceled = jobs.cancel_queued_lines(session, batch.id)
+    batch_state.settle(session, [batch.id])  # finished now unless lines are still running: `batch.canceled`
     session.refresh(batch)
     return canceled
 
@@ -276,9 +288,119 @@ def rerender(
         raise Conflict(f"batch {batch.id} is canceled", code="batch_canceled")
     if not jobs.replace_line(session, old.id, old.take):
         raise Conflict(f"line {line.id!r} is being re-rendered by another request; retry", code="line_busy")
+    # Open again until the new take is final; one answered from the cache finishes it again at once.
+    batch_state.reopen(session, batch.id)
     row = line_rows(session, settings, batch.tenant_id, api_key_id, batch.id, [line], old.take + 1, priority=5)[0]
     cached = answer_from_cache(session, storage, batch.tenant_id, [row]) if settings.dedup_cache else {}
     jobs.create_lines(session, [row], cached)
     job = session.get(Job, row["id"])
     assert job is not None
     return job
+
+
+def view(batch: Batch, p: Progress) -> dict[str, Any]:
+    """The JSON shape of a batch, shared by the API and the batch's webhook event."""
+    total, done = p.total, p.done
+    remaining = total - done
+    rate = None
+    if p.first_started and p.last_finished and done:
+        span = (p.last_finished - p.first_started).total_seconds()
+        finished = p.counts.get("succeeded", 0) + p.counts.get("failed", 0)
+        rate = finished / span if span > 0 and finished else None
+    if batch.status == "canceled":
+        status = "canceled"
+    elif remaining:
+        status = "running" if p.first_started else "queued"
+    else:
+        status = "succeeded" if p.counts.get("succeeded", 0) == total else "failed"
+    shown: dict[str, Any] = {
+        "id": batch.id,
+        "name": batch.name,
+        "status": status,
+        "done": remaining == 0,
+        "lines": total,
+        "counts": p.counts,
+        "progress": round(done / total, 4) if total else 1.0,
+        "audio_seconds": round(p.audio_s, 3),
+        "lines_per_second": round(rate, 4) if rate else None,
+        "eta_s": round(remaining / rate, 1) if rate and remaining and batch.status != "canceled" else None,
+        "defaults": batch.defaults or {},
+        "webhook_url": batch.webhook_url,
+        "created_at": iso(batch.created_at),
+        "canceled_at": iso(batch.canceled_at),
+        "finished_at": iso(batch.finished_at),
+    }
+    if batch.webhook_url:
+        shown["webhook"] = {
+            "event": batch.finished_event,
+            "attempts": batch.webhook_attempts,
+            "delivered_at": iso(batch.webhook_delivered_at),
+            "error": batch.webhook_error,
+            "gave_up_at": iso(batch.webhook_gave_up_at),
+        }
+    return shown
+
+
+def extension(fmt: str) -> str:
+    return EXTENSIONS.get(fmt, fmt)
+
+
+def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool = True) -> list[dict[str, Any]]:
+    rows = []
+    for job in lines:
+        result = job.result or {}
+        ok = job.status == "succeeded" and bool(result.get("key"))
+        rows.append(
+            {
+                "line_id": job.line_id,
+                "job_id": job.id,
+                "take": job.take,
+                "status": job.status,
+                "file": f"{job.line_id}.{extension(result.get('format') or job.format)}" if ok else None,
+                "url": storage.presigned_url(result["key"], expiry_s) if ok and urls else None,
+                "format": result.get("format") or job.format,
+                "duration_s": result.get("duration_s"),
+                "sha256": result.get("sha256"),
+                "attempts": job.attempts,
+                "cached": bool(result.get("cached")),
+                "error_code": job.error_code,
+                "error_message": job.error_message,
+                # The QA gate (shared/qa.py): "passed", or "needs_review" for a line none of whose takes passed.
+                "qa": _qa_verdict(result.get("qa")),
+                "qa_takes": (result.get("qa") or {}).get("takes"),
+            }
+        )
+    return rows
+
+
+def _qa_verdict(report: dict[str, Any] | None) -> str | None:
+    if not report:
+        return None
+    return "passed" if report.get("passed") else "needs_review"
+
+
+def manifest_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def manifest_key(batch: Batch, fmt: str) -> str:
+    return f"batches/{batch.tenant_id}/{batch.id}/manifest-{batch.completions}.{fmt}"
+
+
+def store_manifest(session: Session, storage: Storage, batch: Batch, expiry_s: int) -> dict[str, str]:
+    """The manifest of a finished batch as it stands, stored for its final event (JSON and CSV, per completion) and
+    presigned, so a receiver fetches it without an API key: `{"json": url, "csv": url}`. Stored again on every
+    attempt, so the line URLs inside are fresh when a retry comes hours later."""
+    rows = manifest_rows(current_lines(session, batch.id), storage, expiry_s)
+    document = {"batch_id": batch.id, "completion": batch.completions, "lines": rows}
+    urls = {}
+    for fmt, data in (("json", json.dumps(document).encode()), ("csv", manifest_csv(rows).encode())):
+        key = manifest_key(batch, fmt)
+        storage.put(key, data, fmt)
+        urls[fmt] = storage.presigned_url(key, expiry_s)
+    return urls

@@ -9,6 +9,8 @@ This module is the only writer of a job's status. The rules:
 - An attempt whose lease lapsed counts in `lost_attempts`; a job that loses `max_lost` attempts is quarantined.
   That is the only rule that quarantines. Transient failures hand the job back (`release`) and count nothing.
 No ORM read-modify-write anywhere: the same code is race-free on SQLite and PostgreSQL.
+Every statement that gives batch lines a final state settles their batch in the same transaction
+(shared/batch_state.py), which is how a batch learns it is finished.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from shared import idempotency
+from shared import batch_state, idempotency
 from shared.errors import Conflict, NotFound
 from shared.models import Job, utcnow
 
@@ -159,7 +161,7 @@ def recover_expired(session: Session, max_lost: int, limit: int = 500) -> tuple[
 
 def _expire(session: Session, now: datetime, max_lost: int, *where: Any) -> tuple[list[str], list[str]]:
     lapsed = update(Job).where(Job.status == "running", Job.lease_expires_at < now, *where)
-    quarantined = session.scalars(
+    quarantined = session.execute(
         lapsed.where(Job.lost_attempts + 1 >= max_lost)
         .values(
             status="failed",
@@ -169,14 +171,15 @@ def _expire(session: Session, now: datetime, max_lost: int, *where: Any) -> tupl
             finished_at=now,
             lease_expires_at=None,
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).all()
+    batch_state.settle(session, (batch_id for _, batch_id in quarantined))
     requeued = session.scalars(
         lapsed.values(
             status="queued", lost_attempts=Job.lost_attempts + 1, worker=None, lease_expires_at=None
         ).returning(Job.id)
     ).all()
-    return list(requeued), list(quarantined)
+    return list(requeued), [job_id for job_id, _ in quarantined]
 
 
 def set_progress(session: Session, attempt: Attempt, progress: float, lease_s: float) -> bool:
@@ -283,11 +286,16 @@ def queued_among(session: Session, job_ids: list[str]) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")))
 
 
-def _finish(session: Session, where: Any, **values: Any) -> bool:
-    result = session.execute(
-        update(Job).where(where, Job.status.in_(OPEN)).values(finished_at=utcnow(), lease_expires_at=None, **values)
-    )
-    return _rowcount(result) == 1
+def _finish(session: Session, where: Any, settle: bool = True, **values: Any) -> bool:
+    finished = session.execute(
+        update(Job)
+        .where(where, Job.status.in_(OPEN))
+        .values(finished_at=utcnow(), lease_expires_at=None, **values)
+        .returning(Job.batch_id)
+    ).all()
+    if settle:
+        batch_state.settle(session, (batch_id for (batch_id,) in finished))
+    return len(finished) == 1
 
 
 def _rowcount(result: Any) -> int:
@@ -311,6 +319,7 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
     ]
     if values:
         session.execute(insert(Job), values)
+        batch_state.settle(session, (row["batch_id"] for row in rows if row["id"] in cached))
 
 
 def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bool:
@@ -324,11 +333,14 @@ def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bo
         .returning(Job),
         execution_options={"populate_existing": True},
     )
+    if done is not None:
+        batch_state.settle(session, [done.batch_id])
     return done is not None
 
 
 def cancel_queued_lines(session: Session, batch_id: str) -> int:
-    """Cancel a batch's queued lines at once (running ones finish); returns how many were canceled."""
+    """Cancel a batch's queued lines at once (running ones finish); returns how many were canceled. The caller
+    settles the batch (shared/batch_state.py) once it has marked the batch canceled, so its event says so."""
     result = session.execute(
         update(Job)
         .where(Job.batch_id == batch_id, Job.status == "queued")
@@ -339,13 +351,14 @@ def cancel_queued_lines(session: Session, batch_id: str) -> int:
 
 def replace_line(session: Session, job_id: str, take: int) -> bool:
     """Retire a batch line's take `take` for a new one: marked replaced, and canceled if it had not started.
-    False when that take was replaced already (a concurrent re-render won)."""
+    False when that take was replaced already (a concurrent re-render won). The batch is not settled here: the
+    caller adds the new take, which decides whether the batch is finished."""
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.take == take, Job.replaced.is_(False)).values(replaced=True)
     )
     if _rowcount(result) != 1:
         return False
-    _finish(session, (Job.id == job_id) & (Job.status == "queued"), status="canceled")
+    _finish(session, (Job.id == job_id) & (Job.status == "queued"), settle=False, status="canceled")
     return True
 
 

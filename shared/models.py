@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
@@ -92,6 +93,16 @@ class Batch(Base):
     line_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     canceled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set in the transaction that gives the last open line a final state (shared/batch_state.py); a re-render
+    # clears it. Each time it is set `completions` counts up: the sequence number of the batch's final event,
+    # `finished_event` (batch.completed or batch.canceled), which the webhook columns below track as for jobs.
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    finished_event: Mapped[str | None] = mapped_column(String(32), default=None)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_error: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_gave_up_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):
@@ -100,6 +111,8 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
         UniqueConstraint("batch_id", "line_id", "take", name="uq_jobs_batch_line_take"),
         Index("ix_jobs_tenant_cache_key", "tenant_id", "cache_key"),
+        # "Has this batch an open line?", asked each time one of its lines reaches a final state.
+        Index("ix_jobs_batch_id_status", "batch_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -152,6 +165,8 @@ class Job(Base):
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True)
     line_id: Mapped[str | None] = mapped_column(String(128), default=None)
     line_no: Mapped[int | None] = mapped_column(Integer, default=None)
+    # A batch line's request as validated (its own fields over the batch's defaults): a re-render starts from it.
+    request: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     take: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     replaced: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # SHA-256 of everything that shapes the audio (shared/dedup.py): a succeeded job with the same key in the
@@ -163,12 +178,16 @@ class Job(Base):
 
 
 class WebhookDelivery(Base):
-    """One attempt at delivering one job's webhook event, whatever its outcome."""
+    """One attempt at delivering one webhook event, of a job or of a batch, whatever its outcome."""
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="ck_webhook_deliveries_one_subject"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None, index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True)
     event_id: Mapped[str] = mapped_column(String(64), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     url_host: Mapped[str] = mapped_column(String(255))

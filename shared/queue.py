@@ -17,6 +17,7 @@ from shared.db import transaction
 SYNTHESIZE_TASK = "voicefarm.synthesize"
 CLONE_TASK = "voicefarm.clone"
 WEBHOOK_TASK = "voicefarm.webhook"
+BATCH_WEBHOOK_TASK = "voicefarm.batch_webhook"
 # Webhook deliveries have their own queue and worker pool: a slow receiver never holds an engine slot.
 WEBHOOK_QUEUE = "webhooks"
 # The QA gate checks takes on its own queue and worker pool: an engine never waits for a check.
@@ -136,6 +137,11 @@ def try_enqueue(
 def enqueue_webhook(app: Celery, job_id: str) -> None:
     """Send a finished job's webhook delivery to the webhook workers."""
     app.send_task(WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)
+
+
+def enqueue_batch_webhook(app: Celery, batch_id: str) -> None:
+    """Send a finished batch's final event to the webhook workers."""
+    app.send_task(BATCH_WEBHOOK_TASK, args=[batch_id], queue=WEBHOOK_QUEUE)
 
 
 def enqueue_check(app: Celery, job_id: str) -> None:

@@ -11,7 +11,8 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
   one page per pass, and the marker is set once the backlog has been walked.
 - Takes waiting for the QA gate whose check lease lapsed (the QA worker died, the broker lost the message) get
   their check sent again (`shared.jobs.lapsed_checks` renews the lease, so once per lease).
-- Terminal jobs whose webhook is owed but whose message was lost get it sent again.
+- Terminal jobs whose webhook is owed but whose message was lost get it sent again; so do finished batches'
+  final events (shared/batch_state.py).
 - The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
 Re-sending is always safe: a job is claimed only when queued (or its lease lapsed), so a duplicate message finds
 the job running or finished and does nothing.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +35,7 @@ from shared import deliveries, jobs, scheduler
 from shared.config import Settings
 from shared.db import transaction
 from shared.models import Job, utcnow
-from shared.queue import TASKS, enqueue_check, enqueue_job, enqueue_webhook
+from shared.queue import TASKS, enqueue_batch_webhook, enqueue_check, enqueue_job, enqueue_webhook
 
 log = logging.getLogger(__name__)
 # Present while the broker still holds what the reconciler last walked; Redis restarted empty loses it.
@@ -141,8 +143,12 @@ class Reconciler:
         with self.sessions() as session:
             job = session.get(Job, job_id)
             wanted = job is not None and job.webhook_url
+            batch_id = job.batch_id if job is not None else None
+            batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
         if wanted:
             enqueue_webhook(self.celery, job_id)
+        if batch_owed and batch_id is not None:  # the quarantined line was its batch's last open one
+            enqueue_batch_webhook(self.celery, batch_id)
 
     def _redis(self) -> Any:
         return self.celery.connection_for_write()
@@ -194,18 +200,23 @@ class Reconciler:
         workers that are down for long do not pile up copies; the attempt cap lives in the database."""
         now = time.monotonic()
         self._webhooks_sent = {k: t for k, t in self._webhooks_sent.items() if now - t < self.webhook_quiet_s}
+        finished_before = utcnow() - timedelta(seconds=self.grace_s * 2)
+        quiet_since = utcnow() - timedelta(seconds=self.webhook_quiet_s)
         with self.sessions() as session:
-            owed = deliveries.undelivered_jobs(
-                session,
-                finished_before=utcnow() - timedelta(seconds=self.grace_s * 2),
-                quiet_since=utcnow() - timedelta(seconds=self.webhook_quiet_s),
-                limit=PAGE,
+            owed_jobs = deliveries.undelivered_jobs(
+                session, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
+            )
+            owed_batches = deliveries.undelivered_batches(
+                session, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
             )
         sent = 0
-        for job_id in owed:
-            if job_id not in self._webhooks_sent:
-                enqueue_webhook(self.celery, job_id)
-                self._webhooks_sent[job_id] = now
+        sends: list[tuple[str, str, Callable[[Celery, str], None]]]
+        sends = [(job_id, job_id, enqueue_webhook) for job_id in owed_jobs]
+        sends += [(f"batch:{batch_id}", batch_id, enqueue_batch_webhook) for batch_id in owed_batches]
+        for key, subject_id, send in sends:
+            if key not in self._webhooks_sent:
+                send(self.celery, subject_id)
+                self._webhooks_sent[key] = now
                 sent += 1
         return sent
 

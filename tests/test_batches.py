@@ -260,6 +260,45 @@ def test_manifest_archive_and_rerender(
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "line_not_found"
 
 
+def test_a_rerender_keeps_the_lines_own_overrides_and_the_changed_fields_win(
+    client: FlaskClient, api_key: str, sessions: sessionmaker[Session]
+) -> None:
+    body = {
+        "lines": [
+            {"id": "slot", "text": "Fit this one to its slot.", "loudness": -16, "target_duration_s": 2.5},
+            {"id": "plain", "text": "This one takes the defaults.", "speed": 1.1},
+        ],
+        "defaults": {"loudness": -20, "trim_silence_s": 0.1, "seed": 3},
+    }
+    status, batch = post_batch(client, api_key, body)
+    assert status == 202, batch
+    first = {r["line_id"]: row(sessions, r["job_id"]) for r in manifest(client, api_key, batch["id"])}
+    assert first["slot"].options == {"loudness_lufs": -16, "target_duration_s": 2.5, "trim_pad_s": 0.1}
+    assert first["plain"].options == {"loudness_lufs": -20, "trim_pad_s": 0.1}
+
+    def rerender(line_id: str, changes: dict[str, Any]) -> Any:
+        response = client.post(f"/v1/batches/{batch['id']}/lines/{line_id}", json=changes, headers=auth(api_key))
+        assert response.status_code == 202, response.get_json()
+        return row(sessions, response.get_json()["id"])
+
+    # A new text only: the line's own loudness and slot stay, and so do the defaults it was made with.
+    take = rerender("slot", {"text": "Fit this changed one to its slot."})
+    assert take.options == first["slot"].options and take.seed == 3 and take.take == 2
+    assert take.text == "Fit this changed one to its slot."
+    # A changed field wins; the rest of the previous take's request is kept.
+    take = rerender("slot", {"loudness": -14})
+    assert take.options == {"loudness_lufs": -14, "target_duration_s": 2.5, "trim_pad_s": 0.1}
+    assert take.text == "Fit this changed one to its slot." and take.take == 3
+    take = rerender("slot", {"target_duration_s": 3.0, "loudness": {"target": -18, "true_peak": -2.0}})
+    assert take.options == {"loudness_lufs": -18, "true_peak_db": -2.0, "target_duration_s": 3.0, "trim_pad_s": 0.1}
+    # Null drops a field back to the farm's default (no fit to a slot).
+    take = rerender("slot", {"target_duration_s": None})
+    assert take.options == {"loudness_lufs": -18, "true_peak_db": -2.0, "trim_pad_s": 0.1}
+    take = rerender("plain", {"text": "This one changed."})
+    assert take.options == first["plain"].options and take.speed == 1.1 and take.voice == first["plain"].voice
+    assert [(r["line_id"], r["take"]) for r in manifest(client, api_key, batch["id"])] == [("slot", 5), ("plain", 2)]
+
+
 def test_two_tenants_share_the_broker_in_turn(
     client: FlaskClient, api_key: str, sessions: sessionmaker[Session], farm_settings: Settings
 ) -> None:

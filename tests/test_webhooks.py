@@ -23,22 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import requests
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.app import create_app
-from shared import deliveries, tenants
+from shared import deliveries, jobs, tenants
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.errors import BadRequest
-from shared.models import Job, WebhookDelivery, utcnow
+from shared.models import Batch, Job, WebhookDelivery, utcnow
 from shared.queue import enqueue_webhook, make_celery
+from shared.reconcile import Reconciler
 from shared.storage import Storage
 from shared.webhooks import check_webhook_url, resolve_target
+from tests.batch_helpers import finish_like_a_worker
 from tests.conftest import S3Settings
 from tests.fixtures_farm import auth, make_settings
+from worker.finisher import attempt_key
 from worker.webhook_app import WebhookContext
-from worker.webhooks import WebhookFailed, deliver_webhook
+from worker.webhooks import WebhookFailed, deliver_batch_webhook, deliver_webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = "93.184.215.14"  # any globally routable address; nothing is ever sent to it
@@ -742,3 +748,350 @@ def test_migration_gives_existing_keys_a_secret_of_their_own(tmp_path: Path) -> 
         secrets = conn.execute(text("SELECT webhook_secret FROM api_keys ORDER BY id")).scalars().all()
     engine.dispose()
     assert len(set(secrets)) == 2 and all(s.startswith("whsec_") and len(s) > 40 for s in secrets)
+
+
+# --- batch events ----------------------------------------------------------------------------------------------
+
+
+def submit_batch(settings: Settings, key: Key, url: str, n: int = 3, prefix: str = "line") -> tuple[str, list[str]]:
+    """A batch of `n` lines with a webhook, through the API; its id and its lines' job ids in order."""
+    client = create_app(settings.model_copy(update={"webhook_allow_private": True})).test_client()
+    lines = [{"id": f"{prefix}-{i}", "text": f"{prefix.title()} line number {i}."} for i in range(n)]
+    answer = client.post("/v1/batches", json={"lines": lines, "webhook_url": url}, headers=auth(key.plaintext))
+    assert answer.status_code == 202, answer.get_json()
+    batch_id = answer.get_json()["id"]
+    rows = client.get(f"/v1/batches/{batch_id}/manifest", headers=auth(key.plaintext)).get_json()["lines"]
+    return batch_id, [r["job_id"] for r in rows]
+
+
+def fail_like_a_worker(sessions: sessionmaker[Session], job_id: str) -> None:
+    with transaction(sessions) as session:
+        claimed = jobs.claim(session, job_id, "test-worker", 60, 3)
+        assert claimed is not None
+        assert jobs.fail(session, claimed[1], "engine_error", "the engine refused the line")
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {status: n for status, n in counts.items() if n}
+
+
+def batch_row(sessions: sessionmaker[Session], batch_id: str) -> Batch:
+    with sessions() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        return batch
+
+
+def batch_attempts(sessions: sessionmaker[Session], batch_id: str) -> list[WebhookDelivery]:
+    with sessions() as session:
+        return deliveries.batch_deliveries(session, batch_id)
+
+
+def test_batch_completed_is_signed_with_counts_and_a_manifest_the_receiver_can_fetch(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+) -> None:
+    receiver = start(receivers)
+    storage = Storage.from_settings(farm_settings)
+    ctx = ctx_for(farm_settings, webhook_allow_private=True)
+    batch_id, job_ids = submit_batch(farm_settings, key, receiver.url)
+    results = [finish_like_a_worker(sessions, storage, job_id, duration_s=1.5) for job_id in job_ids[:2]]
+    # Not finished while a line is open: nothing to send.
+    assert batch_row(sessions, batch_id).finished_at is None
+    assert deliver_batch_webhook(ctx, batch_id) == "skipped" and batch_attempts(sessions, batch_id) == []
+    fail_like_a_worker(sessions, job_ids[2])
+    batch = batch_row(sessions, batch_id)
+    assert batch.finished_at is not None and batch.completions == 1 and batch.finished_event == "batch.completed"
+    with sessions() as session:
+        assert deliveries.batch_owed(session, batch_id)
+
+    assert deliver_batch_webhook(ctx, batch_id) == "delivered"
+    assert deliver_batch_webhook(ctx, batch_id) == "skipped"  # delivered once, not again
+    (seen,) = receiver.received
+    assert readme_verifier()(key.secret, seen.headers, seen.body)
+    event = json.loads(seen.body)
+    assert event["id"] == seen.headers["Voicefarm-Event-Id"] == deliveries.batch_event_id(batch_id, 1)
+    assert event["event"] == seen.headers["Voicefarm-Event"] == "batch.completed" and event["completion"] == 1
+    shown = event["batch"]
+    assert shown["id"] == batch_id and shown["done"] and shown["status"] == "failed"  # one line failed
+    assert nonzero(shown["counts"]) == {"succeeded": 2, "failed": 1}
+    assert shown["audio_seconds"] == 3.0 and shown["finished_at"] == event["created_at"]
+    assert shown["manifest"]["api_path"] == f"/v1/batches/{batch_id}/manifest"
+    # The manifest links are presigned: the receiver needs no API key, and the audio URLs inside work too.
+    manifest = requests.get(shown["manifest"]["url"], timeout=30).json()
+    assert manifest["batch_id"] == batch_id and [r["job_id"] for r in manifest["lines"]] == job_ids
+    assert [r["sha256"] for r in manifest["lines"][:2]] == [r["sha256"] for r in results]
+    assert manifest["lines"][2]["error_code"] == "engine_error"
+    audio = requests.get(manifest["lines"][0]["url"], timeout=30).content
+    assert audio == storage.get(results[0]["key"])
+    manifest_csv = requests.get(shown["manifest"]["csv_url"], timeout=30).text
+    assert manifest_csv.splitlines()[0].startswith("line_id,job_id") and len(manifest_csv.splitlines()) == 4
+
+    (row,) = batch_attempts(sessions, batch_id)
+    assert (row.attempt, row.status_code, row.job_id, row.batch_id) == (1, 200, None, batch_id)
+    assert row.event_id == event["id"] and row.finished_at is not None
+    client = create_app(farm_settings).test_client()
+    listed = client.get(f"/v1/batches/{batch_id}/webhook-deliveries", headers=auth(key.plaintext)).get_json()
+    assert [(d["event_id"], d["status_code"]) for d in listed["deliveries"]] == [(event["id"], 200)]
+    view = client.get(f"/v1/batches/{batch_id}", headers=auth(key.plaintext)).get_json()
+    assert view["webhook"]["delivered_at"] and view["webhook"]["attempts"] == 1
+    assert view["webhook"]["event"] == "batch.completed"
+    other = tenants_key(sessions, "not-the-owner")
+    assert client.get(f"/v1/batches/{batch_id}/webhook-deliveries", headers=auth(other)).status_code == 404
+    # The lines' own job rows have no webhook: only the batch announces itself.
+    assert all(attempts(sessions, job_id) == [] for job_id in job_ids)
+
+
+@pytest.mark.parametrize("order", ["first-commits-while-second-waits", "both-at-once"])
+def test_two_workers_finishing_the_last_two_lines_at_once_make_one_event(
+    database_url: str, fresh_broker_url: str, module_s3_settings: S3Settings, tmp_data_dir: Path, order: str
+) -> None:
+    """On SQLite and PostgreSQL: whatever the interleaving, the batch finishes exactly once."""
+    settings = make_settings(database_url, fresh_broker_url, module_s3_settings, tmp_data_dir)
+    engine = make_engine(settings.resolved_database_url())
+    sessions = make_session_factory(engine)
+    try:
+        with transaction(sessions) as session:
+            row, plaintext = tenants.create_key(session, "race")
+        owner = Key(row.tenant_id, row.id, plaintext, row.webhook_secret)
+        rounds = 1 if order == "first-commits-while-second-waits" else 8
+        for n in range(rounds):
+            batch_id, job_ids = submit_batch(settings, owner, "http://127.0.0.1:1/hook", n=2, prefix=f"r{n}")
+            held = []
+            with transaction(sessions) as session:
+                for job_id in job_ids:
+                    claimed = jobs.claim(session, job_id, f"worker-{job_id[:4]}", 60, 3)
+                    assert claimed is not None
+                    held.append(claimed[1])
+            if order == "first-commits-while-second-waits":
+                finish_in_a_held_transaction(sessions, held)
+            else:
+                finish_at_once(sessions, held)
+            batch = batch_row(sessions, batch_id)
+            assert batch.finished_at is not None and batch.completions == 1, (order, n)
+            assert batch.finished_event == "batch.completed"
+    finally:
+        engine.dispose()
+
+
+def finish_in_a_held_transaction(sessions: sessionmaker[Session], held: list[jobs.Attempt]) -> None:
+    """The first line's transaction sees the second line still running and stays open while the second one's
+    completes, which has to wait for it; the second then sees both lines final."""
+    second_done = threading.Event()
+
+    def second() -> None:
+        with transaction(sessions) as session:
+            assert jobs.complete(session, held[1], {"key": "k1", "format": "wav", "duration_s": 1.0})
+        second_done.set()
+
+    thread = threading.Thread(target=second)
+    with sessions() as first:
+        first.begin()
+        assert jobs.complete(first, held[0], {"key": "k0", "format": "wav", "duration_s": 1.0})
+        thread.start()
+        time.sleep(1.0)
+        waited = not second_done.is_set()  # waiting for the first transaction (the batch row's lock, or SQLite's)
+        first.commit()
+    thread.join(30)
+    assert waited and second_done.is_set()
+
+
+def finish_at_once(sessions: sessionmaker[Session], held: list[jobs.Attempt]) -> None:
+    barrier = threading.Barrier(len(held))
+    errors: list[BaseException] = []
+
+    def finish(attempt: jobs.Attempt) -> None:
+        try:
+            barrier.wait(10)
+            with transaction(sessions) as session:
+                assert jobs.complete(session, attempt, {"key": "k", "format": "wav", "duration_s": 1.0})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish, args=(a,)) for a in held]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+
+
+def test_a_canceled_batch_sends_batch_canceled_once_its_running_lines_finish(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+) -> None:
+    receiver = start(receivers)
+    storage = Storage.from_settings(farm_settings)
+    batch_id, job_ids = submit_batch(farm_settings, key, receiver.url, n=4)
+    with transaction(sessions) as session:
+        running = jobs.claim(session, job_ids[0], "test-worker", 60, 3)
+    assert running is not None
+    client = create_app(farm_settings).test_client()
+    canceled = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key.plaintext)).get_json()
+    assert canceled["canceled_now"] == 3 and not canceled["done"] and canceled["finished_at"] is None
+    ctx = ctx_for(farm_settings, webhook_allow_private=True)
+    assert deliver_batch_webhook(ctx, batch_id) == "skipped"  # a line is still running: counts are not final
+    finish_running(sessions, storage, job_ids[0], running[1])
+    assert batch_row(sessions, batch_id).finished_event == "batch.canceled"
+    assert deliver_batch_webhook(ctx, batch_id) == "delivered"
+    (seen,) = receiver.received
+    event = json.loads(seen.body)
+    assert event["event"] == seen.headers["Voicefarm-Event"] == "batch.canceled"
+    assert event["batch"]["status"] == "canceled"
+    assert nonzero(event["batch"]["counts"]) == {"succeeded": 1, "canceled": 3}
+
+    # A batch canceled with nothing running is finished by the cancel, and the API queues its event at once.
+    other_id, _ = submit_batch(farm_settings, key, receiver.url, n=2, prefix="other")
+    broker = redis.Redis.from_url(farm_settings.broker_url)
+    try:
+        broker.delete("webhooks")
+        answer = client.post(f"/v1/batches/{other_id}/cancel", headers=auth(key.plaintext)).get_json()
+        assert answer["done"] and answer["finished_at"] and answer["status"] == "canceled"
+        queued = [json.loads(raw)["headers"] for raw in broker.lrange("webhooks", 0, -1)]
+    finally:
+        broker.close()
+    assert [(h["task"], h["argsrepr"].strip("[](),'")) for h in queued] == [("voicefarm.batch_webhook", other_id)]
+
+
+def finish_running(sessions: sessionmaker[Session], storage: Storage, job_id: str, attempt: jobs.Attempt) -> None:
+    key = attempt_key(key_tenant(sessions, job_id), attempt, "wav")
+    storage.put(key, b"audio", "wav")
+    with transaction(sessions) as session:
+        assert jobs.complete(session, attempt, {"key": key, "format": "wav", "duration_s": 0.5, "sha256": "0" * 64})
+
+
+def key_tenant(sessions: sessionmaker[Session], job_id: str) -> str:
+    with sessions() as session:
+        return str(session.scalar(select(Job.tenant_id).where(Job.id == job_id)))
+
+
+def test_a_rerender_reopens_the_batch_and_its_next_completion_is_a_new_event(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+) -> None:
+    receiver = start(receivers)
+    storage = Storage.from_settings(farm_settings)
+    ctx = ctx_for(farm_settings, webhook_allow_private=True)
+    batch_id, job_ids = submit_batch(farm_settings, key, receiver.url, n=2)
+    for job_id in job_ids:
+        finish_like_a_worker(sessions, storage, job_id)
+    assert deliver_batch_webhook(ctx, batch_id) == "delivered"
+    client = create_app(farm_settings).test_client()
+    take = client.post(
+        f"/v1/batches/{batch_id}/lines/line-1", json={"text": "A changed line."}, headers=auth(key.plaintext)
+    ).get_json()
+    assert take["status"] == "queued"
+    batch = batch_row(sessions, batch_id)
+    assert batch.finished_at is None and batch.completions == 1
+    assert deliver_batch_webhook(ctx, batch_id) == "skipped"  # open again: nothing owed
+    finish_like_a_worker(sessions, storage, take["id"], data=b"the new take")
+    batch = batch_row(sessions, batch_id)
+    assert batch.completions == 2 and batch.webhook_attempts == 0 and batch.webhook_delivered_at is None
+    assert deliver_batch_webhook(ctx, batch_id) == "delivered"
+    first, second = (json.loads(s.body) for s in receiver.received)
+    assert (
+        first["id"] == deliveries.batch_event_id(batch_id, 1) != second["id"] == deliveries.batch_event_id(batch_id, 2)
+    )
+    assert second["completion"] == 2 and second["event"] == "batch.completed"
+    manifest = requests.get(second["batch"]["manifest"]["url"], timeout=30).json()
+    assert [(r["line_id"], r["take"], r["job_id"]) for r in manifest["lines"]] == [
+        ("line-0", 1, job_ids[0]),
+        ("line-1", 2, take["id"]),
+    ]
+    assert requests.get(manifest["lines"][1]["url"], timeout=30).content == b"the new take"
+    # The first event's manifest stays as it was when that event was sent.
+    old = requests.get(first["batch"]["manifest"]["url"], timeout=30).json()
+    assert [r["job_id"] for r in old["lines"]] == job_ids
+    assert [r.event_id for r in batch_attempts(sessions, batch_id)] == [first["id"], second["id"]]
+
+
+def test_batch_event_attempts_are_capped_recorded_and_found_by_the_reconciler(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, receivers: list[Receiver]
+) -> None:
+    failing = start(receivers, (500,))
+    storage = Storage.from_settings(farm_settings)
+    batch_id, job_ids = submit_batch(farm_settings, key, failing.url, n=1)
+    finish_like_a_worker(sessions, storage, job_ids[0])
+    # Owed and never attempted: the reconciler's query finds it (its message may never have been sent).
+    later = utcnow() + timedelta(seconds=1)
+    with sessions() as session:
+        assert deliveries.undelivered_batches(session, finished_before=later, quiet_since=later) == [batch_id]
+    reconciler = Reconciler(sessions, make_celery(farm_settings), max_attempts=3, stale_unacked_s=60, grace_s=0)
+    broker = redis.Redis.from_url(farm_settings.broker_url)
+    try:
+        broker.delete("webhooks")
+        time.sleep(0.1)
+        assert reconciler._send_missed_webhooks() == 1
+        assert reconciler._send_missed_webhooks() == 0  # once per quiet period
+        (raw,) = broker.lrange("webhooks", 0, -1)
+    finally:
+        broker.close()
+    assert json.loads(raw)["headers"]["task"] == "voicefarm.batch_webhook"
+
+    ctx = ctx_for(farm_settings, webhook_allow_private=True, webhook_max_attempts=2)
+    with pytest.raises(WebhookFailed, match="answered 500"):
+        deliver_batch_webhook(ctx, batch_id)
+    assert deliver_batch_webhook(ctx, batch_id) == "undeliverable"
+    assert deliver_batch_webhook(ctx, batch_id) == "skipped"
+    rows = batch_attempts(sessions, batch_id)
+    assert [(r.attempt, r.status_code) for r in rows] == [(1, 500), (2, 500)] and len({r.event_id for r in rows}) == 1
+    assert [s.headers["Voicefarm-Delivery-Attempt"] for s in failing.received] == ["1", "2"]
+    batch = batch_row(sessions, batch_id)
+    assert batch.webhook_gave_up_at is not None and batch.webhook_error == "answered 500"
+    with sessions() as session:
+        assert not deliveries.batch_owed(session, batch_id)
+        assert deliveries.undelivered_batches(session, finished_before=later, quiet_since=later) == []
+
+
+def test_a_delivery_row_names_a_job_or_a_batch_never_both(
+    sessions: sessionmaker[Session], key: Key, farm_settings: Settings
+) -> None:
+    job_id = finished_job(sessions, key, "http://127.0.0.1:1/hook")
+    batch_id, _ = submit_batch(farm_settings, key, "http://127.0.0.1:1/hook", n=1)
+    for job, batch in ((None, None), (job_id, batch_id)):
+        with pytest.raises(IntegrityError), transaction(sessions) as session:
+            session.add(
+                WebhookDelivery(
+                    job_id=job, batch_id=batch, event_id="evt_x", attempt=1, url_host="h", started_at=utcnow()
+                )
+            )
+
+
+def test_migration_0009_marks_finished_batches_finished_without_owing_their_event(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "shared" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0008")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'old', CURRENT_TIMESTAMP)"))
+        for batch_id, status in (("done", "succeeded"), ("open", "queued")):
+            conn.execute(
+                text(
+                    "INSERT INTO batches (id, tenant_id, status, name, line_count, created_at, webhook_url)"
+                    " VALUES (:id, 't1', 'active', '', 1, CURRENT_TIMESTAMP, 'https://example.com/hook')"
+                ),
+                {"id": batch_id},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, kind, status, engine, text, voice, mode, language, speed,"
+                    " format, priority, progress, attempts, lost_attempts, transient_retries, webhook_attempts,"
+                    " created_at, batch_id, line_id, line_no, take, replaced)"
+                    " VALUES (:id, 't1', 'synthesize', :status, 'kokoro', 'Hi.', 'af_heart', 'clone', 'en', 1.0,"
+                    " 'wav', 0, 0, 0, 0, 0, 0, CURRENT_TIMESTAMP, :id, 'l1', 1, 1, 0)"
+                ),
+                {"id": batch_id, "status": status},
+            )
+    command.upgrade(cfg, "0009")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, finished_at, completions, finished_event, webhook_gave_up_at FROM batches ORDER BY id")
+        ).all()
+    engine.dispose()
+    done, still_open = rows
+    assert done.id == "done" and done.finished_at and done.completions == 1 and done.webhook_gave_up_at
+    assert done.finished_event == "batch.completed"
+    assert still_open.finished_at is None and still_open.completions == 0 and still_open.webhook_gave_up_at is None

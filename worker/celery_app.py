@@ -14,13 +14,13 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from shared import jobs, logs, scheduler
+from shared import deliveries, jobs, logs, scheduler
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Transient
 from shared.metrics import JobObserver
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, enqueue_webhook, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_batch_webhook, enqueue_check, enqueue_webhook, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.synthesis import run_synthesis
@@ -94,17 +94,22 @@ def _log_ids(ctx: WorkerContext, job_id: str) -> dict[str, str | None]:
 
 def _notify(app: Celery, ctx: WorkerContext, job_id: str, observer: JobObserver | None = None) -> None:
     """Queue the webhook of a job that just reached a terminal state, when it asked for one; when it was a batch
-    line, refill its tenant's window (shared/scheduler.py)."""
+    line, refill its tenant's window (shared/scheduler.py), and queue the batch's final event when this line
+    finished the batch (shared/batch_state.py)."""
     batch_line = False
     try:
         with ctx.sessions() as session:
             job = session.get(Job, job_id)
             wanted = job is not None and bool(job.webhook_url)
-            batch_line = job is not None and job.batch_id is not None
+            batch_id = job.batch_id if job is not None else None
+            batch_line = batch_id is not None
+            batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
             if job is not None and observer is not None:
                 observer.observe(job)
         if wanted:
             enqueue_webhook(app, job_id)
+        if batch_owed and batch_id is not None:
+            enqueue_batch_webhook(app, batch_id)
     except Exception:  # the reconciler sends webhooks that were never attempted
         log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
     if batch_line:

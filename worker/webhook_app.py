@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
 from shared.errors import Unavailable
-from shared.queue import WEBHOOK_QUEUE, WEBHOOK_TASK, make_celery
+from shared.queue import BATCH_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, make_celery
 from shared.storage import Storage
-from worker.webhooks import WebhookFailed, deliver_webhook
+from worker.webhooks import WebhookFailed, deliver_batch_webhook, deliver_webhook
 
 
 @dataclass
@@ -60,17 +60,23 @@ def create_webhook_app(settings: Settings | None = None) -> Celery:
     # outage, when attempts cannot even be claimed.
     time_limit = settings.webhook_connect_timeout_s + settings.webhook_timeout_s + 30
 
-    @app.task(
-        name=WEBHOOK_TASK,
-        autoretry_for=(WebhookFailed, OperationalError, Unavailable),
-        retry_backoff=settings.webhook_retry_backoff_s,
-        retry_backoff_max=settings.webhook_retry_backoff_max_s,
-        retry_jitter=True,
-        max_retries=settings.webhook_max_attempts + 5,
-        soft_time_limit=time_limit,
-        time_limit=time_limit + 15,
-    )
+    options: dict[str, Any] = {
+        "autoretry_for": (WebhookFailed, OperationalError, Unavailable),
+        "retry_backoff": settings.webhook_retry_backoff_s,
+        "retry_backoff_max": settings.webhook_retry_backoff_max_s,
+        "retry_jitter": True,
+        "max_retries": settings.webhook_max_attempts + 5,
+        "soft_time_limit": time_limit,
+        "time_limit": time_limit + 15,
+    }
+
+    @app.task(name=WEBHOOK_TASK, **options)
     def webhook(job_id: str) -> str:
         return deliver_webhook(context(), job_id)
+
+    # A batch's final event: the same queue, retries and records; building its body stores the manifest too.
+    @app.task(name=BATCH_WEBHOOK_TASK, **options)
+    def batch_webhook(batch_id: str) -> str:
+        return deliver_batch_webhook(context(), batch_id)
 
     return app

@@ -1,4 +1,4 @@
-"""Webhook delivery: POST a finished job's event, signed, to the address its URL was checked against.
+"""Webhook delivery: POST a finished job's or batch's event, signed, to the address its URL was checked against.
 
 The connection goes through urllib3 with the checked IP address as the pool's host, while the Host header, the
 TLS SNI name and the certificate check name the URL's host. urllib3 never reads proxy settings from the
@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import urllib3
@@ -34,10 +35,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from shared import deliveries
+from shared import batches, deliveries
 from shared.config import Settings
-from shared.errors import BadRequest
-from shared.models import Job
+from shared.errors import BadRequest, VoicefarmError
+from shared.models import Batch, Job
 from shared.storage import Storage
 from shared.views import job_view
 from shared.webhooks import Resolver, Target, WebhookUnresolvable, parse_webhook_url, resolve_host, resolve_target
@@ -85,18 +86,81 @@ class Resources(Protocol):
 def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_host) -> str:
     """One attempt at a job's webhook: 'delivered', 'refused', 'undeliverable' or 'skipped'; raises
     `WebhookFailed` when another attempt may succeed."""
-    settings = ctx.settings
     with ctx.sessions() as session:
         url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
     if not url:
         return "skipped"
-    # An attempt still unfinished after its task's time limit had its worker die.
-    in_flight_s = settings.webhook_connect_timeout_s + settings.webhook_timeout_s + 60
     attempt = deliveries.claim_attempt(
-        ctx.sessions, job_id, settings.webhook_max_attempts, _host_of(url), in_flight_s=in_flight_s
+        ctx.sessions, job_id, ctx.settings.webhook_max_attempts, _host_of(url), in_flight_s=_in_flight_s(ctx.settings)
     )
     if attempt is None:
         return "skipped"
+
+    def body() -> dict[str, Any]:
+        assert attempt.job is not None
+        job = attempt.job
+        return {
+            "id": attempt.event_id,
+            "event": attempt.event,
+            "created_at": job.finished_at.isoformat() if job.finished_at else None,
+            "job": job_view(job, ctx.storage, ctx.settings.presign_expiry_s),
+        }
+
+    return _deliver(ctx, attempt, url, body, resolve, f"job {job_id}")
+
+
+def deliver_batch_webhook(ctx: Resources, batch_id: str, *, resolve: Resolver = resolve_host) -> str:
+    """One attempt at a finished batch's final event (`batch.completed` or `batch.canceled`), as for jobs. The
+    body holds the batch view (counts, audio seconds) and presigned links to its manifest, stored afresh for
+    each attempt so the line URLs in it are fresh too."""
+    with ctx.sessions() as session:
+        url = session.scalar(select(Batch.webhook_url).where(Batch.id == batch_id))
+    if not url:
+        return "skipped"
+    attempt = deliveries.claim_batch_attempt(
+        ctx.sessions, batch_id, ctx.settings.webhook_max_attempts, _host_of(url), in_flight_s=_in_flight_s(ctx.settings)
+    )
+    if attempt is None:
+        return "skipped"
+
+    def body() -> dict[str, Any]:
+        assert attempt.batch is not None
+        batch, expiry_s = attempt.batch, ctx.settings.presign_expiry_s
+        with ctx.sessions() as session:
+            view = batches.view(batch, batches.progress(session, [batch.id])[batch.id])
+            manifest = batches.store_manifest(session, ctx.storage, batch, expiry_s)
+        view["manifest"] = {
+            "url": manifest["json"],
+            "csv_url": manifest["csv"],
+            "expires_at": datetime.fromtimestamp(time.time() + expiry_s, UTC).isoformat(),
+            "api_path": f"/v1/batches/{batch.id}/manifest",
+        }
+        return {
+            "id": attempt.event_id,
+            "event": attempt.event,
+            "created_at": batch.finished_at.isoformat() if batch.finished_at else None,
+            "completion": batch.completions,
+            "batch": view,
+        }
+
+    return _deliver(ctx, attempt, url, body, resolve, f"batch {batch_id}")
+
+
+def _in_flight_s(settings: Settings) -> float:
+    # An attempt still unfinished after its task's time limit had its worker die.
+    return settings.webhook_connect_timeout_s + settings.webhook_timeout_s + 60
+
+
+def _deliver(
+    ctx: Resources,
+    attempt: deliveries.Attempt,
+    url: str,
+    make_body: Callable[[], dict[str, Any]],
+    resolve: Resolver,
+    subject: str,
+) -> str:
+    """Sign and send one claimed attempt, and record how it ended."""
+    settings = ctx.settings
     last = attempt.number >= settings.webhook_max_attempts
 
     def fail(error: str, *, status_code: int | None = None, address: str | None = None, retry: bool = True) -> str:
@@ -104,27 +168,26 @@ def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_
         deliveries.finish_attempt(
             ctx.sessions, attempt, status_code=status_code, error=error, address=address, give_up=give_up
         )
-        log.warning("job %s: webhook attempt %d failed: %s", job_id, attempt.number, error)
+        log.warning("%s: webhook attempt %d failed: %s", subject, attempt.number, error)
         if give_up:
             return "undeliverable" if retry else "refused"
         raise WebhookFailed(error)
 
     if attempt.secret is None:
-        return fail("no signing secret: the job's API key is gone", retry=False)
+        return fail("no signing secret: the submitting API key is gone", retry=False)
     try:
         target = resolve_target(url, settings, resolve)
     except WebhookUnresolvable as exc:  # DNS may be failing for a while: try again later
         return fail(exc.message)
     except BadRequest as exc:
         return fail(f"refused: {exc.message}", retry=False)
-    body = json.dumps(
-        {
-            "id": attempt.event_id,
-            "event": attempt.event,
-            "created_at": attempt.job.finished_at.isoformat() if attempt.job.finished_at else None,
-            "job": job_view(attempt.job, ctx.storage, settings.presign_expiry_s),
-        }
-    ).encode()
+    try:
+        body = json.dumps(make_body()).encode()
+    except VoicefarmError as exc:  # storage is down: the event waits for it
+        return fail(f"could not build the event: {exc.message}")
+    except Exception as exc:  # the database went away mid-attempt, or a bug: recorded like any failed attempt
+        log.warning("%s: building the webhook event failed", subject, exc_info=True)
+        return fail(f"could not build the event ({type(exc).__name__})")
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",

@@ -1,12 +1,11 @@
 """Batches: submit thousands of lines at once (JSON, CSV or JSONL), follow them, fetch a manifest or a streamed
-zip of the audio, cancel, and re-render one line."""
+zip of the audio, cancel, re-render one line, and list the attempts at the batch's webhook event."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,14 +16,14 @@ from zipstream import ZIP_STORED, ZipStream
 from producer.auth import authenticate
 from producer.pages import page_limit
 from producer.resources import Farm, farm
-from shared import batch_lines, batches, subtitles, voices
-from shared.audio import EXTENSIONS
+from shared import batch_lines, batches, deliveries, subtitles, voices
 from shared.batch_lines import DEFAULT_FIELDS, EngineInfo, Line
+from shared.batches import manifest_csv, manifest_rows
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
 from shared.idempotency import request_hash
-from shared.models import Batch, Job
-from shared.queue import try_enqueue
+from shared.models import Job, WebhookDelivery
+from shared.queue import enqueue_batch_webhook, try_enqueue
 from shared.scheduler import safe_top_up
 from shared.schemas import JobRequest
 from shared.storage import Storage
@@ -32,12 +31,7 @@ from shared.views import iso, job_view
 from shared.webhooks import check_webhook_url
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
-# Line fields a job row keeps as they were asked.
-REQUEST_COLUMNS = ("text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine")
-MANIFEST_COLUMNS = (
-    "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
-    "error_code", "error_message", "qa", "qa_takes",
-)  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 @bp.post("")
@@ -84,10 +78,23 @@ def submit() -> tuple[Response, int]:
             idempotency_key=key,
             request_hash=digest,
         )
-        view = batch_view(batch, batches.progress(session, [batch.id])[batch.id])
+        view = batches.view(batch, batches.progress(session, [batch.id])[batch.id])
     if created:
         safe_top_up(resources.sessions, resources.celery, settings.batch_window_per_worker, settings.worker_live_s)
+        announce(resources, batch.id)  # every line answered from the cache: finished at once
     return jsonify(view), 202 if created else 200
+
+
+def announce(resources: Farm, batch_id: str) -> None:
+    """Send the batch's final event when this request finished the batch; best effort: the reconciler sends any
+    event owed and never attempted."""
+    try:
+        with resources.sessions() as session:
+            owed = deliveries.batch_owed(session, batch_id)
+        if owed:
+            enqueue_batch_webhook(resources.celery, batch_id)
+    except Exception:
+        log.warning("batch %s: could not queue its webhook; the reconciler will", batch_id, exc_info=True)
 
 
 def _idempotency_key() -> str | None:
@@ -190,38 +197,6 @@ def _voice_checker(resources: Farm, session: Session, tenant_id: str) -> Callabl
     return problem
 
 
-def batch_view(batch: Batch, p: batches.Progress) -> dict[str, Any]:
-    total, done = p.total, p.done
-    remaining = total - done
-    rate = None
-    if p.first_started and p.last_finished and done:
-        span = (p.last_finished - p.first_started).total_seconds()
-        finished = p.counts.get("succeeded", 0) + p.counts.get("failed", 0)
-        rate = finished / span if span > 0 and finished else None
-    if batch.status == "canceled":
-        status = "canceled"
-    elif remaining:
-        status = "running" if p.first_started else "queued"
-    else:
-        status = "succeeded" if p.counts.get("succeeded", 0) == total else "failed"
-    return {
-        "id": batch.id,
-        "name": batch.name,
-        "status": status,
-        "done": remaining == 0,
-        "lines": total,
-        "counts": p.counts,
-        "progress": round(done / total, 4) if total else 1.0,
-        "audio_seconds": round(p.audio_s, 3),
-        "lines_per_second": round(rate, 4) if rate else None,
-        "eta_s": round(remaining / rate, 1) if rate and remaining and batch.status != "canceled" else None,
-        "defaults": batch.defaults or {},
-        "webhook_url": batch.webhook_url,
-        "created_at": iso(batch.created_at),
-        "canceled_at": iso(batch.canceled_at),
-    }
-
-
 @bp.get("")
 def index() -> Response:
     resources = farm()
@@ -232,7 +207,7 @@ def index() -> Response:
         figures = batches.progress(session, [b.id for b in page])
     return jsonify(
         {
-            "batches": [batch_view(b, figures[b.id]) for b in page],
+            "batches": [batches.view(b, figures[b.id]) for b in page],
             "next_cursor": page[-1].id if len(page) == limit else None,
         }
     )
@@ -243,7 +218,7 @@ def show(batch_id: str) -> Response:
     resources = farm()
     with resources.sessions() as session:
         batch = batches.get_batch(session, authenticate(session), batch_id)
-        return jsonify(batch_view(batch, batches.progress(session, [batch.id])[batch.id]))
+        return jsonify(batches.view(batch, batches.progress(session, [batch.id])[batch.id]))
 
 
 @bp.post("/<batch_id>/cancel")
@@ -252,56 +227,33 @@ def cancel(batch_id: str) -> Response:
     with resources.sessions() as session, session.begin():
         batch = batches.get_batch(session, authenticate(session), batch_id)
         canceled = batches.cancel(session, batch)
+    announce(resources, batch.id)  # finished by the cancel when no line was running
     with resources.sessions() as session:
-        view = batch_view(batch, batches.progress(session, [batch.id])[batch.id])
+        view = batches.view(batch, batches.progress(session, [batch.id])[batch.id])
     return jsonify(view | {"canceled_now": canceled})
 
 
-def extension(fmt: str) -> str:
-    return EXTENSIONS.get(fmt, fmt)
+@bp.get("/<batch_id>/webhook-deliveries")
+def webhook_deliveries(batch_id: str) -> Response:
+    """Every delivery attempt of the batch's final events, oldest first."""
+    with farm().sessions() as session:
+        batch = batches.get_batch(session, authenticate(session), batch_id)
+        rows = deliveries.batch_deliveries(session, batch.id)
+    return jsonify({"batch_id": batch.id, "deliveries": [_delivery(row) for row in rows]})
 
 
-def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool = True) -> list[dict[str, Any]]:
-    rows = []
-    for job in lines:
-        result = job.result or {}
-        ok = job.status == "succeeded" and bool(result.get("key"))
-        rows.append(
-            {
-                "line_id": job.line_id,
-                "job_id": job.id,
-                "take": job.take,
-                "status": job.status,
-                "file": f"{job.line_id}.{extension(result.get('format') or job.format)}" if ok else None,
-                "url": storage.presigned_url(result["key"], expiry_s) if ok and urls else None,
-                "format": result.get("format") or job.format,
-                "duration_s": result.get("duration_s"),
-                "sha256": result.get("sha256"),
-                "attempts": job.attempts,
-                "cached": bool(result.get("cached")),
-                "error_code": job.error_code,
-                "error_message": job.error_message,
-                # The QA gate (shared/qa.py): "passed", or "needs_review" for a line none of whose takes passed.
-                "qa": _qa_verdict(result.get("qa")),
-                "qa_takes": (result.get("qa") or {}).get("takes"),
-            }
-        )
-    return rows
-
-
-def _qa_verdict(report: dict[str, Any] | None) -> str | None:
-    if not report:
-        return None
-    return "passed" if report.get("passed") else "needs_review"
-
-
-def manifest_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return out.getvalue()
+def _delivery(row: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "event_id": row.event_id,
+        "attempt": row.attempt,
+        "host": row.url_host,
+        "address": row.address,
+        "status_code": row.status_code,
+        "error": row.error,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "duration_ms": None if row.duration_ms is None else round(row.duration_ms, 1),
+    }
 
 
 @bp.get("/<batch_id>/manifest")
@@ -372,13 +324,7 @@ def rerender(batch_id: str, line_id: str) -> tuple[Response, int]:
         changes = request.get_json(silent=True)
         if not isinstance(changes, dict):
             raise BadRequest("the body must be a JSON object of the fields to change", code="invalid_json")
-        # The take as spoken (its job row), over the batch's defaults for what a row keeps only in processed form
-        # (post-production options): a line's own post-production overrides are not carried to the new take.
-        merged: dict[str, Any] = dict(batch.defaults or {}) | {f: getattr(old, f) for f in REQUEST_COLUMNS}
-        if "text" in changes and "language" not in changes and "language" not in (batch.defaults or {}):
-            merged.pop("language")  # a new text may be in another language: detect it again
-        merged |= changes
-        merged["id"] = old.line_id
+        merged = batch_lines.rerender_request(old, batch.defaults or {}, changes) | {"id": old.line_id}
         valid = batch_lines.validate(
             [merged],
             {},
@@ -386,11 +332,13 @@ def rerender(batch_id: str, line_id: str) -> tuple[Response, int]:
             _voice_checker(resources, session, tenant_id),
             settings.max_text_chars,
         )[0]
-        line = Line(valid.id, old.line_no or 1, valid.fields)
+        line = Line(valid.id, old.line_no or 1, valid.fields, valid.request)
         job = batches.rerender(session, resources.storage, settings, batch, old, line, g.api_key_id)
     if job.status == "queued":
         # A re-render is interactive: it goes straight to the broker, ahead of the batch's other lines.
         try_enqueue(resources.celery, job.id, job.kind, job.engine, job.priority, len(job.text), resources.sessions)
+    else:
+        announce(resources, batch.id)  # answered from the cache: the batch is finished again
     return jsonify(job_view(job, resources.storage, settings.presign_expiry_s) | _line_fields(job)), 202
 
 

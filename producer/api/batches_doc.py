@@ -44,10 +44,19 @@ def openapi_paths() -> dict[str, Any]:
         },
     }
     upload = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
+    events = (
+        "With a `webhook_url`, the batch sends one signed event each time it finishes (every current line final): "
+        "`batch.completed`, or `batch.canceled` for a canceled batch once its running lines are done. Body: "
+        "`{id, event, created_at, completion, batch}`, where `batch` is the batch view plus `manifest: {url, "
+        "csv_url, expires_at, api_path}` (presigned links to the manifest as it stood). The event id is the same "
+        "on every attempt; a re-render reopens the batch and its next completion is a new event. Headers, "
+        "signature, retries and attempt records are those of job webhooks."
+    )
     return {
         "/v1/batches": {
             "post": {
                 "summary": "Submit a batch of up to max_batch_lines lines (JSON, or a CSV/JSONL upload)",
+                "description": events,
                 "security": authed,
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}
@@ -102,7 +111,7 @@ def openapi_paths() -> dict[str, Any]:
         },
         "/v1/batches/{batch_id}/cancel": {
             "post": {
-                "summary": "Cancel a batch: queued lines at once; running lines finish",
+                "summary": "Cancel a batch: queued lines at once; running lines finish, then batch.canceled is sent",
                 "security": authed,
                 "parameters": [path_id("batch_id")],
                 "responses": ok("the canceled batch") | errors(401, 404, 429, 503),
@@ -111,10 +120,24 @@ def openapi_paths() -> dict[str, Any]:
         "/v1/batches/{batch_id}/lines/{line_id}": {
             "post": {
                 "summary": "Re-render one line with changed fields; manifest and archive then name the new take",
+                "description": (
+                    "The new take starts from the previous take's whole request (the line's own fields, its "
+                    "post-production overrides included, over the defaults it was made with) and its engine, voice "
+                    "and language; the changed fields win, and a field set to null goes back to the farm's default. "
+                    "A finished batch is open again until the new take is final."
+                ),
                 "security": authed,
                 "parameters": [path_id("batch_id"), path_id("line_id", 128)],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": line}}},
                 "responses": ok("the new take", 202) | errors(400, 401, 404, 409, 413, 422, 429, 503),
+            }
+        },
+        "/v1/batches/{batch_id}/webhook-deliveries": {
+            "get": {
+                "summary": "Every delivery attempt of the batch's webhook events, oldest first",
+                "security": authed,
+                "parameters": [path_id("batch_id")],
+                "responses": ok("the attempts") | errors(401, 404, 429, 503),
             }
         },
     }
