@@ -251,6 +251,27 @@ def normalise(term: str, language: str | None, pronunciation: str, alphabet: str
     return Entry(term, language, pronunciation, alphabet)
 
 
+def parse_cell(cell: str) -> list[dict[str, str]]:
+    """A job's `lexicon` written in one CSV cell: JSON, or `term=pronunciation` pairs split by `;` or newlines
+    (`单=shan4; Zorblat=ˈlʌndən`), each entry's language and alphabet then taken from its term and reading."""
+    cell = cell.strip()
+    if cell.startswith("["):
+        try:
+            value = json.loads(cell)
+        except ValueError as exc:
+            raise ValueError(f"lexicon is not valid JSON: {exc}") from None
+        if not isinstance(value, list):
+            raise ValueError("lexicon must be a list")
+        return value
+    items = []
+    for pair in filter(None, (p.strip() for p in re.split(r"[;\n]", cell))):
+        term, equals, pronunciation = pair.partition("=")
+        if not equals:
+            raise ValueError(f"lexicon pair {pair!r} has no '=': write term=pronunciation")
+        items.append({"term": term.strip(), "pronunciation": pronunciation.strip()})
+    return items
+
+
 # -- matching ----------------------------------------------------------------------------------------------------
 def _latin(term: str) -> bool:
     return bool(_LATIN.search(term))

@@ -127,6 +127,12 @@ class JobRequest(PostProduction):
     def _clean_text(cls, value: str | None) -> str | None:
         return None if value is None else clean_text(value)
 
+    @field_validator("lexicon", mode="before")
+    @classmethod
+    def _lexicon_cell(cls, value: Any) -> Any:
+        # A batch CSV's cell (shared/lexicon.parse_cell); JSON bodies give the list itself.
+        return lexicon.parse_cell(value) if isinstance(value, str) else value
+
     @field_validator("text")
     @classmethod
     def _speakable(cls, value: str) -> str:

@@ -257,6 +257,37 @@ def test_batch_lines_snapshot_the_tenant_lexicon_and_their_own(
     assert not (options["c"] or {}).get("lexicon")
 
 
+def test_a_csv_line_carries_its_lexicon_in_one_cell(
+    client: FlaskClient, api_key: str, sessions: sessionmaker[Session]
+) -> None:
+    data = (
+        "id,text,lexicon\n"
+        'a,单老师在Zorblat。,"单=shàn; Zorblat=ˈlʌndən"\n'
+        'b,Kinwa is here.,"[{""term"": ""Kinwa"", ""pronunciation"": ""K IH1 N W AA0"", ""alphabet"": ""arpabet""}]"\n'
+    )
+    answer = client.post(
+        "/v1/batches",
+        data={"file": (io.BytesIO(data.encode()), "lines.csv")},
+        headers=auth(api_key),
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 202, answer.get_json()
+    lines = client.get(f"/v1/batches/{answer.get_json()['id']}/manifest", headers=auth(api_key)).get_json()["lines"]
+    snapshot = {line["line_id"]: (row(sessions, line["job_id"]).options or {})["lexicon"] for line in lines}
+    assert [(e["term"], e["language"], e["pronunciation"]) for e in snapshot["a"]] == [
+        ("Zorblat", "en", "ˈlʌndən"),
+        ("单", "zh", "shan4"),
+    ]
+    assert [(e["term"], e["alphabet"]) for e in snapshot["b"]] == [("Kinwa", "arpabet")]
+    bad = client.post(
+        "/v1/batches",
+        data={"file": (io.BytesIO("text,lexicon\n单老师。,单 shan4\n".encode()), "lines.csv")},
+        headers=auth(api_key),
+        content_type="multipart/form-data",
+    )
+    assert bad.status_code == 422 and "term=pronunciation" in str(bad.get_json()), bad.get_json()
+
+
 # -- the kokoro G2P -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def phonemizer() -> object:
