@@ -104,6 +104,7 @@ class Phonemizer:
         """Build the backends now (loads dictionaries) so the first job does not pay for it."""
         for language in languages:
             self(".", language)
+            self.pieces("。", language)  # jieba's default tokenizer loads its dictionary on first use (~1.5 s)
 
     def __call__(self, text: str, language: str, lexicon: Sequence[lexicon_.Entry] = ()) -> str:
         """Phonemes of `text`; where a lexicon term occurs, the text is cut and the entry's phonemes go there."""
