@@ -102,7 +102,13 @@ def _katakana() -> _Katakana:
 def _ja_latin(m: re.Match[str]) -> str:
     # CamelCase and acronym-word blends are read part by part: ChatGPT -> チャット + ジーピーティー.
     parts = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[A-Z]", m.group())
-    return "".join(_katakana()(part) for part in parts)
+    return "".join(_word_katakana(part) for part in parts)
+
+
+@lru_cache(maxsize=4096)
+def _word_katakana(word: str) -> str:
+    # A script repeats its names and brands; each costs the model 10-30 ms once.
+    return _katakana()(word)
 
 
 RULES: list[Rule] = [
