@@ -52,6 +52,8 @@ CASES = [
     ("en", "100 km/h", "one hundred kilometers per hour"),
     ("en", "16 GB", "sixteen gigabytes"),
     ("en", "GPT4 and MP3", "GPT four and MP three"),
+    ("en", "4K video in 3D", "four K video in three D"),
+    ("en", "the 90s and MP3s", "the nineties and MP threes"),
     ("en", "AI & ML", "AI and ML"),
     ("en", "Marco 5", "Marco five"),
     # Chinese: cn2an for numerals, the farm's rules for what it reads wrongly

@@ -135,7 +135,18 @@ def _en_unit(m: re.Match[str]) -> str:
 
 
 def _en_decade(m: re.Match[str]) -> str:
-    words = _en_year(int(m["y"]))
+    return _plural(_en_year(int(m["y"])))
+
+
+def _en_standalone(m: re.Match[str]) -> str:
+    words = en_cardinal(number(m["n"]))
+    before = " " if m.start() and m.string[m.start() - 1].isalpha() else ""
+    if m["plural"]:  # "the 90s", "MP3s": the number word in the plural
+        return before + _plural(words)
+    return before + words + (" " if m.string[m.end() : m.end() + 1].isalpha() else "")
+
+
+def _plural(words: str) -> str:
     return words[:-1] + "ies" if words.endswith("y") else words + "s"
 
 
@@ -200,10 +211,7 @@ RULES: list[Rule] = [
         ),
     ),
     (re.compile(rf"(?<![A-Za-z0-9_.])[-−](?P<n>{NUM})"), lambda m: "minus " + en_cardinal(number(m["n"]))),
-    # "GPT4", "MP3": the number is a word of its own.
-    (
-        re.compile(NUM),
-        lambda m: (" " if m.start() and m.string[m.start() - 1].isalpha() else "") + en_cardinal(number(m.group())),
-    ),
+    # "GPT4", "MP3", "4K": the number is a word of its own.
+    (re.compile(rf"(?P<n>{NUM})(?P<plural>s(?![A-Za-z]))?"), _en_standalone),
     (re.compile(r"\s&\s"), lambda m: " and "),
 ]
