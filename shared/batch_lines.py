@@ -242,19 +242,23 @@ class Take(Protocol):
     language: str
 
 
-def rerender_request(old: Take, defaults: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The request of a line's new take: the previous take's whole request (the line's own overrides, the
-    post-production ones included, over the defaults it was made with) with the changes on top. The engine,
-    voice and language the previous take was resolved to stay, so a series keeps its voice even if the farm's
-    defaults moved; a new text is detected afresh unless a language was asked for, and a new voice may pick
-    another engine unless one was asked for. A change to null drops the field (back to the farm's default)."""
+def rerender_request(
+    old: Take, defaults: Mapping[str, Any], changes: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request of a line's new take, as (asked, to validate). Asked: the previous take's whole request (the
+    line's own overrides, the post-production ones included, over the defaults it was made with) with the changes
+    on top; a change to null drops the field (back to the farm's default). This is what the new take keeps. To
+    validate, the engine, voice and language the previous take was resolved to are pinned under the changes, so a
+    series keeps its voice even if the farm's defaults moved; a new text is detected afresh unless a language was
+    asked for, and a new voice may pick another engine unless one was asked for."""
+    pinned = {"engine": old.engine, "voice": old.voice, "language": old.language}
     if old.request is not None:
         base = dict(old.request)
     else:  # a take from before requests were kept: its row's columns over the batch's defaults
-        base = dict(defaults) | {f: getattr(old, f) for f in REQUEST_COLUMNS}
-    pinned = {"engine": old.engine, "voice": old.voice, "language": old.language}
-    if "text" in changes and "language" not in (old.request or defaults):
+        base = dict(defaults) | {f: getattr(old, f) for f in REQUEST_COLUMNS if f not in pinned}
+    asked = {k: v for k, v in (base | dict(changes)).items() if v is not None}
+    if "text" in changes and "language" not in asked:
         pinned.pop("language")
-    if "voice" in changes and "engine" not in (old.request or defaults):
+    if "voice" in changes and "engine" not in asked:
         pinned.pop("engine")
-    return base | pinned | dict(changes)
+    return asked, base | pinned | dict(changes)

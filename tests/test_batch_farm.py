@@ -1,12 +1,15 @@
 """Batches on a real farm (tests/faultfarm.py: `voicefarm api`, `voicefarm worker --cpu 2`, `voicefarm reconcile`
 as processes over their own PostgreSQL, Redis and SeaweedFS): a single job is not starved behind a 2,000-line
 batch, the broker holds only a window, cancel is immediate, the same seed gives the same audio on both workers,
-and `voicefarm batch` resumes after Ctrl-C without submitting anything again."""
+`voicefarm batch` resumes after Ctrl-C without submitting anything again, and a finished batch announces itself
+once, signed, to a real receiver."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
 import os
 import signal
 import statistics
@@ -20,19 +23,26 @@ from typing import Any
 import pytest
 import redis
 import requests
+import soundfile as sf
 from sqlalchemy import func, select
 
 from shared import tenants
 from shared.db import transaction
 from shared.models import Batch, Job
+from tests.asr import error_rate, transcribe
 from tests.faultfarm import FaultFarm, log
+from tests.test_webhooks import Receiver, readme_verifier
+from voicefarm import services
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFarm]:
-    farm = FaultFarm(tmp_path_factory.mktemp("batchfarm"), lease_s=20)
+    # Webhook receivers in these tests listen on loopback.
+    farm = FaultFarm(
+        tmp_path_factory.mktemp("batchfarm"), lease_s=20, extra_env={"VOICEFARM_WEBHOOK_ALLOW_PRIVATE": "1"}
+    )
     try:
         farm.start_all()
         yield farm
@@ -258,3 +268,38 @@ def test_voices_add_say_jobs_status(farm: FaultFarm, tmp_path: Path) -> None:
     listing = run("jobs", "--limit", "5")
     assert "A line in the cloned voice." in listing
     assert "ready" in run("status")
+
+
+def test_a_finished_batch_announces_itself_once_to_a_real_receiver(farm: FaultFarm) -> None:
+    """The whole path: workers finish the lines, the one that finishes the batch queues its event, the webhook
+    worker signs and posts it; the manifest it links to names each line's audio, which says the line's text."""
+    with transaction(farm.sessions) as session:
+        row, key = tenants.create_key(session, "announced")
+        secret = row.webhook_secret
+    receiver = Receiver()
+    hooks = farm._spawn("webhook", "webhook-worker", "--concurrency", "1")
+    try:
+        texts = {f"ep4-{i}": f"Chapter four, line {i}: the lights go down." for i in range(3)}
+        body = {"lines": [{"id": k, "text": t} for k, t in texts.items()], "webhook_url": receiver.url}
+        # No QA gate: the farm here runs no QA pool, and this test is about the event.
+        batch = post_batch(farm, key, body | {"defaults": {"seed": 4, "qa": False}})
+        farm.wait_until(lambda: len(receiver.received) >= 1, 300, "the batch's event", 0.2)
+        time.sleep(3.0)  # a second event would show by now
+    finally:
+        services.terminate(hooks, 30)
+        receiver.close()
+    (seen,) = receiver.received
+    assert readme_verifier()(secret, seen.headers, seen.body)
+    event = json.loads(seen.body)
+    assert event["event"] == "batch.completed" and event["batch"]["id"] == batch["id"]
+    assert event["batch"]["counts"]["succeeded"] == 3 and event["batch"]["status"] == "succeeded"
+    manifest = requests.get(event["batch"]["manifest"]["url"], timeout=30).json()
+    assert [r["line_id"] for r in manifest["lines"]] == list(texts)
+    line = manifest["lines"][1]
+    audio, rate = sf.read(io.BytesIO(requests.get(line["url"], timeout=30).content), dtype="float32")
+    heard = transcribe(audio, rate, "en")
+    assert error_rate(texts[line["line_id"]], heard, "en") < 0.35, heard
+    with farm.sessions() as session:
+        stored = session.get(Batch, batch["id"])
+        assert stored is not None and stored.webhook_delivered_at is not None and stored.webhook_attempts == 1
+    log(f"batch event delivered once; line {line['line_id']} heard as {heard!r}")

@@ -284,6 +284,9 @@ def test_a_rerender_keeps_the_lines_own_overrides_and_the_changed_fields_win(
     # A new text only: the line's own loudness and slot stay, and so do the defaults it was made with.
     take = rerender("slot", {"text": "Fit this changed one to its slot."})
     assert take.options == first["slot"].options and take.seed == 3 and take.take == 2
+    # It keeps what was asked, not what was resolved: a later new text still has its language detected afresh.
+    assert take.request is not None and take.request["loudness"] == -16 and take.request["seed"] == 3
+    assert not {"language", "voice", "engine"} & set(take.request)
     assert take.text == "Fit this changed one to its slot."
     # A changed field wins; the rest of the previous take's request is kept.
     take = rerender("slot", {"loudness": -14})
@@ -294,6 +297,7 @@ def test_a_rerender_keeps_the_lines_own_overrides_and_the_changed_fields_win(
     # Null drops a field back to the farm's default (no fit to a slot).
     take = rerender("slot", {"target_duration_s": None})
     assert take.options == {"loudness_lufs": -18, "true_peak_db": -2.0, "trim_pad_s": 0.1}
+    assert take.request is not None and "target_duration_s" not in take.request
     take = rerender("plain", {"text": "This one changed."})
     assert take.options == first["plain"].options and take.speed == 1.1 and take.voice == first["plain"].voice
     assert [(r["line_id"], r["take"]) for r in manifest(client, api_key, batch["id"])] == [("slot", 5), ("plain", 2)]

@@ -16,12 +16,12 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 from sqlalchemy.exc import OperationalError
 
-from shared import logs, scheduler
+from shared import deliveries, logs, scheduler
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
 from shared.errors import Transient
 from shared.models import Job
-from shared.queue import QA_QUEUE, QA_TASK, enqueue_webhook, make_celery, try_enqueue
+from shared.queue import QA_QUEUE, QA_TASK, enqueue_batch_webhook, enqueue_webhook, make_celery, try_enqueue
 from shared.storage import Storage
 from worker.asr import Transcriber
 from worker.qa_check import CheckContext, run_check
@@ -56,15 +56,20 @@ def _send_retake(app: Celery, ctx: CheckContext, job: Job) -> None:
 
 
 def _notify(app: Celery, ctx: CheckContext, job_id: str) -> None:
-    """A job the gate finished: its webhook, and for a batch line the scheduler's next lines."""
+    """A job the gate finished: its webhook, and for a batch line the scheduler's next lines and, when the line
+    finished its batch, the batch's final event (shared/batch_state.py)."""
     with ctx.sessions() as session:
         job = session.get(Job, job_id)
         webhook, batch_line = job is not None and bool(job.webhook_url), job is not None and job.batch_id is not None
-    if webhook:
-        try:
+        batch_id = job.batch_id if job is not None else None
+        batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
+    try:
+        if webhook:
             enqueue_webhook(app, job_id)
-        except Exception:  # the reconciler sends webhooks that were never attempted
-            log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
+        if batch_owed and batch_id is not None:
+            enqueue_batch_webhook(app, batch_id)
+    except Exception:  # the reconciler sends webhooks that were never attempted
+        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
     if batch_line:
         scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 

@@ -324,15 +324,15 @@ def rerender(batch_id: str, line_id: str) -> tuple[Response, int]:
         changes = request.get_json(silent=True)
         if not isinstance(changes, dict):
             raise BadRequest("the body must be a JSON object of the fields to change", code="invalid_json")
-        merged = batch_lines.rerender_request(old, batch.defaults or {}, changes) | {"id": old.line_id}
+        asked, merged = batch_lines.rerender_request(old, batch.defaults or {}, changes)
         valid = batch_lines.validate(
-            [merged],
+            [merged | {"id": old.line_id}],
             {},
             _engine_picker(resources, session, tenant_id),
             _voice_checker(resources, session, tenant_id),
             settings.max_text_chars,
         )[0]
-        line = Line(valid.id, old.line_no or 1, valid.fields, valid.request)
+        line = Line(valid.id, old.line_no or 1, valid.fields, asked)
         job = batches.rerender(session, resources.storage, settings, batch, old, line, g.api_key_id)
     if job.status == "queued":
         # A re-render is interactive: it goes straight to the broker, ahead of the batch's other lines.
