@@ -6,6 +6,7 @@
 #                            and storage (run it with the same VOICEFARM_* settings as the farm)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS); services for it are started by the fixtures
 #   ./run.sh check           ruff check, ruff format --check and mypy; any finding fails
+#   ./run.sh bench [--quick] the farm's figures in one table, from a throwaway farm on loopback (BENCHMARKS.md)
 #   ./run.sh COMMAND [ARGS]  any other `voicefarm` command, e.g. ./run.sh keys create --tenant acme
 # Honours VOICEFARM_PORT, VOICEFARM_DATA_DIR (default: var/ here) and the other VOICEFARM_* settings.
 set -euo pipefail
@@ -63,6 +64,13 @@ case "${1:-up}" in
             exit 1
         fi
         exit "$rc"
+        ;;
+    bench)
+        # The farm's figures in one table (benchmarks/farm_bench.py); it starts its own farm on loopback, with
+        # the tests' farm helpers, hence the dev extra.
+        shift
+        install dev
+        exec "$VENV/bin/python" benchmarks/farm_bench.py "$@"
         ;;
     check)
         install dev

@@ -1,0 +1,376 @@
+"""`./run.sh bench [--quick]`: one table of the farm's figures, from a farm this command starts on loopback.
+
+The farm (tests/faultfarm.py, as benchmarks/batch_1000.py uses it): its own PostgreSQL, Redis and SeaweedFS on
+free loopback ports, `voicefarm api`, `voicefarm reconcile` and kokoro workers with one intra-op thread each
+(`VOICEFARM_ENGINE_THREADS=1`, so two workers on two cores do not fight over threads). In order:
+
+(f) cold start of a worker process (spawn to registered, engine loaded) and its memory (RSS);
+(a) the engine called in this process vs the same lines through the farm at saturation (all submitted at once):
+    engine RTF both ways; the farm's overhead is the part of each worker's busy window (first start to last
+    finish) not spent in the engine (`result.rtf` x duration), as a share of the window and in ms per job;
+    post-processing (`result.post_s`: loudness, encoding) is reported as its own per-job cost;
+(c) jobs per second end to end and the worker idle share: gaps between one job's finish and the same worker's
+    next start, over the busy window, while the queue still held jobs;
+(d) audio seconds per wall second with 1 worker (the run of (a)) and with 2 (a second worker process added);
+(g) first and later voice clone (job start to finish), and which worker ran each;
+(h) a cached duplicate's turnaround (an identical request answered from the dedup cache);
+(e) the wall time of a 1,000-line batch (--quick: 10 lines, said so in the table);
+(b) API submit latency p50/p99 paced at 100 requests/s with a batch in the backlog (10,000 lines; --quick: 1,000).
+
+Figures depend on the machine and its load: the table prints the load average beside them. It exits non-zero
+only when the farm fails (a job failing, a timeout), never because of a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import requests  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from shared.models import Job, Worker  # noqa: E402
+from voicefarm.client import Client  # noqa: E402
+
+# Five-second English lines, all different (the issue's saturation figures used lines of this length).
+LINE = "Line {i} of the benchmark: the quick brown fox jumps over the lazy dog, and then it runs into the woods."
+REFERENCE = "The weather is lovely today, so we are going for a long walk in the park, and then we will have lunch."
+ENV = {"VOICEFARM_ENGINE_THREADS": "1"}
+
+
+@dataclass
+class Table:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, section: str, what: str, value: str) -> None:
+        self.rows.append((section, what, value))
+        print(f"  {section:<4} {what}: {value}", flush=True)
+
+    def render(self) -> str:
+        width = max(len(w) for _, w, _ in self.rows)
+        out = [f"{'':4} {'figure':<{width}}  value", "-" * (width + 40)]
+        out += [f"{s:<4} {w:<{width}}  {v}" for s, w, v in self.rows]
+        return "\n".join(out)
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _ts(value: datetime | None) -> float:
+    assert value is not None
+    return value.timestamp()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- the farm's processes ------------------------------------------------------------------------------------
+
+
+def rss_mb(root_pid: int) -> float:
+    """The largest resident set among the worker's processes: the one holding the engine."""
+    from tests.faultfarm import descendants
+
+    best = 0
+    for pid in [root_pid, *descendants(root_pid)]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            continue
+    return best / 1024
+
+
+def registered(farm: Any) -> int:
+    with farm.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Worker)) or 0)
+
+
+def spawn_worker(farm: Any, name: str, table: Table, timeout: float) -> Any:
+    """One more `voicefarm worker --cpu 1`; cold start = spawn until its row is registered (engine loaded)."""
+    before = registered(farm)
+    started = time.monotonic()
+    proc = farm._spawn(name, "worker", "--cpu", "1", env=ENV)
+    farm.wait_until(lambda: registered(farm) > before, timeout, f"{name} to register", 0.2)
+    table.add("f", f"cold start, {name} (spawn to registered, engine loaded)", f"{time.monotonic() - started:.1f} s")
+    return proc
+
+
+# --- measurements ----------------------------------------------------------------------------------------------
+
+
+def engine_direct(lines: list[str]) -> tuple[float, float, Any]:
+    """The engine in this process, one thread like the workers: (wall s, audio s, engine)."""
+    from worker.engines.kokoro import KokoroEngine
+
+    engine = KokoroEngine(threads=1, warm_languages=("en",))
+    engine.load()
+    engine.synthesize("Hello there.", voice="jf_alpha", language="en")
+    wall = audio = 0.0
+    for text in lines:
+        t0 = time.perf_counter()
+        out = engine.synthesize(text, voice="jf_alpha", language="en")
+        wall += time.perf_counter() - t0
+        audio += len(out.audio) / out.sample_rate
+    return wall, audio, engine
+
+
+def submit_all(client: Client, lines: list[str]) -> tuple[list[str], float]:
+    seed = random.randrange(2**31)  # the dedup cache never answers a line from an earlier run
+    t0 = time.time()
+    ids = [client.submit_job(text, voice="jf_alpha", language="en", seed=seed, format="wav")["id"] for text in lines]
+    return ids, t0
+
+
+def wait_done(farm: Any, ids: list[str], timeout: float) -> list[Job]:
+    farm.wait_terminal(ids, timeout=timeout)
+    with farm.sessions() as session:
+        rows = list(session.scalars(select(Job).where(Job.id.in_(ids))))
+    failed = [(r.id, r.status, r.error_code, r.error_message) for r in rows if r.status != "succeeded"]
+    if failed:
+        raise RuntimeError(f"jobs did not succeed: {failed[:3]}")
+    return rows
+
+
+@dataclass
+class Saturation:
+    jobs: int
+    audio_s: float
+    engine_s: float
+    post_s: float
+    busy_s: float  # sum over workers of first start to last finish
+    idle_s: float  # sum over workers of gaps between finish and next start
+    span_s: float  # first start to last finish, all workers
+    e2e_s: float  # first submission to last finish
+
+
+def saturation(rows: list[Job], submitted_at: float) -> Saturation:
+    by_worker: dict[str, list[Job]] = defaultdict(list)
+    for row in rows:
+        by_worker[str(row.worker)].append(row)
+    busy = idle = 0.0
+    for jobs in by_worker.values():
+        jobs.sort(key=lambda r: _ts(r.started_at))
+        busy += _ts(jobs[-1].finished_at) - _ts(jobs[0].started_at)
+        idle += sum(max(0.0, _ts(b.started_at) - _ts(a.finished_at)) for a, b in zip(jobs, jobs[1:], strict=False))
+    results = [r.result or {} for r in rows]
+    audio = sum(float(r["duration_s"]) for r in results)
+    return Saturation(
+        jobs=len(rows),
+        audio_s=audio,
+        engine_s=sum(float(r["rtf"]) * float(r["duration_s"]) for r in results),
+        post_s=sum(float(r.get("post_s") or 0) for r in results),
+        busy_s=busy,
+        idle_s=idle,
+        span_s=max(_ts(r.finished_at) for r in rows) - min(_ts(r.started_at) for r in rows),
+        e2e_s=max(_ts(r.finished_at) for r in rows) - submitted_at,
+    )
+
+
+def clone(client: Client, farm: Any, wav: bytes, name: str) -> str:
+    response = client.request(
+        "POST", "/v1/voices", data={"transcript": REFERENCE, "name": name}, files={"audio": ("ref.wav", wav)}
+    )
+    return str(response["job_id"])
+
+
+def clone_times(farm: Any, job_ids: list[str], timeout: float) -> list[tuple[float, str]]:
+    rows = wait_done(farm, job_ids, timeout)
+    order = {job_id: i for i, job_id in enumerate(job_ids)}
+    rows.sort(key=lambda r: order[r.id])
+    return [(_ts(r.finished_at) - _ts(r.started_at), str(r.worker)) for r in rows]
+
+
+def paced_submits(client: Client, rate: float, count: int) -> list[float]:
+    """POST /v1/jobs at `rate` per second on a fixed schedule (not a burst); each request's latency in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    seed = random.randrange(2**31)
+    start = time.monotonic() + 0.2
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=16)
+    session.mount("http://", adapter)
+    headers = {"Authorization": f"Bearer {client.key}"}
+
+    def send(i: int) -> None:
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        body = {"text": f"Paced request {i} {uuid.uuid4().hex[:6]}.", "seed": seed, "format": "wav"}
+        response = session.post(f"{client.url}/v1/jobs", json=body, headers=headers, timeout=30)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if response.status_code != 202:
+            raise RuntimeError(f"submit {i}: {response.status_code} {response.text[:200]}")
+        with lock:
+            latencies.append(elapsed)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for future in [pool.submit(send, i) for i in range(count)]:
+            future.result()
+    return latencies
+
+
+def run(quick: bool, table: Table) -> None:
+    from tests.faultfarm import FaultFarm
+
+    n_lines = 3 if quick else 18
+    n_batch = 10 if quick else 1000
+    n_backlog = 1000 if quick else 10_000
+    n_paced = 200 if quick else 1000
+    logs = Path(tempfile.mkdtemp(prefix="vf-bench-"))
+    print(f"bench: logs in {logs}; load average {load()} on {os.cpu_count()} cores", flush=True)
+    farm = FaultFarm(logs, worker_cpu=1, extra_env=ENV)
+    extra: list[Any] = []
+    try:
+        farm.start_services()
+        farm.start_reconciler()
+        farm.start_api()
+        client = Client(farm.url, farm.key, timeout=60)
+        farm.worker = spawn_worker(farm, "worker-1", table, 300)
+        warm = client.submit_job("Hi.", format="wav")
+        client.wait_job(warm["id"], timeout=300)
+        table.add("f", "worker memory (RSS of the engine process, warm)", f"{rss_mb(farm.worker.pid):.0f} MB")
+
+        # (a), (c), (d) with one worker
+        lines = [LINE.format(i=i) for i in range(n_lines)]
+        direct_wall, direct_audio, engine = engine_direct(lines)
+        table.add("a", f"engine RTF, called directly ({n_lines} lines, 1 thread)", f"{direct_wall / direct_audio:.3f}")
+        ids, submitted = submit_all(client, lines)
+        one = saturation(wait_done(farm, ids, 900), submitted)
+        table.add("a", "engine RTF, through the farm (same lines, engine time from job records)",
+                  f"{one.engine_s / one.audio_s:.3f}")  # fmt: skip
+        table.add("a", "worker wall RTF through the farm (busy window / audio)", f"{one.busy_s / one.audio_s:.3f}")
+        overhead = one.busy_s - one.engine_s - one.post_s
+        table.add("a", "farm overhead at saturation, share of worker wall time (excl. post-processing)",
+                  f"{100 * overhead / one.busy_s:.2f} %")  # fmt: skip
+        table.add("a", "farm overhead per job (excl. post-processing)", f"{1000 * overhead / one.jobs:.0f} ms")
+        table.add("a", "post-processing per job (loudness, encode)", f"{1000 * one.post_s / one.jobs:.0f} ms")
+        table.add("c", "jobs per second end to end, 1 worker (first submit to last finish)",
+                  f"{one.jobs / one.e2e_s:.3f} jobs/s")  # fmt: skip
+        table.add(
+            "c", "worker idle share while the queue held jobs, 1 worker", f"{100 * one.idle_s / one.busy_s:.2f} %"
+        )
+        table.add("d", "audio s per wall s, 1 worker process", f"{one.audio_s / one.span_s:.3f}")
+
+        # (d), (c) with two workers; the second worker's cold start and memory
+        second = spawn_worker(farm, "worker-2", table, 300)
+        extra.append(second)
+        ids, submitted = submit_all(client, [LINE.format(i=100 + i) for i in range(2 * n_lines)])
+        two = saturation(wait_done(farm, ids, 900), submitted)
+        table.add("f", "worker memory, worker-2 (after its jobs)", f"{rss_mb(second.pid):.0f} MB")
+        table.add("d", "audio s per wall s, 2 worker processes", f"{two.audio_s / two.span_s:.3f}")
+        table.add(
+            "d",
+            "2 workers vs 1 (audio s per wall s)",
+            f"{(two.audio_s / two.span_s) / (one.audio_s / one.span_s):.2f}x",
+        )
+        table.add("c", "jobs per second end to end, 2 workers", f"{two.jobs / two.e2e_s:.3f} jobs/s")
+        table.add(
+            "c", "worker idle share while the queue held jobs, 2 workers", f"{100 * two.idle_s / two.busy_s:.2f} %"
+        )
+        overhead2 = two.busy_s - two.engine_s - two.post_s
+        table.add("a", "farm overhead at saturation, 2 workers (share / per job)",
+                  f"{100 * overhead2 / two.busy_s:.2f} % / {1000 * overhead2 / two.jobs:.0f} ms")  # fmt: skip
+
+        # (g) clones: the first renders the stock voices' calibration (and stores it); the next two run at once,
+        # one on each worker, so the worker that never cloned loads it from S3
+        import soundfile as sf
+
+        reference = engine.synthesize(REFERENCE, voice="jm_kumo", language="en")
+        buffer = io.BytesIO()
+        sf.write(buffer, reference.audio, reference.sample_rate, format="WAV")
+        wav = buffer.getvalue()
+        del engine
+        first = clone_times(farm, [clone(client, farm, wav, "bench-first")], 900)[0]
+        table.add("g", "first voice clone on a fresh farm (job run time; renders the calibration)",
+                  f"{first[0]:.1f} s on {first[1]}")  # fmt: skip
+        later = clone_times(farm, [clone(client, farm, wav, f"bench-{i}") for i in range(2)], 900)
+        for seconds, worker in later:
+            what = "later clone, same worker" if worker == first[1] else "later clone, a worker that never cloned"
+            table.add("g", what, f"{seconds:.1f} s on {worker}")
+
+        # (h) a cached duplicate: the same request as a succeeded job
+        done = client.submit_job("A line for the dedup cache.", voice="jf_alpha", seed=7, format="wav")
+        client.wait_job(done["id"], timeout=300)
+        turnaround = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            hit = client.submit_job("A line for the dedup cache.", voice="jf_alpha", seed=7, format="wav")
+            turnaround.append((time.perf_counter() - t0) * 1000)
+            if hit["status"] != "succeeded":
+                raise RuntimeError(f"duplicate was not answered from the cache: {hit}")
+        table.add("h", "cached duplicate turnaround (POST answered succeeded), median / max of 20",
+                  f"{statistics.median(turnaround):.1f} / {max(turnaround):.1f} ms")  # fmt: skip
+
+        # (e) a batch
+        started = time.monotonic()
+        lines_e = [{"id": f"e{i:04d}", "text": f"Line {i}."} for i in range(n_batch)]
+        batch = client.create_batch(lines_e, defaults={"seed": random.randrange(2**31)}, name="bench")
+        farm.wait_until(lambda: bool(client.get_batch(batch["id"])["done"]), 300 if quick else 7200, "the batch", 1.0)
+        wall = time.monotonic() - started
+        view = client.get_batch(batch["id"])
+        if view["counts"].get("succeeded") != n_batch:
+            raise RuntimeError(f"batch: {view['counts']} of {n_batch} lines")
+        label = f"{n_batch}-line batch" + (" (--quick: not 1,000 lines)" if quick else "")
+        table.add("e", f"wall time of a {label}, 2 workers, submit to last line",
+                  f"{wall:.1f} s ({n_batch / wall:.2f} lines/s, {view['audio_seconds']:.0f} s of audio)")  # fmt: skip
+
+        # (b) submit latency with a backlog
+        backlog = [{"id": f"q{i:05d}", "text": f"Backlog line {i}."} for i in range(n_backlog)]
+        client.create_batch(backlog, defaults={"seed": random.randrange(2**31)}, name="backlog")
+        latencies = paced_submits(client, 100.0, n_paced)
+        table.add("b", f"submit latency at 100 requests/s, {n_paced} requests, {n_backlog}-line batch queued",
+                  f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms")  # fmt: skip
+        table.add("", "load average (1/5/15 min) at the end", load())
+    finally:
+        from tests.faultfarm import kill9_tree
+
+        for proc in extra:
+            kill9_tree(proc)
+        farm.stop_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer lines: under 3 minutes, for CI")
+    args = parser.parse_args(argv)
+    table = Table()
+    started = time.monotonic()
+    table.add("", "mode", "quick (CI sizes)" if args.quick else "full")
+    table.add("", "machine", f"{os.cpu_count()} cores; load average (1/5/15 min) at the start {load()}")
+    try:
+        run(args.quick, table)
+    except Exception as exc:  # the farm broke: say what, print what was measured, fail
+        print(table.render())
+        print(f"bench: FAILED after {time.monotonic() - started:.0f} s: {exc!r}", file=sys.stderr)
+        return 1
+    table.add("", "bench wall time", f"{time.monotonic() - started:.0f} s")
+    print()
+    print(table.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
