@@ -215,18 +215,25 @@ def test_spoken_numbers_come_back_through_asr(
 @pytest.mark.slow
 def test_a_job_speaks_normalised_text_and_keeps_the_script(live_farm: LiveFarm) -> None:  # noqa: F811
     # One script segment of under 200 characters that grows past the engine's 200 once written out: the worker
-    # speaks it in pieces and reports it as one segment with the script's text.
+    # speaks it in pieces and reports it as one segment with the script's text. The lexicon term R2D2 is left
+    # for the engine to say as the entry says.
     script = (
         "Pay $3.50, $12.99, $45.25 and $1,250.75 by 2024-01-05 at 10:30, call 555-123-4567 or 555-987-6543, "
-        "and expect 12.5% off, 3.2 kg, 16 GB and 100 km/h"
+        "and expect 12.5% off, 3.2 kg, 16 GB, 100 km/h and R2D2"
     )
     assert len(script) < 200
-    spoken = normalize_for_speech(script, "en")
-    assert len(spoken) > 200
+    spoken = normalize_for_speech(script, "en", ["R2D2"])
+    assert len(spoken) > 200 and spoken.endswith("one hundred kilometers per hour and R2D2")
     response = requests.post(
         f"{live_farm.url}/v1/jobs",
         headers=live_farm.headers(),
-        json={"text": script, "voice": "jm_kumo", "language": "en", "seed": 3},
+        json={
+            "text": script,
+            "voice": "jm_kumo",
+            "language": "en",
+            "seed": 3,
+            "lexicon": [{"term": "R2D2", "pronunciation": "AA1 R T UW1 D IY1 T UW1", "alphabet": "arpabet"}],
+        },
         timeout=30,
     )
     assert response.status_code == 202, response.text
