@@ -55,6 +55,8 @@ CASES = [
     ("en", "4K video in 3D", "four K video in three D"),
     ("en", "the 90s and MP3s", "the nineties and MP threes"),
     ("en", "AI & ML", "AI and ML"),
+    ("en", "3/4 of them and 1/2 cup", "three quarters of them and one half cup"),
+    ("en", "24/7 service, #1 hit", "twenty-four seven service, number one hit"),
     ("en", "Marco 5", "Marco five"),
     # Chinese: cn2an for numerals, the farm's rules for what it reads wrongly
     ("zh", "今天是2024年1月5日。", "今天是二零二四年一月五日。"),
@@ -106,6 +108,7 @@ CASES = [
     ("ja", "16GB", "十六ギガバイト"),
     ("ja", "3～5日", "三から五日"),
     ("ja", "第3位", "第三位"),
+    ("ja", "3/4の人", "四分の三の人"),
     ("ja", "１,234人", "千二百三十四人"),
     ("ja", "AIを使う", "エーアイを使う"),
     ("ja", "ChatGPTとiPhone", "チャットジーピーティーとアイフォン"),

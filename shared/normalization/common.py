@@ -55,3 +55,5 @@ PHONE = re.compile(
 )
 ISO_DATE = re.compile(r"(?<![\d.-])(?P<y>\d{4})[-/.](?P<m>\d{1,2})[-/.](?P<d>\d{1,2})(?![\d.])")
 TIME = re.compile(r"(?<![\d:])(?P<h>\d{1,2}):(?P<min>\d{2})(?::(?P<s>\d{2}))?(?![\d:])")
+# "3/4": a fraction, where no date took the slash first.
+FRACTION = r"(?<![\d/.])(?P<top>\d{1,3})/(?P<bottom>\d{1,3})(?![\d/.])"

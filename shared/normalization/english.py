@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from num2words import num2words
 
-from shared.normalization.common import ISO_DATE, NUM, PHONE, TIME, Rule, number, phone, unit_pattern
+from shared.normalization.common import FRACTION, ISO_DATE, NUM, PHONE, TIME, Rule, number, phone, unit_pattern
 
 MONTHS = ("January February March April May June July August September October November December").split()
 
@@ -146,6 +146,16 @@ def _en_standalone(m: re.Match[str]) -> str:
     return before + words + (" " if m.string[m.end() : m.end() + 1].isalpha() else "")
 
 
+def _en_fraction(m: re.Match[str]) -> str:
+    top, bottom = int(m["top"]), int(m["bottom"])
+    if not 2 <= bottom <= 100:
+        return f"{en_cardinal(top)} over {en_cardinal(bottom)}"
+    one = {2: "half", 4: "quarter"}.get(bottom) or _en_ordinal(bottom)
+    if top == 1:
+        return f"one {one}"
+    return f"{en_cardinal(top)} {'halves' if bottom == 2 else one + 's'}"
+
+
 def _plural(words: str) -> str:
     return words[:-1] + "ies" if words.endswith("y") else words + "s"
 
@@ -197,6 +207,9 @@ RULES: list[Rule] = [
         _en_unit,
     ),
     (re.compile(r"\b(?P<n>\d+)(?:st|nd|rd|th)\b"), lambda m: _en_ordinal(int(m["n"]))),
+    (re.compile(r"(?<![\d/])24/7(?![\d/])"), lambda m: "twenty-four seven"),
+    (re.compile(FRACTION), _en_fraction),
+    (re.compile(r"#(?P<n>\d+)\b"), lambda m: "number " + en_cardinal(int(m["n"]))),
     (re.compile(r"\b(?P<y>1[1-9]\d0|20\d0)'?s\b"), _en_decade),
     (
         re.compile(rf"\b(?P<w>{_YEAR_CONTEXT}|{_MONTH_NAMES})\s+(?P<y>\d{{4}})\b", re.I),

@@ -10,7 +10,19 @@ from typing import Any
 
 from num2words import num2words
 
-from shared.normalization.common import ISO_DATE, NUM, PHONE, TIME, Rule, amount, digits, number, phone, unit_pattern
+from shared.normalization.common import (
+    FRACTION,
+    ISO_DATE,
+    NUM,
+    PHONE,
+    TIME,
+    Rule,
+    amount,
+    digits,
+    number,
+    phone,
+    unit_pattern,
+)
 
 
 def ja_cardinal(value: Decimal | str) -> str:
@@ -114,6 +126,7 @@ def _word_katakana(word: str) -> str:
 RULES: list[Rule] = [
     (ISO_DATE, _ja_date),
     (TIME, _ja_time),
+    (re.compile(FRACTION), lambda m: f"{ja_cardinal(m['bottom'])}分の{ja_cardinal(m['top'])}"),
     (PHONE, phone(_JA_DIGITS, "の", "プラス")),
     (
         re.compile(rf"(?P<sym>[$€£¥￥])\s?(?P<n>{NUM})(?P<scale>[万億])?"),
