@@ -1,11 +1,10 @@
 """The dedup cache against real PostgreSQL, Redis and SeaweedFS: a job identical in everything that shapes its
-audio is answered complete at submit from the stored audio, copied to its own key."""
+audio is answered complete at submit from the stored audio, copied to its own key. How fast a hit answers is a
+benchmark figure (`./run.sh bench`, "cached duplicate"), not a test."""
 
 from __future__ import annotations
 
 import hashlib
-import statistics
-import time
 
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,30 +70,11 @@ def test_batch_lines_are_answered_from_the_cache(
     lines = [{"id": "same", "text": BODY["text"]}, {"id": "new", "text": "A new line."}]
     response = client.post("/v1/batches", json={"lines": lines, "defaults": {"seed": 11}}, headers=auth(api_key))
     assert response.status_code == 202
-    assert response.get_json()["counts"] == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "canceled": 0}
+    counts = response.get_json()["counts"]
+    assert counts["queued"] == 1 and counts["succeeded"] == 1, counts
+    assert sum(counts.values()) == 2, counts
     manifest = client.get(f"/v1/batches/{response.get_json()['id']}/manifest", headers=auth(api_key)).get_json()
     same = manifest["lines"][0]
     assert same["cached"] is True and same["status"] == "succeeded" and same["attempts"] == 0
     job = row(sessions, same["job_id"])
     assert job.result is not None and storage.get(job.result["key"]) == b"RIFF stored audio"
-
-
-def test_a_cache_hit_answers_within_20_ms_at_the_median(
-    client: FlaskClient, api_key: str, sessions: sessionmaker[Session], farm_settings: Settings
-) -> None:
-    storage = Storage.from_settings(farm_settings)
-    synthesized(client, api_key, sessions, storage)
-    # Up to three rounds of 40: a burst from another process on a shared machine may spoil one round's median.
-    medians = []
-    for _ in range(3):
-        took = []
-        for _ in range(40):
-            started = time.perf_counter()
-            body = submit(client, api_key, BODY)
-            took.append(time.perf_counter() - started)
-            assert body["status"] == "succeeded" and body["result"]["cached"]
-        medians.append(statistics.median(took) * 1000)
-        if medians[-1] <= 20:
-            break
-    print(f"cache hit submit: median {', '.join(f'{m:.1f}' for m in medians)} ms (rounds of 40)")
-    assert min(medians) <= 20, medians
