@@ -125,6 +125,7 @@ class Take:
     audios: list[np.ndarray] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     similarities: list[tuple[float, int]] = field(default_factory=list)
+    similarity_basis: str | None = None
     words: list[list[dict[str, Any]] | None] = field(default_factory=list)  # each segment's engine word times
 
     def similarity(self) -> float | None:
@@ -153,6 +154,7 @@ def _render(
         take.audios.append(out.audio)
         if out.similarity is not None:
             take.similarities.append((out.similarity, len(out.audio)))
+            take.similarity_basis = out.similarity_basis
         take.words.append(out.words)
         take.warnings.extend(w for w in out.warnings if w not in take.warnings)
         ctx.progress(attempt, (first_step + (i + 1) / len(texts)) / (steps + 1 / len(texts)))
@@ -225,6 +227,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         "engine": caps.name,
         # Speaker similarity to a cloned voice's reference, weighted by each segment's length.
         "similarity": take.similarity(),
+        "similarity_basis": take.similarity_basis,
         "loudness": mastered.loudness,
         "rtf": round(compute_s / max(len(audio) / rate, 1e-6), 3),
         # Post-production and encoding, reported apart from the engine's time.

@@ -38,6 +38,9 @@ class Synthesis:
     # Each script word's (zh/ja: character's) {"text", "start_s", "end_s"} in `audio`, from the engine's own
     # durations; None where the engine cannot tell (the worker then aligns with ASR).
     words: list[dict[str, Any]] | None = None
+    # What `similarity` was measured against: "held_out" (reference speech the voice was not fitted to) or
+    # "fitting_clip" (the very clip it was fitted to, too short to split).
+    similarity_basis: str | None = None
 
 
 def check_segment(caps: Capabilities, text: str, mode: str, language: str, speed: float) -> None:

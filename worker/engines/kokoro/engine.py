@@ -182,10 +182,13 @@ class KokoroEngine:
             raise ValueError("reference audio must be non-empty mono samples")
         if sample_rate < 8000:
             raise ValueError(f"reference sample rate {sample_rate} Hz is too low")
-        reference = matching.analyse(audio, sample_rate)
+        # Fitted to the first part of a long enough reference; the rest is held out to score outputs honestly.
+        fitting, held = matching.split_reference(audio, sample_rate)
+        reference = matching.analyse(fitting, sample_rate)
         matching.check_voiced(reference)
         self.load()
-        embedding = self._encoder.embed(audio, sample_rate)
+        embedding = self._encoder.embed(fitting, sample_rate)
+        held_out = self._encoder.embed(held, sample_rate) if held is not None else None
         stock = self._stock_voices()
         base, similarities = matching.nearest_voice(embedding, {n: v.embedding for n, v in stock.items()})
         voice = stock[base]
@@ -202,6 +205,7 @@ class KokoroEngine:
             embedding=tuple(float(v) for v in embedding),
             transform=transform,
             calibration_scores=(plain, matched),
+            held_out=tuple(float(v) for v in held_out) if held_out is not None else None,
         )
         return VoiceProfile(engine=ENGINE_NAME, data=match.to_bytes())
 
@@ -269,15 +273,23 @@ class KokoroEngine:
             effective = clamped
         audio, render_warnings, words = self._render(text, language, base_voice, effective, lexicon)
         warnings.extend(render_warnings)
-        similarity = None
+        similarity, basis = None, None
         if profile is not None:
             if profile.transform is not None:
                 audio = profile.transform.apply(audio)
-            if profile.embedding is not None:
+            target, basis = profile.similarity_target()
+            if target is not None:
                 try:
                     output = self._encoder.embed(audio, SAMPLE_RATE)
                 except ValueError:  # nothing audible to measure
                     output = None
                 if output is not None:
-                    similarity = self._encoder.similarity(output, profile.embedding)
-        return Synthesis(audio=audio, sample_rate=SAMPLE_RATE, warnings=warnings, similarity=similarity, words=words)
+                    similarity = self._encoder.similarity(output, target)
+        return Synthesis(
+            audio=audio,
+            sample_rate=SAMPLE_RATE,
+            warnings=warnings,
+            similarity=similarity,
+            words=words,
+            similarity_basis=basis if similarity is not None else None,
+        )

@@ -238,13 +238,33 @@ def tune(
     return design(reference, voice, **settings), max(best, plain), plain
 
 
+# Honest similarity: a reference at least this long is split; the voice is fitted to its first part and every
+# output is scored against the held-out rest (HOLD_OUT_SHARE of it), speech the match never saw.
+HOLD_OUT_MIN_S = 9.0
+HOLD_OUT_SHARE = 0.35
+
+
+def split_reference(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(fitting part, held-out part), cut at the quietest 20 ms near the boundary so no word is split; the whole
+    clip and None when it is too short to spare a held-out part."""
+    n = len(audio)
+    if n < HOLD_OUT_MIN_S * rate:
+        return audio, None
+    target, frame, window = int(n * (1 - HOLD_OUT_SHARE)), int(0.02 * rate), int(0.75 * rate)
+    starts = np.arange(max(0, target - window), min(n - frame, target + window), frame // 2)
+    energy = [float(np.mean(np.square(audio[s : s + frame], dtype=np.float64))) for s in starts]
+    cut = int(starts[int(np.argmin(energy))]) + frame // 2
+    return audio[:cut], audio[cut:]
+
+
 @dataclass(frozen=True)
 class VoiceMatch:
     base_voice: str
     similarities: dict[str, float]  # reference vs each stock voice's calibration render
-    embedding: tuple[float, ...]  # the reference's speaker embedding
+    embedding: tuple[float, ...]  # the speaker embedding of the reference (its fitting part, when split)
     transform: Transform | None
     calibration_scores: tuple[float, float] = (0.0, 0.0)  # (stock voice, transformed) similarity on calibration
+    held_out: tuple[float, ...] | None = None  # the embedding of the held-out part, when the reference was split
 
     def to_bytes(self) -> bytes:
         payload = {
@@ -258,7 +278,10 @@ class VoiceMatch:
                 "calibration_similarity": {"stock": round(self.calibration_scores[0], 4),
                                            "matched": round(self.calibration_scores[1], 4)},
             },
-            "reference": {"embedding": [round(v, 5) for v in self.embedding]},
+            "reference": {
+                "embedding": [round(v, 5) for v in self.embedding],
+                **({"held_out": [round(v, 5) for v in self.held_out]} if self.held_out else {}),
+            },
             "transform": self.transform.to_json() if self.transform else None,
         }  # fmt: skip
         return json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
@@ -281,6 +304,13 @@ class Profile:
     base_voice: str
     embedding: np.ndarray | None
     transform: Transform | None
+    held_out: np.ndarray | None = None
+
+    def similarity_target(self) -> tuple[np.ndarray | None, str]:
+        """What outputs are scored against: the held-out part when there is one, else the fitted clip itself."""
+        if self.held_out is not None:
+            return self.held_out, "held_out"
+        return self.embedding, "fitting_clip"
 
 
 def parse_profile(data: bytes) -> Profile:
@@ -302,11 +332,13 @@ def parse_profile(data: bytes) -> Profile:
     try:
         embedding = np.asarray(payload["reference"]["embedding"], dtype=np.float32)
         transform = Transform.from_json(payload["transform"]) if payload.get("transform") else None
+        held = payload["reference"].get("held_out")
+        held_out = np.asarray(held, dtype=np.float32) if held is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"kokoro profile is malformed: {exc}") from None
-    if embedding.shape != (256,):
+    if embedding.shape != (256,) or (held_out is not None and held_out.shape != (256,)):
         raise ValueError("kokoro profile has a malformed reference embedding")
-    return Profile(base_voice=base, embedding=embedding, transform=transform)
+    return Profile(base_voice=base, embedding=embedding, transform=transform, held_out=held_out)
 
 
 def profile_base_voice(data: bytes) -> str:
