@@ -1,4 +1,4 @@
-"""The client commands of `voicefarm`: voices add, say, batch, jobs, status. They talk to a farm's API only
+"""The client commands of `voicefarm`: voices add, say, batch, jobs, status, eval. They talk to a farm's API only
 (VOICEFARM_API_URL, default the local farm's port; the key from VOICEFARM_API_KEY or
 $VOICEFARM_DATA_DIR/api_key)."""
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("voices", "say", "batch", "jobs", "status")
+COMMANDS = ("voices", "say", "batch", "jobs", "status", "eval")
 FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm")
 
 
@@ -44,6 +44,12 @@ def add_commands(sub: Any) -> None:
     jobs.add_argument("--status")
     jobs.add_argument("--limit", type=int, default=20)
     sub.add_parser("status", help="the farm's readiness, live workers and recent batches (client)")
+
+    ev = sub.add_parser("eval", help="run an evaluation set through the farm: CER/WER, held-out SIM, RTF (client)")
+    ev.add_argument("set", type=Path, help="a set directory (benchmarks/make_eval_set.py makes one)")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="write the per-line figures here")
+    ev.add_argument("--seed", type=int, default=1, help="every line's seed, so runs compare (default 1)")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def _speech_options(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +111,10 @@ def _dispatch(client: Any, args: argparse.Namespace) -> int:
             client, args.lines, args.out, _options(args), args.name, args.poll, progress=not args.no_progress
         )
         return runner.run()
+    if args.command == "eval":
+        from voicefarm import eval as evaluation
+
+        return evaluation.run(client, args.set, json_path=args.json, seed=args.seed, quiet=args.quiet)
     if args.command == "jobs":
         page = client.list_jobs(status=args.status, limit=args.limit)
         for job in page["jobs"]:
