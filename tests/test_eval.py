@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import unicodedata
 from pathlib import Path
@@ -18,9 +19,15 @@ from tests.livefarm import CLI, LiveFarm, live_farm  # noqa: F401  (fixture)
 from voicefarm.client import Client
 from voicefarm.eval import load_set, spoken
 
-pytestmark = pytest.mark.slow  # both transcribe speech
+
+def test_a_set_without_its_clips_is_refused_before_the_farm_is_asked(tmp_path: Path) -> None:
+    (tmp_path / "set.jsonl").write_text('{"id": "a", "text": "Hi.", "language": "en", "speaker": "s"}\n')
+    env = {"VOICEFARM_API_URL": "http://127.0.0.1:9", "VOICEFARM_API_KEY": "k"}
+    done = subprocess.run([*CLI, "eval", str(tmp_path)], env=os.environ | env, capture_output=True, text=True)
+    assert done.returncode == 2 and "speaker s has no clone.wav" in done.stderr and done.stdout == ""
 
 
+@pytest.mark.slow  # transcribes speech
 def test_the_builder_makes_valid_clips_of_distinct_speakers(tmp_path: Path) -> None:
     path = build(tmp_path / "set", speakers=2, lines=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -57,6 +64,7 @@ def test_the_builder_makes_valid_clips_of_distinct_speakers(tmp_path: Path) -> N
     assert asr.error_rate(CLIPS["en"][0], heard, "en") < 0.25, heard
 
 
+@pytest.mark.slow
 def test_eval_prints_the_table_and_its_figures_hold_up(live_farm: LiveFarm, tmp_path: Path) -> None:  # noqa: F811
     root = tmp_path / "set"
     build(root, speakers=1, lines=1)

@@ -287,14 +287,15 @@ def run(client: Client, root: Path, *, json_path: Path | None, seed: int, quiet:
     """The command: 0 when every line was synthesized and scored, 1 when some failed, 2 for a set it cannot read."""
     cache_dir = Path(os.environ.get("VOICEFARM_DATA_DIR") or "var") / "cache"
     try:
-        live = client.workers().get("workers", [])
-        print(f"farm {client.url}: {len(live)} live workers")
-        started = time.monotonic()
-        log = None if quiet else (lambda message: print(message, file=sys.stderr))
-        scored = evaluate(client, root, cache_dir=cache_dir, seed=seed, log=log)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        load_set(root)  # refuse a broken set before anything is cloned
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"error: {root} is not an evaluation set: {exc}", file=sys.stderr)
         return 2
+    live = client.workers().get("workers", [])
+    print(f"farm {client.url}: {len(live)} live workers")
+    started = time.monotonic()
+    log = None if quiet else (lambda message: print(message, file=sys.stderr))
+    scored = evaluate(client, root, cache_dir=cache_dir, seed=seed, log=log)
     print(table(scored))
     print(f"{len(scored)} lines in {time.monotonic() - started:.0f} s")
     if json_path is not None:
