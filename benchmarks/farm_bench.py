@@ -216,7 +216,7 @@ def paced_submits(client: Client, rate: float, count: int) -> list[float]:
         if delay > 0:
             time.sleep(delay)
         t0 = time.perf_counter()
-        body = {"text": f"Paced request {i} {uuid.uuid4().hex[:6]}.", "seed": seed, "format": "wav"}
+        body: dict[str, Any] = {"text": f"Paced request {i} {uuid.uuid4().hex[:6]}.", "seed": seed, "format": "wav"}
         response = session.post(f"{client.url}/v1/jobs", json=body, headers=headers, timeout=30)
         elapsed = (time.perf_counter() - t0) * 1000
         if response.status_code != 202:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from worker.engines.kokoro.durations import expose_durations
-from worker.engines.kokoro.graph import float_convolutions
 
 SAMPLE_RATE = 24_000
 # The model's context is 512 positions; two are taken by the padding tokens.
@@ -106,7 +105,7 @@ class KokoroModel:
         import onnxruntime as ort
 
         options = session_options(threads or engine_threads())
-        model, self.durations_output = expose_durations(float_convolutions(read_model_bytes()))
+        model, self.durations_output = expose_durations(read_model_bytes())
         self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         self.vocab = read_vocab()
         self.voices = read_voice_packs()
