@@ -54,7 +54,8 @@ class PostProduction(BaseModel):
     # Make the line last this long: engine speed first, then pitch-keeping time-stretch within 25 %.
     target_duration_s: float | None = Field(default=None, ge=0.3, le=600.0)
     channels: Literal[1, 2] = 1
-    # `result.words`: word (zh/ja: character) start and end times, from a forced alignment of the script.
+    # `result.words`: word (zh/ja: character) start and end times, from the engine's own durations where it gives
+    # them for every segment, else from a forced alignment of the script (`result.words_source` says which).
     words: bool = False
 
     @field_validator("loudness")
