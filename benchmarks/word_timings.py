@@ -16,6 +16,7 @@ disagreement, not the error.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import statistics
 import sys
@@ -102,7 +103,7 @@ def main() -> None:
                 word_clock(
                     sentence,
                     phonemes,
-                    lambda w, lang=language: engine._phonemizer(w, lang),
+                    functools.partial(engine._phonemizer, language=language),
                     engine._phonemizer.pieces(sentence, language),
                 )
                 mapping_ms.append((time.perf_counter() - t0) * 1000)
