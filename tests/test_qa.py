@@ -380,3 +380,28 @@ def test_farm_retakes_a_bad_batch_line_and_marks_one_that_never_passes(
         if qa_worker is not None:
             services.terminate(qa_worker, 20)
         farm.stop_all()
+
+
+def test_tenant_thresholds_are_set_and_checked_from_the_command_line(tmp_path: Any) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"VOICEFARM_DATA_DIR": str(tmp_path), "DATABASE_URL": ""}
+    cli = [sys.executable, "-m", "voicefarm.cli"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(
+        [*cli, "qa-thresholds", "acme", '{"max_wer": 0.2, "retakes": 1}'], env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["tenant"] == {"max_wer": 0.2, "retakes": 1} and shown["effective"]["max_cer"] == 0.35
+    refused = subprocess.run(
+        [*cli, "qa-thresholds", "acme", '{"max_werr": 1}'], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "invalid thresholds" in refused.stderr
+    url = f"sqlite:///{tmp_path / 'voicefarm.db'}"
+    with make_session_factory(make_engine(url))() as session:
+        tenant = session.query(Tenant).filter_by(name="acme").one()
+        assert tenant.qa == {"max_wer": 0.2, "retakes": 1}  # the refused call changed nothing

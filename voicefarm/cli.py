@@ -159,14 +159,21 @@ def _exec_webhook_worker(concurrency: int) -> int:
 def _qa_thresholds(settings: Settings, tenant: str, values: str | None) -> int:
     import json
 
+    from pydantic import ValidationError
+
     from shared import qa, tenants
     from shared.db import make_engine, make_session_factory, transaction
 
+    try:
+        checked = qa.check_tenant_settings(json.loads(values)) if values is not None else None
+    except (ValueError, ValidationError) as exc:  # bad JSON, an unknown threshold, a value out of range
+        print(f"invalid thresholds: {exc}", file=sys.stderr)
+        return 2
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     with transaction(sessions) as session:
         row = tenants.get_or_create_tenant(session, tenant)
-        if values is not None:
-            row.qa = qa.check_tenant_settings(json.loads(values)) or None
+        if checked is not None:
+            row.qa = checked or None
         print(json.dumps({"tenant": row.qa or {}, "effective": qa.thresholds(row.qa, None)}, indent=2))
     return 0
 
