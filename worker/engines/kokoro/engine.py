@@ -217,7 +217,7 @@ class KokoroEngine:
         model = self.model
         phonemes = self._phonemizer(text, language, lexicon)  # lexicon terms said as their entries say
         pieces = self._phonemizer.pieces(text, language)
-        clock = word_clock(text, phonemes, lambda word: self._phonemizer(word, language), pieces)
+        clock = word_clock(text, phonemes, lambda word: self._phonemizer(word, language, lexicon), pieces)
         warnings: list[str] = []
         _, unknown = model.tokenize(phonemes)
         if unknown:
