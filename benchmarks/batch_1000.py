@@ -1,7 +1,7 @@
 """A 1,000-line batch end to end: submit, synthesize, archive. Figures for BENCHMARKS.md.
 
     .venv/bin/python benchmarks/batch_1000.py --url http://127.0.0.1:7860 --key-file var/api_key [-n 1000]
-    .venv/bin/python benchmarks/batch_1000.py --own-farm [--workers 2] [-n 1000]   # a throwaway farm
+    .venv/bin/python benchmarks/batch_1000.py --own-farm [--workers 2] [-n 1000] [--qa]   # a throwaway farm
     .venv/bin/python benchmarks/batch_1000.py --own-farm --cli [--interrupt-after 100]   # as a user would
 
 With --own-farm it starts a farm of its own on loopback (tests/faultfarm.py: PostgreSQL, Redis, SeaweedFS,
@@ -11,6 +11,7 @@ each different: `Line 17.` (about 1 s of speech), or with --sentences `Line 17 o
 Reports: submit time, synthesis wall time (submit to last line finished), lines per second, audio seconds per wall
 second, the archive's streaming time and size, and per-line latency percentiles.
 
+Lines skip the QA gate unless --qa (which also starts the farm's QA pool): the gate's own cost is in BENCHMARKS §8.
 With --cli the batch goes through `voicefarm batch LINES.csv --out DIR` (a subprocess, its progress bar in
 DIR.log); with --interrupt-after K it is sent Ctrl-C once K files are in DIR and run again, and a single job is
 submitted right then: its wait to start is reported beside the batch lines' own run time.
@@ -38,13 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from voicefarm.client import Client  # noqa: E402
 
 
-def run(client: Client, n: int, poll_s: float, sentences: bool) -> dict[str, Any]:
+def run(client: Client, n: int, poll_s: float, sentences: bool, qa: bool) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     text = "Line {i} of the benchmark, spoken once." if sentences else "Line {i}."
     lines = [{"id": f"b{i:04d}", "text": text.format(i=i)} for i in range(n)]
     seed = random.randrange(2**31)
     started = time.monotonic()
-    batch = client.create_batch(lines, defaults={"seed": seed}, name=f"bench-{tag}", idempotency_key=f"bench-{tag}")
+    defaults = {"seed": seed, "qa": qa}
+    batch = client.create_batch(lines, defaults=defaults, name=f"bench-{tag}", idempotency_key=f"bench-{tag}")
     submit_s = time.monotonic() - started
     print(f"submitted {n} lines in {submit_s:.2f}s: batch {batch['id']}", flush=True)
     last = -1
@@ -88,7 +90,7 @@ def run(client: Client, n: int, poll_s: float, sentences: bool) -> dict[str, Any
     }
 
 
-def run_cli(client: Client, n: int, sentences: bool, interrupt_after: int) -> dict[str, Any]:
+def run_cli(client: Client, n: int, sentences: bool, interrupt_after: int, qa: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vf-bench-cli-"))
     text = "Line {i} of the benchmark, spoken once." if sentences else "Line {i}."
     lines_csv, out = work / "lines.csv", work / "out"
@@ -98,7 +100,7 @@ def run_cli(client: Client, n: int, sentences: bool, interrupt_after: int) -> di
         writer.writerows([f"b{i:04d}", text.format(i=i)] for i in range(n))
     env = os.environ | {"VOICEFARM_API_URL": client.url, "VOICEFARM_API_KEY": client.key}
     argv = [sys.executable, "-m", "voicefarm.cli", "batch", str(lines_csv), "--out", str(out)]
-    argv += ["--seed", str(random.randrange(2**31)), "--poll", "1"]
+    argv += ["--seed", str(random.randrange(2**31)), "--poll", "1", "--qa" if qa else "--no-qa"]
     log_path = work / "cli.log"
     started = time.monotonic()
     figures: dict[str, Any] = {"lines": n}
@@ -161,12 +163,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cli", action="store_true", help="run the batch through `voicefarm batch`")
     parser.add_argument("--interrupt-after", type=int, default=0, help="with --cli: Ctrl-C after K files, resume")
+    parser.add_argument(
+        "--qa", action="store_true", help="keep the QA gate on (the default for batch lines; its cost is BENCHMARKS §8)"
+    )
     args = parser.parse_args()
     farm = None
     if args.own_farm:
         from tests.faultfarm import FaultFarm
 
-        farm = FaultFarm(Path(tempfile.mkdtemp(prefix="vf-bench-logs-")), worker_cpu=args.workers)
+        farm = FaultFarm(Path(tempfile.mkdtemp(prefix="vf-bench-logs-")), worker_cpu=args.workers, qa_worker=args.qa)
         farm.start_all()
         client = Client(farm.url, farm.key, timeout=120)
     else:
@@ -174,9 +179,9 @@ def main() -> int:
         client = Client(args.url, key, timeout=120)
     try:
         if args.cli:
-            figures = run_cli(client, args.n, args.sentences, args.interrupt_after)
+            figures = run_cli(client, args.n, args.sentences, args.interrupt_after, args.qa)
         else:
-            figures = run(client, args.n, args.poll, args.sentences)
+            figures = run(client, args.n, args.poll, args.sentences, args.qa)
     finally:
         if farm is not None:
             farm.stop_all()

@@ -287,6 +287,7 @@ class FaultFarm:
         api_workers: int = 1,
         worker_cpu: int = 2,
         database: str = "postgresql",
+        qa_worker: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         # Unix socket paths are limited to ~107 bytes: keep the services' dir short.
@@ -298,6 +299,9 @@ class FaultFarm:
         self.lease_s, self.reconcile_interval_s = lease_s, reconcile_interval_s
         self.api_workers, self.worker_cpu, self.extra_env = api_workers, worker_cpu, extra_env or {}
         self.database = database
+        # `voicefarm qa-worker`, the QA gate's pool: batch lines wait for it in `checking` unless they ask qa: false.
+        self.qa_worker = qa_worker
+        self.qa: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -442,10 +446,15 @@ class FaultFarm:
     def start_reconciler(self) -> None:
         self.reconciler = self._spawn("reconcile", "reconcile")
 
+    def start_qa_worker(self) -> None:
+        self.qa = self._spawn("qa-worker", "qa-worker", "--concurrency", "1")
+
     def start_all(self) -> None:
         self.start_services()
         self.start_worker()
         self.start_reconciler()
+        if self.qa_worker:
+            self.start_qa_worker()
         api_s = self.start_api()
         log(f"api answering after {api_s:.1f}s")
         # The worker is ready once it ran a job: a warm-up job (its tenant is not the one the test checks).
@@ -462,10 +471,10 @@ class FaultFarm:
         log(f"workers warm after {time.monotonic() - started:.1f}s")
 
     def stop_all(self) -> None:
-        for proc in (self.api, self.reconciler):
+        for proc in (self.api, self.reconciler, self.qa):
             if proc is not None:
                 services.terminate(proc, 20)
-        self.api = self.reconciler = None
+        self.api = self.reconciler = self.qa = None
         if self.worker is not None:
             kill9_tree(self.worker)
             self.worker = None

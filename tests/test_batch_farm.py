@@ -39,9 +39,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFarm]:
-    # Webhook receivers in these tests listen on loopback.
+    # Webhook receivers in these tests listen on loopback. A QA pool as `voicefarm up` runs one: batch lines pass
+    # the gate by default (the CLI's runs below); tests about scheduling and seeds turn it off.
     farm = FaultFarm(
-        tmp_path_factory.mktemp("batchfarm"), lease_s=20, extra_env={"VOICEFARM_WEBHOOK_ALLOW_PRIVATE": "1"}
+        tmp_path_factory.mktemp("batchfarm"),
+        lease_s=20,
+        qa_worker=True,
+        extra_env={"VOICEFARM_WEBHOOK_ALLOW_PRIVATE": "1"},
     )
     try:
         farm.start_all()
@@ -81,7 +85,7 @@ def test_a_single_job_behind_a_2000_line_batch_starts_within_one_line(farm: Faul
     key = new_key(farm, "bulk")
     lines = [{"id": f"l{i:04d}", "text": f"Line {i}."} for i in range(2000)]
     started = time.monotonic()
-    batch = post_batch(farm, key, {"lines": lines})
+    batch = post_batch(farm, key, {"lines": lines, "defaults": {"qa": False}})
     log(f"2000-line batch accepted in {time.monotonic() - started:.2f}s")
 
     def succeeded() -> list[Job]:
@@ -139,7 +143,8 @@ def test_same_seed_same_audio_on_both_workers(farm: FaultFarm) -> None:
     lines = [{"id": f"s{i}", "text": f"Episode two, line {i}, in the narrator's voice."} for i in range(6)]
     # Two tenants: the dedup cache is per tenant, so every line is synthesized twice, by whichever worker is free.
     batches = [
-        post_batch(farm, new_key(farm, f"series-{n}"), {"lines": lines, "defaults": {"seed": 42}}) for n in (1, 2)
+        post_batch(farm, new_key(farm, f"series-{n}"), {"lines": lines, "defaults": {"seed": 42, "qa": False}})
+        for n in (1, 2)
     ]
     ids = [j.id for b in batches for j in batch_jobs(farm, b["id"])]
     rows = farm.wait_terminal(ids, 300)

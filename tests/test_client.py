@@ -81,3 +81,24 @@ def test_the_key_is_found_in_the_data_dir(tmp_path, monkeypatch: pytest.MonkeyPa
     client = Client.from_env()
     client.get_job("abc")
     assert client.url == server and Flaky.seen[-1][3]["Authorization"] == "Bearer secret-key"
+
+
+def test_cli_speech_options_become_request_fields_the_api_accepts() -> None:
+    import argparse
+
+    from shared.schemas import JobRequest
+    from voicefarm import client_cli
+
+    parser = argparse.ArgumentParser()
+    client_cli.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        "batch l.csv --out d --voice af_heart --loudness -16 --trim-silence 0.2 --channels 2 --words --no-qa".split()
+    )
+    options = client_cli._options(args)
+    assert options == {
+        "voice": "af_heart", "loudness": -16.0, "trim_silence_s": 0.2, "channels": 2, "words": True, "qa": False,
+    }  # fmt: skip
+    JobRequest(text="A line.", **options)  # every name is a field of a job or batch line
+    # Unset flags send nothing, so the farm's defaults (the QA gate on for batch lines) apply.
+    assert client_cli._options(parser.parse_args("batch lines.csv --out d".split())) == {}
+    assert client_cli._options(parser.parse_args("say hi -o x.m4a --qa".split())) == {"qa": True}

@@ -328,19 +328,17 @@ def test_farm_retakes_a_bad_batch_line_and_marks_one_that_never_passes(
     import requests
 
     from tests.faultfarm import FaultFarm, log
-    from voicefarm import services
 
     # Every line's first take is cut short; every take of the line with "never" in it is silent.
     farm = FaultFarm(
         tmp_path_factory.mktemp("qafarm"),
         lease_s=20,
         worker_cpu=1,
+        qa_worker=True,
         extra_env={"VOICEFARM_TEST_TAKE_DEFECT": "silence@*~never,truncate@1"},
     )
-    qa_worker = None
     try:
         farm.start_all()
-        qa_worker = farm._spawn("qa-worker", "qa-worker", "--concurrency", "1")
         lines = [
             {"id": "good", "text": LINES["en"]},
             {"id": "bad", "text": "This line will never pass the gate, whatever the farm does."},
@@ -377,8 +375,6 @@ def test_farm_retakes_a_bad_batch_line_and_marks_one_that_never_passes(
         assert "qa check of job" in farm.log_tail("qa-worker", 20000)
         assert "qa check of job" not in farm.log_tail("worker", 200000)
     finally:
-        if qa_worker is not None:
-            services.terminate(qa_worker, 20)
         farm.stop_all()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 COMMANDS = ("voices", "say", "batch", "jobs", "status", "eval")
-FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm")
+FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "aac", "pcm")
 
 
 def add_commands(sub: Any) -> None:
@@ -60,11 +60,23 @@ def _speech_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--format", choices=FORMATS)
     parser.add_argument("--sample-rate", type=int)
+    parser.add_argument("--loudness", type=float, metavar="LUFS", help="integrated loudness target, e.g. -16")
+    parser.add_argument("--trim-silence", type=float, metavar="S", dest="trim_silence_s", help="pad left each end")
+    parser.add_argument("--channels", type=int, choices=(1, 2))
+    parser.add_argument("--words", action="store_true", default=None, help="word timings in the result")
+    qa = parser.add_mutually_exclusive_group()
+    qa.add_argument("--qa", action="store_true", default=None, help="check every take (default for batch lines)")
+    qa.add_argument("--no-qa", action="store_false", dest="qa", help="skip the QA gate")
+
+
+_OPTION_NAMES = (
+    "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate",
+    "loudness", "trim_silence_s", "channels", "words", "qa",
+)  # fmt: skip
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in _OPTION_NAMES if getattr(args, name, None) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +106,7 @@ def _dispatch(client: Any, args: argparse.Namespace) -> int:
     if args.command == "say":
         options = _options(args)
         suffix = args.output.suffix.lstrip(".").lower()
+        suffix = "aac" if suffix == "m4a" else suffix  # aac comes in an MPEG-4 audio file
         options.setdefault("format", suffix if suffix in FORMATS else "wav")
         job = client.wait_job(client.submit_job(args.text, **options)["id"])
         if job["status"] != "succeeded":
