@@ -37,8 +37,23 @@ class JobResult(_Open):
     segments: list[dict[str, Any]] = []
     warnings: list[str] = []
     similarity: float | None = None
+    # "held_out" (speech of the reference the voice was not fitted to) or "fitting_clip".
+    similarity_basis: str | None = None
     engine: str | None = None
     rtf: float | None = None
+    channels: int | None = None
+    # What was spoken: the script after text normalisation (numbers, dates, units ... as words).
+    normalized_text: str | None = None
+    # Measured integrated loudness (LUFS) and true peak (dBTP) of the output, when a target was asked for.
+    loudness: dict[str, Any] | None = None
+    # Word (zh/ja: character) start and end times, with `words: true`; `words_source` is "engine" or "alignment".
+    words: list[dict[str, Any]] | None = None
+    words_source: str | None = None
+    # The QA gate's verdict, takes and checks (batch lines by default; jobs with `qa`).
+    qa: dict[str, Any] | None = None
+    # Answered from the dedup cache: the job whose stored audio was copied.
+    cached: bool | None = None
+    cached_from: str | None = None
 
 
 class JobView(_Open):
