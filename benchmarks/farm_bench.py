@@ -1,8 +1,9 @@
 """`./run.sh bench [--quick]`: one table of the farm's figures, from a farm this command starts on loopback.
 
 The farm (tests/faultfarm.py, as benchmarks/batch_1000.py uses it): its own PostgreSQL, Redis and SeaweedFS on
-free loopback ports, `voicefarm api`, `voicefarm reconcile` and kokoro workers with one intra-op thread each
-(`VOICEFARM_ENGINE_THREADS=1`, so two workers on two cores do not fight over threads). In order:
+free loopback ports, `voicefarm api` (2 gunicorn processes, as `voicefarm up`), `voicefarm reconcile`,
+`voicefarm qa-worker` and kokoro workers with one intra-op thread each (`VOICEFARM_ENGINE_THREADS=1`, so two
+workers on two cores do not fight over threads). In order:
 
 (f) cold start of a worker process (spawn to registered, engine loaded) and its memory (RSS);
 (a) the engine called in this process vs the same lines through the farm at saturation (all submitted at once):
@@ -14,7 +15,8 @@ free loopback ports, `voicefarm api`, `voicefarm reconcile` and kokoro workers w
 (d) audio seconds per wall second with 1 worker (the run of (a)) and with 2 (a second worker process added);
 (g) first and later voice clone (job start to finish), and which worker ran each;
 (h) a cached duplicate's turnaround (an identical request answered from the dedup cache);
-(e) the wall time of a 1,000-line batch (--quick: 10 lines, said so in the table);
+(e) the wall time of a 1,000-line batch (--quick: 10 lines, said so in the table), through the QA gate's pool
+    (`voicefarm qa-worker`) as every batch line is;
 (b) API submit latency p50/p99 paced at 100 requests/s with a batch in the backlog (10,000 lines; --quick: 1,000).
 
 Figures depend on the machine and its load: the table prints the load average beside them. It exits non-zero
@@ -241,12 +243,15 @@ def run(quick: bool, table: Table) -> None:
     n_paced = 200 if quick else 1000
     logs = Path(tempfile.mkdtemp(prefix="vf-bench-"))
     print(f"bench: logs in {logs}; load average {load()} on {os.cpu_count()} cores", flush=True)
-    farm = FaultFarm(logs, worker_cpu=1, extra_env=ENV)
+    farm = FaultFarm(logs, worker_cpu=1, api_workers=2, extra_env=ENV)  # 2 API processes, as `voicefarm up`
     extra: list[Any] = []
     try:
         farm.start_services()
         farm.start_reconciler()
         farm.start_api()
+        # Batch lines pass the QA gate (Whisper and speaker checks) on their own pool, as in `voicefarm up`; it
+        # starts first so that its model load is not inside any figure but the first worker's cold start.
+        farm.start_qa_worker()
         client = Client(farm.url, farm.key, timeout=60)
         farm.worker = spawn_worker(farm, "worker-1", table, 300)
         warm = client.submit_job("Hi.", format="wav")
@@ -324,7 +329,7 @@ def run(quick: bool, table: Table) -> None:
         table.add("h", "cached duplicate turnaround (POST answered succeeded), median / max of 20",
                   f"{statistics.median(turnaround):.1f} / {max(turnaround):.1f} ms")  # fmt: skip
 
-        # (e) a batch
+        # (e) a batch (its lines pass the QA gate, whose pool started with the farm)
         started = time.monotonic()
         lines_e = [{"id": f"e{i:04d}", "text": f"Line {i}."} for i in range(n_batch)]
         batch = client.create_batch(lines_e, defaults={"seed": random.randrange(2**31)}, name="bench")

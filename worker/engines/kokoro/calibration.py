@@ -68,7 +68,7 @@ def calibration_key(sentences: tuple[tuple[str, str], ...], voices: tuple[str, .
         "format": FORMAT,
         "model": model_version("kokoro", ""),
         "packages": {name: _version(name) for name in _PACKAGES},
-        "code": _code_hash(),
+        "code": CODE_HASH,
         "sentences": sentences,
         "voices": voices,
     }
@@ -87,7 +87,8 @@ def _version(name: str) -> str:
 
 
 def _code_hash() -> str:
-    """Every file of this engine package (G2P, lexicons, the model session) and the speaker encoder."""
+    """Every file of this engine package (G2P, lexicons, the model session) and the speaker encoder, as they were
+    when this process imported the engine (files edited later on disk do not change the code it runs)."""
     here = Path(__file__).resolve().parent
     files = sorted(p for p in here.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     files.append(here.parents[1] / "similarity.py")
@@ -95,6 +96,9 @@ def _code_hash() -> str:
     for path in files:
         digest.update(path.relative_to(here.parents[2]).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+CODE_HASH = _code_hash()
 
 
 def dump(stock: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
