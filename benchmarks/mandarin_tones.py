@@ -23,12 +23,14 @@ Three scores, so that G2P-side, model-side and recogniser-side errors can be tol
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import platform
 import statistics
 import sys
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,16 @@ def syllable_errors(reference: list[str], hypothesis: list[str]) -> Errors:
     )
 
 
+def tone_confusions(reference: list[str], hypothesis: list[str]) -> Counter[tuple[str, str]]:
+    """(reference tone, heard tone) for each syllable the recogniser got right without its tone."""
+    matcher = difflib.SequenceMatcher(None, toneless(reference), toneless(hypothesis), autojunk=False)
+    out: Counter[tuple[str, str]] = Counter()
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            out[reference[block.a + k][-1], hypothesis[block.b + k][-1]] += 1
+    return out
+
+
 def said(text: str) -> str:
     """The text as the worker hands it to the engine (numbers, dates ... spelled out)."""
     return normalize_for_speech(text, "zh")
@@ -179,6 +191,7 @@ class Heard:
     transcript: str
     cer: float
     errors: Errors
+    confusions: Counter[tuple[str, str]]
 
 
 def asr_scores(voice: str, sandhi: bool, limit: int | None = None) -> list[Heard]:
@@ -195,8 +208,10 @@ def asr_scores(voice: str, sandhi: bool, limit: int | None = None) -> list[Heard
         result = engine.synthesize(spoken, voice=voice, language="zh")
         transcript = transcribe(result.audio, result.sample_rate, "zh")
         heard = said(transcript) if transcript.strip() else ""
-        errors = syllable_errors(reader_pinyin(spoken), reader_pinyin(heard))
-        out.append(Heard(text, transcript, error_rate(spoken, heard, "zh"), errors))
+        reference, hypothesis = reader_pinyin(spoken), reader_pinyin(heard)
+        errors = syllable_errors(reference, hypothesis)
+        confusions = tone_confusions(reference, hypothesis)
+        out.append(Heard(text, transcript, error_rate(spoken, heard, "zh"), errors, confusions))
     return out
 
 
@@ -241,6 +256,15 @@ def main() -> None:
                 f"  {time.perf_counter() - started:6.0f}",
                 flush=True,
             )
+            confusions: Counter[tuple[str, str]] = sum((h.confusions for h in heard), Counter())
+            per_tone = []
+            for tone in "12345":
+                heard_as = {b: n for (a, b), n in confusions.items() if a == tone}
+                wrong = sum(n for b, n in heard_as.items() if b != tone)
+                top = ", ".join(f"{b}:{n}" for b, n in sorted(heard_as.items()) if b != tone)
+                per_tone.append(f"{tone}: {wrong}/{sum(heard_as.values())} wrong ({top or '-'})")
+            print("    syllables heard right, tone by tone (script tone: misheard/all (heard as)):")
+            print("      " + "; ".join(per_tone))
             for h in heard if args.verbose else []:
                 print(f"    {h.text} -> {h.transcript}  cer {h.cer:.2f} tone-only {h.errors.tone_only}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
