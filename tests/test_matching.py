@@ -116,6 +116,40 @@ def test_profiles_round_trip_and_old_profiles_still_load() -> None:
         parse_profile(json.dumps({"format": matching.PROFILE_FORMAT, "version": 9, "base_voice": "x"}).encode())
 
 
+def test_blend_search_never_scores_below_the_base_voice_and_follows_the_score() -> None:
+    voices = ("a", "b", "c")
+    target = {"a": 0.3, "b": 0.7, "c": 0.0}
+
+    def closeness(weights: dict[str, float]) -> float:  # peaks at the target blend
+        return -sum((weights.get(n, 0.0) - w) ** 2 for n, w in target.items())
+
+    weights, best, plain, spent = matching.search_blend("a", voices, closeness)
+    assert plain == closeness({"a": 1.0}) and best > plain and spent <= matching.BLEND_RENDERS
+    assert weights["b"] > weights.get("a", 0.0) and sum(weights.values()) == pytest.approx(1.0)
+    assert min(weights.values()) >= -matching.MAX_AWAY
+    stays, best, plain, _ = matching.search_blend("a", voices, lambda w: 1.0 if w == {"a": 1.0} else 0.0)
+    assert stays == {"a": 1.0} and best == plain == 1.0
+    _, _, _, spent = matching.search_blend("a", voices, closeness, budget=3)
+    assert spent == 3
+    packs = {"a": np.ones((510, 256), np.float32), "b": np.zeros((510, 256), np.float32)}
+    np.testing.assert_allclose(matching.blend_pack(packs, {"a": 1.25, "b": -0.25}), 1.25)
+
+
+def test_blend_profiles_round_trip_and_version_2_profiles_still_load() -> None:
+    embedding = tuple(np.full(256, 1 / 16, dtype=np.float32).tolist())
+    blend = {"jf_alpha": 0.75, "jm_kumo": 0.5, "jf_nezumi": -0.25}
+    match = VoiceMatch("jf_alpha", {"jf_alpha": 0.7}, embedding, None, (0.6, 0.7), blend=blend, method="x")
+    payload = json.loads(match.to_bytes())
+    assert payload["version"] == 3 and payload["match"]["method"] == "x"
+    assert parse_profile(match.to_bytes()).blend == blend
+    payload["version"] = 2
+    del payload["blend"]
+    assert parse_profile(json.dumps(payload).encode()).blend is None
+    payload["blend"] = {"jf_alpha": 2.0, "jm_kumo": -1.0}
+    with pytest.raises(ValueError, match="blend"):
+        parse_profile(json.dumps(payload).encode())
+
+
 # -- slow: the engine, and references from other synthesizers ----------------------------------------------------
 @pytest.fixture(scope="module")
 def engine() -> object:
@@ -154,3 +188,28 @@ def test_stock_voices_report_no_similarity_and_profiles_do(engine: object) -> No
     assert out.similarity == pytest.approx(expected, abs=1e-3)
     assert any("cannot clone" in warning for warning in out.warnings)
     assert out.audio.dtype == np.float32 and np.abs(out.audio).max() <= 1.0
+
+
+@pytest.mark.slow
+def test_matchers_never_score_below_the_best_stock_voice_on_a_held_out_speaker(engine: object) -> None:
+    """One espeak-ng speaker of benchmarks/matcher_heldout.py: fitted to one clip, scored on another text
+    against a held-out clip; the best stock voice is picked by looking at the held-out clip itself."""
+    from benchmarks.matcher_heldout import espeak_speakers, evaluate, print_means
+    from worker.similarity import SpeakerEncoder
+
+    matchers = ["world", "blend+world"]
+    (row,) = evaluate(engine, espeak_speakers(["en_m3"]), matchers, SpeakerEncoder())  # type: ignore[arg-type]
+    print_means([row], matchers)
+    for matcher in matchers:
+        assert row.matched[matcher] >= row.best_stock[1], (matcher, row.matched, row.best_stock)
+    # A blend profile is spoken with the blended pack: neither of its stock voices' audio.
+    from worker.engines.base import VoiceProfile
+
+    match = VoiceMatch(
+        "jf_alpha", {}, tuple(np.full(256, 1 / 16).tolist()), None, blend={"jf_alpha": 0.5, "jm_kumo": 0.5}
+    )
+    blended = engine.synthesize("Good morning.", voice=VoiceProfile("kokoro", match.to_bytes()), language="en")  # type: ignore[attr-defined]
+    assert blended.similarity is not None and np.abs(blended.audio).max() > 0.05
+    for stock in ("jf_alpha", "jm_kumo"):
+        plain = engine.synthesize("Good morning.", voice=stock, language="en").audio  # type: ignore[attr-defined]
+        assert plain.size != blended.audio.size or not np.allclose(plain, blended.audio, atol=1e-3)

@@ -31,6 +31,11 @@ _CALIBRATION = (
     ("en", "Please call Stella and ask her to bring these things with her from the store."),
 )
 _CHUNK_GAP_S = 0.12
+# What a blend of voice packs reads while clone() searches the style-vector space (one render per blend tried).
+_PROBE = _CALIBRATION[1]
+# "world": nearest stock voice + WORLD transform; "blend": style-vector search only; "blend+world": both.
+MATCHERS = ("world", "blend", "blend+world")
+_KEPT_BLENDS = 64
 _SENTENCE_END = re.compile(r"(?<=[.!?;:,…—])\s+")
 
 
@@ -105,6 +110,7 @@ class KokoroEngine:
         # Where the calibration is shared between workers (the worker sets the farm's S3); None: this process only.
         self.calibration_store: calibration.CalibrationStore | None = None
         self.calibrations_rendered = 0  # how often this engine rendered the calibration itself
+        self.matcher = "world"  # how clone() matches a reference; one of MATCHERS
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -133,7 +139,7 @@ class KokoroEngine:
             if voice.engine != ENGINE_NAME:
                 raise ValueError(f"voice profile was built by engine {voice.engine!r}, not {ENGINE_NAME!r}")
             profile = matching.parse_profile(voice.data)
-            if profile.base_voice not in STOCK_VOICES:
+            if profile.base_voice not in STOCK_VOICES or not set(profile.blend or ()) <= set(STOCK_VOICES):
                 raise ValueError(f"kokoro profile names an unknown stock voice {profile.base_voice!r}")
             moved = (
                 ", with its pitch and spectral envelope moved toward the reference"
@@ -192,13 +198,32 @@ class KokoroEngine:
         stock = self._stock_voices()
         base, similarities = matching.nearest_voice(embedding, {n: v.embedding for n, v in stock.items()})
         voice = stock[base]
-        if voice.world is None:
-            voice.world = matching.analyse(voice.audio)
 
         def score(candidate: np.ndarray) -> float:
             return self._encoder.similarity(self._encoder.embed(candidate, SAMPLE_RATE), embedding)
 
-        transform, matched, plain = matching.tune(reference, voice.world, voice.audio, score)
+        blend: dict[str, float] | None = None
+        if self.matcher == "world":
+            if voice.world is None:
+                voice.world = matching.analyse(voice.audio)
+            transform, matched, plain = matching.tune(reference, voice.world, voice.audio, score)
+        elif self.matcher in ("blend", "blend+world"):
+            probes: dict[str, np.ndarray] = {}
+
+            def probe_score(weights: dict[str, float]) -> float:
+                key = matching.blend_key(weights)
+                probes[key] = self._render(_PROBE[1], _PROBE[0], self._voice_name(weights), 1.0)[0]
+                return score(probes[key])
+
+            weights, matched, plain, _ = matching.search_blend(base, STOCK_VOICES, probe_score)
+            blend = weights if set(weights) != {base} else None
+            base = max(weights, key=weights.__getitem__)
+            transform = None
+            if self.matcher == "blend+world":
+                probe = probes[matching.blend_key(weights)]
+                transform, matched, _ = matching.tune(reference, matching.analyse(probe), probe, score)
+        else:
+            raise ValueError(f"unknown kokoro matcher {self.matcher!r}; one of {', '.join(MATCHERS)}")
         match = matching.VoiceMatch(
             base_voice=base,
             similarities=similarities,
@@ -206,8 +231,25 @@ class KokoroEngine:
             transform=transform,
             calibration_scores=(plain, matched),
             held_out=tuple(float(v) for v in held_out) if held_out is not None else None,
+            blend=blend,
+            method="ge2e-nearest+world" if self.matcher == "world" else f"ge2e-nearest+{self.matcher}-search",
         )
         return VoiceProfile(engine=ENGINE_NAME, data=match.to_bytes())
+
+    def _voice_name(self, weights: dict[str, float] | None, base: str = "") -> str:
+        """The model's name for a blend of stock packs, its pack made and registered on first use."""
+        if not weights:
+            return base
+        if set(weights) == {next(iter(weights))} and next(iter(weights)) in STOCK_VOICES:
+            return next(iter(weights))
+        name = matching.blend_key(weights)
+        voices = self.model.voices
+        if name not in voices:
+            blends = [key for key in voices if key.startswith("blend:")]
+            for old in blends[: max(0, len(blends) - _KEPT_BLENDS + 1)]:  # 0.5 MB a pack: keep the newest only
+                voices.pop(old, None)
+            voices[name] = matching.blend_pack({n: voices[n] for n in weights}, weights)
+        return name
 
     # -- synthesis -------------------------------------------------------------------------------------------
     def _render(
@@ -271,7 +313,8 @@ class KokoroEngine:
                 f"used {clamped:.2f}."
             )
             effective = clamped
-        audio, render_warnings, words = self._render(text, language, base_voice, effective, lexicon)
+        spoken = self._voice_name(profile.blend, base_voice) if profile is not None else base_voice
+        audio, render_warnings, words = self._render(text, language, spoken, effective, lexicon)
         warnings.extend(render_warnings)
         similarity, basis = None, None
         if profile is not None:

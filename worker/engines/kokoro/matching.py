@@ -13,9 +13,15 @@
    is transformed with candidate settings and the setting whose output embedding is nearest to the reference's
    wins (coordinate ascent; the untransformed voice is a candidate too, so the transform never scores worse on
    the calibration than the plain stock voice).
+3. Optionally (`search_blend`, before step 2): a search in Kokoro's style-vector space. A voice pack is a (510, 256)
+   array of style vectors; a blend is a weighted sum of the stock packs (weights sum to 1, a negative weight
+   moves away from a voice). Greedy steps from the nearest stock voice toward and away from each other voice,
+   each blend scored by the similarity of a rendered probe sentence to the fitting clip, within a render budget;
+   the plain nearest voice stays a candidate. The WORLD transform is then tuned on the best blend's probe.
 
 A profile is JSON bytes: the chosen stock voice, how it was chosen, the reference's embedding (so every output
-can report its speaker similarity) and the transform. Version 1 profiles (stock voice only) still load.
+can report its speaker similarity), the transform and (version 3) the blend weights. Versions 1 (stock voice
+only) and 2 (no blend) still load.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from typing import Any
 import numpy as np
 
 PROFILE_FORMAT = "voicefarm.kokoro.voice"
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
+BLEND_STEPS = (0.5, 0.25)  # greedy step sizes of the style-vector search, coarse then fine
+BLEND_RENDERS = 16  # probe renders one search may spend (clone time: about one render and embedding each)
+MAX_AWAY = 0.5  # the most negative weight a blend may give a stock voice
 RATE = 24_000
 FRAME_PERIOD_MS = 5.0
 F0_FLOOR, F0_CEIL = 60.0, 700.0
@@ -257,6 +266,57 @@ def split_reference(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarra
     return audio[:cut], audio[cut:]
 
 
+# -- style-vector search -----------------------------------------------------------------------------------------
+def blend_pack(packs: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """The voice pack of a blend: the weighted sum of stock packs, style vector by style vector."""
+    return np.asarray(sum(w * packs[name] for name, w in weights.items()), dtype=np.float32)
+
+
+def blend_key(weights: dict[str, float]) -> str:
+    """A stable name for a blend (what the engine registers its pack under)."""
+    return "blend:" + ",".join(f"{name}={w:.4f}" for name, w in sorted(weights.items()) if abs(w) > 1e-6)
+
+
+def _step(weights: dict[str, float], toward: str, step: float) -> dict[str, float]:
+    """Move the blend by `step` toward one voice (a negative step moves away from it); weights still sum to 1."""
+    out = {name: w * (1 - step) for name, w in weights.items()}
+    out[toward] = out.get(toward, 0.0) + step
+    return {name: round(w, 4) for name, w in out.items() if abs(w) > 1e-6}
+
+
+def search_blend(
+    base: str,
+    voices: tuple[str, ...],
+    score: Callable[[dict[str, float]], float],
+    budget: int = BLEND_RENDERS,
+) -> tuple[dict[str, float], float, float, int]:
+    """Greedy search over blends of `voices` starting at `base`, maximising `score` (one probe render each).
+
+    One round per step size: a step toward and one away from every voice, then a move to the best blend if it
+    beats the current one. Returns (best weights, its score, the base voice's score, renders spent);
+    the base voice alone is scored first, so the result never scores below it.
+    """
+    current = {base: 1.0}
+    best = plain = score(current)
+    spent, seen = 1, {blend_key(current)}
+    for step in BLEND_STEPS:
+        results: list[tuple[float, dict[str, float]]] = []
+        for name in voices:
+            for signed in (step, -step):
+                candidate = _step(current, name, signed)
+                key = blend_key(candidate)
+                if key in seen or min(candidate.values()) < -MAX_AWAY or spent >= budget:
+                    continue
+                seen.add(key)
+                results.append((score(candidate), candidate))
+                spent += 1
+        if results:
+            top, weights = max(results, key=lambda r: r[0])
+            if top > best:
+                best, current = top, weights
+    return current, best, plain, spent
+
+
 @dataclass(frozen=True)
 class VoiceMatch:
     base_voice: str
@@ -265,6 +325,8 @@ class VoiceMatch:
     transform: Transform | None
     calibration_scores: tuple[float, float] = (0.0, 0.0)  # (stock voice, transformed) similarity on calibration
     held_out: tuple[float, ...] | None = None  # the embedding of the held-out part, when the reference was split
+    blend: dict[str, float] | None = None  # style-vector weights per stock voice; None: the base voice's own pack
+    method: str = "ge2e-nearest+world"
 
     def to_bytes(self) -> bytes:
         payload = {
@@ -272,7 +334,7 @@ class VoiceMatch:
             "version": PROFILE_VERSION,
             "base_voice": self.base_voice,
             "match": {
-                "method": "ge2e-nearest+world",
+                "method": self.method,
                 "similarities": {name: round(s, 4) for name, s in self.similarities.items()},
                 "distances": {name: round(1.0 - s, 4) for name, s in self.similarities.items()},
                 "calibration_similarity": {"stock": round(self.calibration_scores[0], 4),
@@ -283,6 +345,7 @@ class VoiceMatch:
                 **({"held_out": [round(v, 5) for v in self.held_out]} if self.held_out else {}),
             },
             "transform": self.transform.to_json() if self.transform else None,
+            "blend": {name: round(w, 4) for name, w in self.blend.items()} if self.blend else None,
         }  # fmt: skip
         return json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
@@ -305,6 +368,7 @@ class Profile:
     embedding: np.ndarray | None
     transform: Transform | None
     held_out: np.ndarray | None = None
+    blend: dict[str, float] | None = None
 
     def similarity_target(self) -> tuple[np.ndarray | None, str]:
         """What outputs are scored against: the held-out part when there is one, else the fitted clip itself."""
@@ -322,7 +386,7 @@ def parse_profile(data: bytes) -> Profile:
     if not isinstance(payload, dict) or payload.get("format") != PROFILE_FORMAT:
         raise ValueError("voice profile is not a kokoro profile (unknown format)")
     version = payload.get("version")
-    if version not in (1, PROFILE_VERSION):
+    if version not in (1, 2, PROFILE_VERSION):
         raise ValueError(f"unsupported kokoro profile version {version!r}")
     base = payload.get("base_voice")
     if not isinstance(base, str):
@@ -334,11 +398,21 @@ def parse_profile(data: bytes) -> Profile:
         transform = Transform.from_json(payload["transform"]) if payload.get("transform") else None
         held = payload["reference"].get("held_out")
         held_out = np.asarray(held, dtype=np.float32) if held is not None else None
+        blend = _parse_blend(payload.get("blend"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"kokoro profile is malformed: {exc}") from None
     if embedding.shape != (256,) or (held_out is not None and held_out.shape != (256,)):
         raise ValueError("kokoro profile has a malformed reference embedding")
-    return Profile(base_voice=base, embedding=embedding, transform=transform, held_out=held_out)
+    return Profile(base_voice=base, embedding=embedding, transform=transform, held_out=held_out, blend=blend)
+
+
+def _parse_blend(raw: Any) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    weights = {str(name): float(w) for name, w in dict(raw).items()}
+    if not weights or abs(sum(weights.values()) - 1.0) > 1e-3 or min(weights.values()) < -MAX_AWAY - 1e-3:
+        raise ValueError("blend weights must sum to 1 and none be below -0.5")
+    return weights
 
 
 def profile_base_voice(data: bytes) -> str:
