@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.models import Job
+from shared.models import Job, WebhookDelivery
 from shared.storage import Storage
 
 
@@ -51,3 +51,18 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
             result["url"] = storage.presigned_url(job.result["key"], expiry_s)
         view["result"] = result
     return view
+
+
+def delivery_view(row: WebhookDelivery) -> dict[str, Any]:
+    """One webhook delivery attempt, as the API shows it (a job's or a batch's)."""
+    return {
+        "event_id": row.event_id,
+        "attempt": row.attempt,
+        "host": row.url_host,
+        "address": row.address,
+        "status_code": row.status_code,
+        "error": row.error,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "duration_ms": None if row.duration_ms is None else round(row.duration_ms, 1),
+    }

@@ -22,12 +22,12 @@ from shared.batches import manifest_csv, manifest_rows
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
 from shared.idempotency import request_hash
-from shared.models import Job, WebhookDelivery
+from shared.models import Job
 from shared.queue import enqueue_batch_webhook, try_enqueue
 from shared.scheduler import safe_top_up
 from shared.schemas import JobRequest
 from shared.storage import Storage
-from shared.views import iso, job_view
+from shared.views import delivery_view, job_view
 from shared.webhooks import check_webhook_url
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -239,21 +239,7 @@ def webhook_deliveries(batch_id: str) -> Response:
     with farm().sessions() as session:
         batch = batches.get_batch(session, authenticate(session), batch_id)
         rows = deliveries.batch_deliveries(session, batch.id)
-    return jsonify({"batch_id": batch.id, "deliveries": [_delivery(row) for row in rows]})
-
-
-def _delivery(row: WebhookDelivery) -> dict[str, Any]:
-    return {
-        "event_id": row.event_id,
-        "attempt": row.attempt,
-        "host": row.url_host,
-        "address": row.address,
-        "status_code": row.status_code,
-        "error": row.error,
-        "started_at": iso(row.started_at),
-        "finished_at": iso(row.finished_at),
-        "duration_ms": None if row.duration_ms is None else round(row.duration_ms, 1),
-    }
+    return jsonify({"batch_id": batch.id, "deliveries": [delivery_view(row) for row in rows]})
 
 
 @bp.get("/<batch_id>/manifest")

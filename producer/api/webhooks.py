@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import select, update
 
@@ -11,8 +9,8 @@ from producer.auth import authenticate
 from producer.resources import farm
 from shared import deliveries, jobs
 from shared.keys import new_webhook_secret
-from shared.models import ApiKey, WebhookDelivery
-from shared.views import iso
+from shared.models import ApiKey
+from shared.views import delivery_view
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 SIGNING = {
@@ -51,18 +49,4 @@ def attempts(job_id: str) -> Response:
     with farm().sessions() as session:
         job = jobs.get_job(session, authenticate(session), job_id)
         rows = deliveries.deliveries(session, job.id)
-    return jsonify({"job_id": job.id, "deliveries": [_view(row) for row in rows]})
-
-
-def _view(row: WebhookDelivery) -> dict[str, Any]:
-    return {
-        "event_id": row.event_id,
-        "attempt": row.attempt,
-        "host": row.url_host,
-        "address": row.address,
-        "status_code": row.status_code,
-        "error": row.error,
-        "started_at": iso(row.started_at),
-        "finished_at": iso(row.finished_at),
-        "duration_ms": None if row.duration_ms is None else round(row.duration_ms, 1),
-    }
+    return jsonify({"job_id": job.id, "deliveries": [delivery_view(row) for row in rows]})
