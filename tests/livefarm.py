@@ -59,8 +59,11 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture
-def live_farm(farm_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Iterator[LiveFarm]:
-    """API and one CPU kokoro worker, ready (the worker has registered) before the test starts."""
+def live_farm(
+    request: pytest.FixtureRequest, farm_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> Iterator[LiveFarm]:
+    """API and one CPU kokoro worker, ready (the worker has registered) before the test starts. A test marked
+    `qa_pool` also gets `voicefarm qa-worker`, as `voicefarm up` runs it: batch lines pass the QA gate there."""
     port = services.free_port()
     env = farm_env(farm_settings, port)
     logs = tmp_path / "logs"
@@ -69,6 +72,8 @@ def live_farm(farm_settings: Settings, sessions: sessionmaker[Session], tmp_path
         services.spawn([*CLI, "api"], env=env, log_path=logs / "api.log"),
         services.spawn([*CLI, "worker", "--cpu", "1"], env=env, log_path=logs / "worker.log"),
     ]
+    if request.node.get_closest_marker("qa_pool"):
+        procs.append(services.spawn([*CLI, "qa-worker", "--concurrency", "1"], env=env, log_path=logs / "qa.log"))
     url = f"http://127.0.0.1:{port}"
     farm = LiveFarm(url, new_api_key(sessions, "live"), logs, farm_settings, env)
     try:

@@ -80,6 +80,7 @@ def reference_file(farm: LiveFarm, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.qa_pool  # the page's batch lines pass the QA gate, as on `voicefarm up`
 def test_clone_speak_instruct_and_batch_in_the_browser(
     live_farm: LiveFarm,  # noqa: F811
     page: object,
