@@ -14,15 +14,16 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from shared import deliveries, jobs, logs, scheduler
+from shared import jobs, logs, scheduler
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Transient
 from shared.metrics import JobObserver
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_batch_webhook, enqueue_check, enqueue_webhook, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
+from worker.notify import job_finished
 from worker.synthesis import run_synthesis
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def create_worker_app() -> Celery:
         # Built in the process hook; built lazily here when a pool runs tasks in the main process.
         if "ctx" not in holder:
             ctx = WorkerContext.build(settings)
-            ctx.notify = lambda job_id: _notify(app, ctx, job_id, observer)
+            ctx.notify = lambda job_id: job_finished(app, ctx.sessions, ctx.settings, job_id, observer)
             ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
             ctx.start()
             holder["ctx"] = ctx
@@ -90,30 +91,6 @@ def _log_ids(ctx: WorkerContext, job_id: str) -> dict[str, str | None]:
             return {"tenant_id": job.tenant_id, "batch_id": job.batch_id} if job is not None else {}
     except Exception:  # logging context only: the task itself reports any outage
         return {}
-
-
-def _notify(app: Celery, ctx: WorkerContext, job_id: str, observer: JobObserver | None = None) -> None:
-    """Queue the webhook of a job that just reached a terminal state, when it asked for one; when it was a batch
-    line, refill its tenant's window (shared/scheduler.py), and queue the batch's final event when this line
-    finished the batch (shared/batch_state.py)."""
-    batch_line = False
-    try:
-        with ctx.sessions() as session:
-            job = session.get(Job, job_id)
-            wanted = job is not None and bool(job.webhook_url)
-            batch_id = job.batch_id if job is not None else None
-            batch_line = batch_id is not None
-            batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
-            if job is not None and observer is not None:
-                observer.observe(job)
-        if wanted:
-            enqueue_webhook(app, job_id)
-        if batch_owed and batch_id is not None:
-            enqueue_batch_webhook(app, batch_id)
-    except Exception:  # the reconciler sends webhooks that were never attempted
-        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
-    if batch_line:
-        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 
 
 def _send_check(app: Celery, ctx: WorkerContext, job_id: str) -> None:

@@ -16,14 +16,15 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 from sqlalchemy.exc import OperationalError
 
-from shared import deliveries, logs, scheduler
+from shared import logs, scheduler
 from shared.config import Settings, load_settings
 from shared.db import make_engine, make_session_factory
 from shared.errors import Transient
 from shared.models import Job
-from shared.queue import QA_QUEUE, QA_TASK, enqueue_batch_webhook, enqueue_webhook, make_celery, try_enqueue
+from shared.queue import QA_QUEUE, QA_TASK, make_celery, try_enqueue
 from shared.storage import Storage
 from worker.asr import Transcriber
+from worker.notify import job_finished
 from worker.qa_check import CheckContext, run_check
 from worker.similarity import shared_encoder
 
@@ -42,7 +43,7 @@ def build_context(settings: Settings, app: Celery | None = None) -> CheckContext
     )
     if app is not None:
         ctx.send_retake = lambda job: _send_retake(app, ctx, job)
-        ctx.notify = lambda job_id: _notify(app, ctx, job_id)
+        ctx.notify = lambda job_id: job_finished(app, ctx.sessions, ctx.settings, job_id)
     return ctx
 
 
@@ -53,25 +54,6 @@ def _send_retake(app: Celery, ctx: CheckContext, job: Job) -> None:
         scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
     else:
         try_enqueue(app, job.id, job.kind, job.engine, job.priority, len(job.text), ctx.sessions)
-
-
-def _notify(app: Celery, ctx: CheckContext, job_id: str) -> None:
-    """A job the gate finished: its webhook, and for a batch line the scheduler's next lines and, when the line
-    finished its batch, the batch's final event (shared/batch_state.py)."""
-    with ctx.sessions() as session:
-        job = session.get(Job, job_id)
-        webhook, batch_line = job is not None and bool(job.webhook_url), job is not None and job.batch_id is not None
-        batch_id = job.batch_id if job is not None else None
-        batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
-    try:
-        if webhook:
-            enqueue_webhook(app, job_id)
-        if batch_owed and batch_id is not None:
-            enqueue_batch_webhook(app, batch_id)
-    except Exception:  # the reconciler sends webhooks that were never attempted
-        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
-    if batch_line:
-        scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 
 
 def create_qa_app(settings: Settings | None = None) -> Celery:

@@ -1,0 +1,45 @@
+"""What follows a job reaching a final state, in whichever pool finished it (the synthesis worker, or the QA pool
+for a gated take): its webhook when it asked for one; for a batch line, the batch's final event when this line
+finished the batch (shared/batch_state.py), and a refill of its tenant's window (shared/scheduler.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import deliveries, scheduler
+from shared.config import Settings
+from shared.metrics import JobObserver
+from shared.models import Job
+from shared.queue import enqueue_batch_webhook, enqueue_webhook
+
+log = logging.getLogger(__name__)
+
+
+def job_finished(
+    app: Celery,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    job_id: str,
+    observer: JobObserver | None = None,
+) -> None:
+    batch_line = False
+    try:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            wanted = job is not None and bool(job.webhook_url)
+            batch_id = job.batch_id if job is not None else None
+            batch_line = batch_id is not None
+            batch_owed = batch_id is not None and deliveries.batch_owed(session, batch_id)
+            if job is not None and observer is not None:
+                observer.observe(job)
+        if wanted:
+            enqueue_webhook(app, job_id)
+        if batch_owed and batch_id is not None:
+            enqueue_batch_webhook(app, batch_id)
+    except Exception:  # the reconciler sends webhooks that were never attempted
+        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
+    if batch_line:
+        scheduler.safe_top_up(sessions, app, settings.batch_window_per_worker, settings.worker_live_s)
