@@ -37,7 +37,8 @@ class JobResult(_Open):
     segments: list[dict[str, Any]] = []
     warnings: list[str] = []
     similarity: float | None = None
-    # "held_out" (speech of the reference the voice was not fitted to) or "fitting_clip".
+    # "held_out" (speech of the reference the voice was not fitted to), "second_clip" (the clone's second clip)
+    # or "fitting_clip" (the very clip it was fitted to: an upper bound).
     similarity_basis: str | None = None
     engine: str | None = None
     rtf: float | None = None
@@ -88,6 +89,8 @@ class CloneForm(BaseModel):
     """multipart/form-data of `POST /v1/voices`."""
 
     audio: bytes = Field(json_schema_extra={"format": "binary"})
+    # Another clip of the speaker, never fitted to: what every output's similarity is measured against.
+    second_clip: bytes | None = Field(default=None, json_schema_extra={"format": "binary"})
     transcript: str | None = Field(default=None, max_length=1000)
     name: str | None = Field(default=None, max_length=200)
     language: str | None = None
@@ -107,6 +110,7 @@ class VoiceView(_Open):
     ready_at: str | None
     job_id: str | None = None
     warnings: list[str] = []
+    second_clip_s: float | None = None
 
 
 class StockVoice(BaseModel):
@@ -175,6 +179,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+    # What an operator should look at but that does not stop the API serving (e.g. takes waiting for a QA pool).
+    warnings: list[str] = []
 
 
 class WebhookSecret(_Open):

@@ -390,27 +390,33 @@ def to_checking(session: Session, attempt: Attempt, result: dict[str, Any], leas
 
 
 def hold_check(session: Session, job_id: str, number: int, worker: str, lease_s: float) -> bool:
-    """A QA worker takes the check of attempt `number` (or renews it); False when that take is no longer waiting."""
+    """A QA worker takes the check of attempt `number`, or renews its own hold; False when that take is no longer
+    waiting or another QA worker holds it under a live lease (a re-sent check then does nothing)."""
+    free = Job.worker.is_(None) | (Job.worker == worker) | (Job.lease_expires_at < utcnow())
     held = session.execute(
         update(Job)
-        .where(_checking(job_id, number))
+        .where(_checking(job_id, number), free)
         .values(worker=worker, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
     return _rowcount(held) == 1
 
 
-def pass_check(session: Session, job_id: str, number: int, result: dict[str, Any], takes: list[dict[str, Any]]) -> bool:
-    """The gate is done: the job succeeds with the kept take's result (which says whether it passed)."""
-    return _finish(session, _checking(job_id, number), status="succeeded", result=result, qa_takes=takes)
+def pass_check(
+    session: Session, job_id: str, number: int, worker: str, result: dict[str, Any], takes: list[dict[str, Any]]
+) -> bool:
+    """The gate is done: the job succeeds with the kept take's result (which says whether it passed). Only the QA
+    worker holding the check may write it."""
+    held = _checking(job_id, number) & (Job.worker == worker)
+    return _finish(session, held, status="succeeded", result=result, qa_takes=takes)
 
 
-def retake(session: Session, job_id: str, number: int, takes: list[dict[str, Any]]) -> bool:
+def retake(session: Session, job_id: str, number: int, worker: str, takes: list[dict[str, Any]]) -> bool:
     """The take failed the gate: queued again for another take, with the takes so far recorded. The job is
     unsent (`sent_at` NULL) until its message is sent: the scheduler sends batch lines, the reconciler the rest
-    if the gate's own send fails."""
+    if the gate's own send fails. Only the QA worker holding the check may write it."""
     done = session.execute(
         update(Job)
-        .where(_checking(job_id, number))
+        .where(_checking(job_id, number), Job.worker == worker)
         .values(
             status="queued",
             qa_takes=takes,

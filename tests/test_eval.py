@@ -14,10 +14,11 @@ import pytest
 import soundfile as sf
 
 from benchmarks.make_eval_set import CLIPS, build
+from shared.normalization import normalize_for_speech
 from tests import asr
 from tests.livefarm import CLI, LiveFarm, live_farm  # noqa: F401  (fixture)
 from voicefarm.client import Client
-from voicefarm.eval import load_set, spoken
+from voicefarm.eval import load_set
 
 
 def test_a_set_without_its_clips_is_refused_before_the_farm_is_asked(tmp_path: Path) -> None:
@@ -93,7 +94,11 @@ def test_eval_prints_the_table_and_its_figures_hold_up(live_farm: LiveFarm, tmp_
     # The Chinese CER by hand from the recorded transcript: characters only, both sides in spoken form.
     zh = figures["zh_f2-1"]
     chars = [
-        "".join(ch for ch in spoken(unicodedata.normalize("NFKC", t), "zh") if unicodedata.category(ch)[0] in "LN")
+        "".join(
+            ch
+            for ch in normalize_for_speech(unicodedata.normalize("NFKC", t), "zh")
+            if unicodedata.category(ch)[0] in "LN"
+        )
         for t in (zh["text"], zh["transcript"])
     ]
     assert zh["error_rate"] == pytest.approx(jiwer.cer(chars[0], chars[1]), abs=1e-9)

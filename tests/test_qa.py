@@ -3,6 +3,8 @@ synthesis -> check -> re-take loop in-process over real services, and a farm who
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +54,15 @@ def test_request_field_is_off_for_jobs_and_on_for_batch_lines() -> None:
     assert tuned.synthesis_fields("kokoro", "jf_alpha", "en")["qa"] == {"max_wer": 0.1, "retakes": 3}
     with pytest.raises(ValueError):
         JobRequest.model_validate({"text": "Hello there.", "qa": {"max_werr": 0.1}})
+
+
+def test_error_rates_compare_what_was_said_not_how_it_is_written() -> None:
+    # Whisper writes digits where the engine spoke the normalised words: the same speech, no error.
+    assert checks.error_rate("Line fifteen.", "Line 15.", "en") == 0.0
+    assert checks.error_rate("Line 15.", "line fifteen", "en") == 0.0
+    assert checks.error_rate("我有十五个苹果。", "我有15个苹果", "zh") == 0.0
+    assert checks.error_rate("Line fifteen.", "Line 16.", "en") == 0.5  # a wrong number still counts
+    assert checks.error_rate("Line fifteen.", "", "en") == 1.0
 
 
 def test_defect_switch_and_retake_spec() -> None:
@@ -201,9 +212,9 @@ def test_checking_state_is_fenced_on_the_take(db: sessionmaker[Session]) -> None
         assert not jobs.complete(session, attempt, {"key": "late"})
         assert not jobs.hold_check(session, job_id, attempt.number + 1, "qa", 60)
         assert jobs.hold_check(session, job_id, attempt.number, "qa", 60)
-        assert jobs.retake(session, job_id, attempt.number, [{"take": 1, "passed": False}])
+        assert jobs.retake(session, job_id, attempt.number, "qa", [{"take": 1, "passed": False}])
         # A second check of the same take (the reconciler re-sent it) finds nothing to do.
-        assert not jobs.pass_check(session, job_id, attempt.number, {"key": "k1"}, [])
+        assert not jobs.pass_check(session, job_id, attempt.number, "qa", {"key": "k1"}, [])
     job = _status(db, job_id)
     assert (
         job.status == "queued"
@@ -215,8 +226,9 @@ def test_checking_state_is_fenced_on_the_take(db: sessionmaker[Session]) -> None
         claimed = jobs.claim(session, job_id, "w2", 60, 3)
         assert claimed is not None and claimed[1].number == attempt.number + 1
         assert jobs.to_checking(session, claimed[1], {"key": "k2"}, 60)
-        assert not jobs.pass_check(session, job_id, attempt.number, {"key": "k1"}, [])  # the old take's check
-        assert jobs.pass_check(session, job_id, claimed[1].number, {"key": "k2", "qa": {"passed": True}}, [])
+        assert not jobs.pass_check(session, job_id, attempt.number, "qa", {"key": "k1"}, [])  # the old take's check
+        assert jobs.hold_check(session, job_id, claimed[1].number, "qa", 60)
+        assert jobs.pass_check(session, job_id, claimed[1].number, "qa", {"key": "k2", "qa": {"passed": True}}, [])
     job = _status(db, job_id)
     assert job.status == "succeeded" and job.result == {"key": "k2", "qa": {"passed": True}}
 
@@ -228,8 +240,41 @@ def test_a_checking_job_can_be_canceled_and_its_check_then_writes_nothing(db: se
         _job, changed = jobs.cancel(session, tenant_id, job_id)
         assert changed
         assert not jobs.hold_check(session, job_id, attempt.number, "qa", 60)
-        assert not jobs.retake(session, job_id, attempt.number, [])
+        assert not jobs.retake(session, job_id, attempt.number, "qa", [])
     assert _status(db, job_id).status == "canceled"
+
+
+def test_a_held_check_belongs_to_its_qa_worker_until_its_lease_lapses(db: sessionmaker[Session]) -> None:
+    job_id, attempt = _checking_job(db)
+    n = attempt.number
+    with transaction(db) as session:
+        assert jobs.hold_check(session, job_id, n, "qa-a", 60)
+        assert jobs.hold_check(session, job_id, n, "qa-a", 60)  # renewing its own hold
+        # A re-sent check on another QA worker neither takes nor writes the held check.
+        assert not jobs.hold_check(session, job_id, n, "qa-b", 60)
+        assert not jobs.pass_check(session, job_id, n, "qa-b", {"key": "k1"}, [])
+        assert not jobs.retake(session, job_id, n, "qa-b", [])
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    with transaction(db) as session:
+        # qa-a went quiet past its lease: qa-b may take the check, and qa-a's late writes are refused.
+        assert jobs.hold_check(session, job_id, n, "qa-b", 60)
+        assert not jobs.hold_check(session, job_id, n, "qa-a", 60)
+        assert not jobs.pass_check(session, job_id, n, "qa-a", {"key": "k1"}, [])
+        assert jobs.pass_check(session, job_id, n, "qa-b", {"key": "k1"}, [])
+    assert _status(db, job_id).status == "succeeded"
+
+
+def test_readiness_warns_of_takes_no_qa_worker_has_taken(client: Any, sessions: sessionmaker[Session]) -> None:
+    job_id, attempt = _checking_job(sessions)
+    assert client.get("/readyz").get_json()["warnings"] == []  # just handed to the gate
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=utcnow() - timedelta(seconds=600)))
+    body = client.get("/readyz").get_json()
+    assert len(body["warnings"]) == 1 and "voicefarm qa-worker" in body["warnings"][0], body
+    assert "qa" not in body["checks"]  # a warning, not a readiness failure
+    with transaction(sessions) as session:
+        assert jobs.hold_check(session, job_id, attempt.number, "qa", 60)  # a QA worker took it
+    assert client.get("/readyz").get_json()["warnings"] == []
 
 
 def test_lapsed_checks_are_found_once_per_lease(db: sessionmaker[Session]) -> None:
@@ -280,6 +325,58 @@ def test_a_truncated_first_take_is_retaken_and_passes(farm_settings: Settings, s
     assert not (done.qa_takes or [])[0]["checks"]["tail_db"]["pass"]
     # Only the kept take's object is left.
     assert ctx.storage.list_keys(f"jobs/{tenant.id}/{job_id}/") == [result["key"]]
+
+
+class _SlowTranscriber:
+    """The real transcriber, after a pause: a check that outlasts its lease (a long line on a busy QA node)."""
+
+    def __init__(self, inner: checks.Transcribes, pause_s: float) -> None:
+        self.inner, self.pause_s = inner, pause_s
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int, language: str | None = None) -> tuple[str, str]:
+        time.sleep(self.pause_s)
+        return self.inner.transcribe(audio, sample_rate, language)
+
+
+@pytest.mark.slow
+def test_a_check_longer_than_its_lease_keeps_it_and_a_resent_check_does_nothing(
+    farm_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    from worker.context import WorkerContext
+    from worker.qa_app import build_context
+    from worker.qa_check import run_check
+    from worker.synthesis import run_synthesis
+
+    lease = 2
+    settings = farm_settings.model_copy(update={"worker_name": "qa-lease", "job_lease_s": lease})
+    ctx = WorkerContext.build(settings)
+    ctx.send_check = lambda job_id: None
+    slow = build_context(settings)
+    slow.name = "qa-slow"
+    slow.transcriber = _SlowTranscriber(slow.transcriber, pause_s=3 * lease)
+    other = build_context(settings)
+    other.name = "qa-other"
+    with transaction(sessions) as session:
+        tenant = tenants.get_or_create_tenant(session, "acme")
+        fields = FIELDS | {"text": LINES["en"]}
+        job, _ = jobs.create_job(session, tenant_id=tenant.id, idempotency_key=None, qa={}, **fields)
+        job_id = job.id
+    assert run_synthesis(ctx, job_id) == "checking"
+    outcome: list[str] = []
+    checking = threading.Thread(target=lambda: outcome.append(run_check(slow, job_id)))
+    checking.start()
+    resent: list[str] = []
+    deadline = time.monotonic() + 2 * lease + 1
+    while time.monotonic() < deadline:  # the reconciler's passes, well past the first lease
+        with transaction(sessions) as session:
+            resent += jobs.lapsed_checks(session, lease)
+        time.sleep(0.25)
+    # Delivered twice anyway (a broker redelivery): the second QA worker finds the check held.
+    assert run_check(other, job_id) == "skipped"
+    checking.join(timeout=120)
+    assert resent == [] and outcome == ["passed"]
+    done = _row(sessions, job_id)
+    assert done.status == "succeeded" and done.worker == "qa-slow" and done.result["qa"]["takes"] == 1
 
 
 @pytest.mark.slow

@@ -144,19 +144,12 @@ class Scorer:
         audio, rate = decode(data, fmt, sample_rate)
         heard = self.transcriber.transcribe(audio, rate, line.language)[0] if speech_span_s(audio, rate) > 0 else ""
         line.transcript = heard
-        # Both sides in spoken form (the farm's normaliser), so Whisper's "9" matches the "nine" of the text.
-        line.error_rate = error_rate(spoken(line.text, line.language), spoken(heard, line.language), line.language)
+        # Both sides in spoken form (error_rate runs the farm's normaliser), so Whisper's "9" matches "nine".
+        line.error_rate = error_rate(line.text, heard, line.language)
         try:
             line.similarity = SpeakerEncoder.similarity(self.encoder.embed(audio, rate), self.heldout(line.speaker))
         except ValueError:  # too short or silent to embed
             line.similarity = None
-
-
-def spoken(text: str, language: str) -> str:
-    """Numbers, dates, units and the like as words (shared/normalization), as the farm says them."""
-    from shared.normalization import normalize_for_speech
-
-    return normalize_for_speech(text, language)
 
 
 def _seconds(job: JobView) -> float | None:

@@ -1,7 +1,8 @@
 """The QA gate's checks, as plain functions over one take's audio: what it says, whose voice, and its signal.
 
-- text: Whisper (worker/asr.py) transcribes the take; CER (zh, ja) or WER (en) against the normalised input,
-  both sides NFKC-folded, lowercased and stripped of punctuation (jiwer computes the edit distances);
+- text: Whisper (worker/asr.py) transcribes the take; CER (zh, ja) or WER (en) against the normalised input.
+  Both sides go through the farm's text normaliser (Whisper writes "15" where the engine said "fifteen"), then
+  are NFKC-folded, lowercased and stripped of punctuation (jiwer computes the edit distances);
 - voice: GE2E speaker similarity (worker/similarity.py) to a cloned voice's reference clip;
 - signal: clipped samples, the longest silence inside the speech, a tail still loud where the take ends (speech
   cut off), and a speech duration out of proportion to the text at the job's speed.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from shared.normalization import normalize_for_speech
 
 FRAME_S = 0.02
 # A frame is speech when within this many dB of the take's speech level and above the floor.
@@ -153,10 +156,12 @@ def duration_ratio(speech_s: float, text: str, language: str, speed: float) -> f
 
 # -- text -------------------------------------------------------------------------------------------------------
 def error_rate(reference: str, hypothesis: str, language: str) -> float:
-    """CER for zh/ja, WER for en, over `text_units` of both sides; an empty hypothesis scores 1."""
+    """CER for zh/ja, WER for en, over `text_units` of both sides, each written out as it is spoken (numbers,
+    units, dates as words); an empty hypothesis scores 1."""
     import jiwer
 
-    ref, hyp = text_units(reference, language), text_units(hypothesis, language)
+    ref = text_units(normalize_for_speech(reference, language), language)
+    hyp = text_units(normalize_for_speech(hypothesis, language), language)
     if not ref:
         return 0.0 if not hyp else 1.0
     if not hyp:

@@ -6,14 +6,17 @@ runs every check of worker/qa.py on the stored audio, and then, through shared/j
 - it fails and re-takes are left: the job is queued again (`retake`) and sent to the engine for another take;
 - it fails and none are left: the job succeeds with the best of its takes, `result.qa.passed` false and
   `needs_review` true, which the batch manifest shows. Not failed silently, not passed silently.
-Every take's object is kept until the end, when all but the kept one are deleted.
+Every take's object is kept until the end, when all but the kept one are deleted. The hold is renewed while the
+checks run, so a slow check is never re-sent by the reconciler; a re-sent check finds it held and does nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,23 +84,28 @@ def run_check(ctx: CheckContext, job_id: str) -> str:
         int(take.result.get("channels") or 1),
     )
     reference = ctx.reference(take.reference_key) if take.reference_key else None
-    report = checks.evaluate(
-        audio,
-        rate,
-        text=take.text,
-        language=take.language,
-        speed=take.speed,
-        limits=take.limits,
-        transcriber=ctx.transcriber,
-        encoder=ctx.encoder,
-        reference=reference,
-    )
+    with _holding(ctx, job_id, take.number) as lost:
+        report = checks.evaluate(
+            audio,
+            rate,
+            text=take.text,
+            language=take.language,
+            speed=take.speed,
+            limits=take.limits,
+            transcriber=ctx.transcriber,
+            encoder=ctx.encoder,
+            reference=reference,
+        )
+    if lost.is_set():
+        return "lease_lost"  # canceled, or another QA worker took the check: its writes would be refused anyway
     check_s = round(time.perf_counter() - started, 3)
     details = take.result.get("qa_take") or {}
     record = {
         "take": len(take.takes) + 1,
         "seed": details.get("seed"),
         "speed": details.get("speed"),
+        "worker": details.get("worker"),
+        "synthesized_at": details.get("synthesized_at"),
         "key": take.result["key"],
         "score": list(report.score()),
         "check_s": check_s,
@@ -108,6 +116,32 @@ def run_check(ctx: CheckContext, job_id: str) -> str:
     if not report.passed and len(history) <= int(take.limits["retakes"]):
         return _retake(ctx, job_id, take.number, history)
     return _settle(ctx, job_id, take.number, history, report.passed)
+
+
+@contextmanager
+def _holding(ctx: CheckContext, job_id: str, number: int) -> Iterator[threading.Event]:
+    """Renew the check's hold every third of the lease while the body runs; the event is set once it is lost."""
+    stop, lost = threading.Event(), threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ctx.settings.job_lease_s / 3):
+            try:
+                with transaction(ctx.sessions) as session:
+                    held = jobs.hold_check(session, job_id, number, ctx.name, ctx.settings.job_lease_s)
+            except Exception:  # the database is down: try again next beat; the lease covers two missed beats
+                log.warning("job %s: could not renew the check's hold", job_id, exc_info=True)
+                continue
+            if not held:
+                lost.set()
+                return
+
+    beat = threading.Thread(target=renew, name=f"qa-hold-{job_id}", daemon=True)
+    beat.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        beat.join()
 
 
 def _load(ctx: CheckContext, session: Session, job_id: str) -> _Take | None:
@@ -136,7 +170,7 @@ def _load(ctx: CheckContext, session: Session, job_id: str) -> _Take | None:
 
 def _retake(ctx: CheckContext, job_id: str, number: int, history: list[dict[str, Any]]) -> str:
     with transaction(ctx.sessions) as session:
-        if not jobs.retake(session, job_id, number, history):
+        if not jobs.retake(session, job_id, number, ctx.name, history):
             return "lease_lost"
         job = session.get(Job, job_id)
         assert job is not None
@@ -161,7 +195,7 @@ def _settle(ctx: CheckContext, job_id: str, number: int, history: list[dict[str,
     result = best["result"] | {"qa": summary}
     kept = [{k: v for k, v in t.items() if k != "result"} for t in history]
     with transaction(ctx.sessions) as session:
-        if not jobs.pass_check(session, job_id, number, result, kept):
+        if not jobs.pass_check(session, job_id, number, ctx.name, result, kept):
             return "lease_lost"
         tenant_id = session.get(Job, job_id).tenant_id  # type: ignore[union-attr]
     for key in ctx.storage.list_keys(job_prefix(tenant_id, job_id)):

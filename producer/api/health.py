@@ -8,9 +8,12 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select, text
 
 from producer.resources import farm
-from shared.models import Worker, utcnow
+from shared import jobs
+from shared.models import Job, Worker, utcnow
 
 bp = Blueprint("health", __name__)
+# A take waiting this long for the QA gate with no QA worker on it means the pool is missing or too small.
+QA_WAIT_WARN_S = 300
 
 
 @bp.get("/healthz")
@@ -49,9 +52,32 @@ def readyz() -> tuple[Response, int]:
         with resources.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
 
+    def waiting_checks() -> int:
+        # Not a readiness failure: the API serves without a QA pool, but batch lines then wait in "checking".
+        with resources.sessions() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.status == jobs.CHECKING,
+                        Job.worker.is_(None),
+                        Job.started_at < utcnow() - timedelta(seconds=QA_WAIT_WARN_S),
+                    )
+                )
+                or 0
+            )
+
     check("database", database)
     check("broker", broker)
     check("storage", resources.storage.ping)
     check("workers", workers)
     ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), 200 if ready else 503
+    warnings = []
+    if checks["database"] == "ok" and (waiting := waiting_checks()):
+        warnings.append(
+            f"{waiting} take(s) have waited over {QA_WAIT_WARN_S} s for the QA gate with no QA worker on them: "
+            "is `voicefarm qa-worker` running, and are there enough of them?"
+        )
+    body = {"status": "ready" if ready else "unavailable", "checks": checks, "warnings": warnings}
+    return jsonify(body), 200 if ready else 503
