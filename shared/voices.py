@@ -19,6 +19,11 @@ def upload_key(tenant_id: str, voice_id: str) -> str:
     return voice_prefix(tenant_id, voice_id) + "upload"
 
 
+def second_clip_key(tenant_id: str, voice_id: str) -> str:
+    """An optional second clip of the speaker, as uploaded: outputs' similarity is measured against it."""
+    return voice_prefix(tenant_id, voice_id) + "second-clip"
+
+
 # Per clone attempt, so a stale attempt never overwrites the objects the voice row names.
 def reference_key(tenant_id: str, voice_id: str, attempt: int) -> str:
     return voice_prefix(tenant_id, voice_id) + f"reference.a{attempt}.wav"

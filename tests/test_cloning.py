@@ -194,3 +194,48 @@ def test_clone_jobs_show_in_the_job_api_without_audio(
     # A transcript without a language: the language comes from the transcript.
     voice = client.get(f"/v1/voices/{body['id']}", headers=auth(api_key)).get_json()
     assert voice["language"] == "en"
+
+
+def test_a_second_clip_is_what_outputs_are_scored_against(
+    client: FlaskClient, api_key: str, ctx: WorkerContext, sessions: sessionmaker[Session], reference_wav: bytes
+) -> None:
+    from worker.engines.kokoro import matching
+
+    engine = create_engine("kokoro")
+    engine.load()
+    speech = engine.synthesize(
+        "My grandfather used to tell me long stories about the sea and the ships he sailed.",
+        voice="jm_kumo",
+        language="en",
+    )
+    second = _wav(speech.audio)
+    # A bad second clip is refused like a bad reference: at once, nothing stored or queued.
+    stored = ctx.storage.list_keys("voices/")
+    response = client.post(
+        "/v1/voices",
+        data={"audio": (io.BytesIO(reference_wav), "ref.wav"), "second_clip": (io.BytesIO(b"RIFF"), "2.wav")},
+        headers=auth(api_key),
+    )
+    assert response.status_code == 400 and response.get_json()["error"]["message"].startswith("second_clip: ")
+    assert ctx.storage.list_keys("voices/") == stored
+
+    response = client.post(
+        "/v1/voices",
+        data={"audio": (io.BytesIO(reference_wav), "ref.wav"), "second_clip": (io.BytesIO(second), "2.wav")},
+        headers=auth(api_key),
+    )
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert run_clone(ctx, body["job_id"]) == "succeeded"
+    voice = client.get(f"/v1/voices/{body['id']}", headers=auth(api_key)).get_json()
+    assert voice["status"] == "ready" and voice["second_clip_s"] == pytest.approx(len(speech.audio) / 24000, abs=0.01)
+    _reference_key, profile_key = _voice_keys(sessions, body["id"])
+    profile = matching.parse_profile(ctx.storage.get(profile_key))
+    assert profile.held_out is not None and profile.held_out_source == "second_clip"
+
+    response = client.post(
+        "/v1/jobs", json={"text": "Thank you for calling.", "voice": body["id"]}, headers=auth(api_key)
+    )
+    assert run_synthesis(ctx, response.get_json()["id"]) == "succeeded"
+    result = client.get(f"/v1/jobs/{response.get_json()['id']}", headers=auth(api_key)).get_json()["result"]
+    assert result["similarity_basis"] == "second_clip" and 0.0 < result["similarity"] <= 1.0

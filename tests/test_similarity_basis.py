@@ -66,3 +66,26 @@ def test_outputs_are_scored_against_speech_the_voice_was_not_fitted_to(engine: A
     assert matching.parse_profile(short.data).held_out is None
     out = engine.synthesize("Thank you for calling.", voice=short, language="en")
     assert out.similarity_basis == "fitting_clip" and out.similarity is not None
+
+
+@pytest.mark.slow
+def test_with_a_second_clip_the_voice_is_fitted_to_the_whole_reference_and_scored_on_the_second(engine: Any) -> None:
+    from worker.similarity import SpeakerEncoder
+
+    encoder = SpeakerEncoder()
+    pause = np.zeros(RATE // 3, dtype=np.float32)
+    parts = [engine.synthesize(text, voice="jf_nezumi", language="en").audio for text in SENTENCES]
+    reference = np.concatenate([parts[0], pause, parts[1]])  # long enough to be split, were no clip given
+    assert len(reference) / RATE >= matching.HOLD_OUT_MIN_S
+    profile = engine.clone(reference, RATE, transcript=None, held_out=parts[2])
+    parsed = matching.parse_profile(profile.data)
+    assert parsed.held_out_source == "second_clip" and parsed.held_out is not None
+    assert encoder.similarity(parsed.embedding, encoder.embed(reference, RATE)) > 0.999  # type: ignore[arg-type]
+    assert encoder.similarity(parsed.held_out, encoder.embed(parts[2], RATE)) > 0.999
+    out = engine.synthesize("Thank you for calling; we will be right with you.", voice=profile, language="en")
+    assert out.similarity_basis == "second_clip"
+    assert out.similarity == pytest.approx(
+        encoder.similarity(encoder.embed(out.audio, RATE), parsed.held_out), abs=1e-3
+    )
+    with pytest.raises(ValueError, match="second clip"):
+        engine.clone(reference, RATE, transcript=None, held_out=np.zeros(0, dtype=np.float32))

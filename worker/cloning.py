@@ -29,7 +29,8 @@ def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
     if voice is None:
         raise NotFound(f"voice {job.voice} was deleted", code="voice_not_found")
     try:
-        result = _clone(ctx, attempt, voice.tenant_id, voice.id, voice.transcript, voice.language)
+        second = (voice.details or {}).get("second_clip_s") is not None
+        result = _clone(ctx, attempt, voice.tenant_id, voice.id, voice.transcript, voice.language, second)
     except ValueError as exc:  # the engine's or the reference checks' refusal of this clip
         raise BadRequest(str(exc), code="clone_rejected") from exc
     with transaction(ctx.sessions) as session:
@@ -46,16 +47,26 @@ def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
             transcript=result["transcript"],
             language=result["language"],
             duration_s=result["duration_s"],
-            details={k: result[k] for k in ("warnings", "build_s", "transcribed")},
+            details={k: result[k] for k in ("warnings", "build_s", "transcribed", "second_clip_s") if k in result},
         )
     ctx.notify(job.id)
     return "succeeded"
 
 
 def _clone(
-    ctx: WorkerContext, attempt: Attempt, tenant_id: str, voice_id: str, transcript: str | None, language: str | None
+    ctx: WorkerContext,
+    attempt: Attempt,
+    tenant_id: str,
+    voice_id: str,
+    transcript: str | None,
+    language: str | None,
+    second: bool = False,
 ) -> dict[str, Any]:
     clip = normalise(inspect_upload(ctx.storage.get(voices.upload_key(tenant_id, voice_id))))
+    # The same normalisation (rate, loudness) as the reference, so the two are measured alike.
+    held_out = (
+        normalise(inspect_upload(ctx.storage.get(voices.second_clip_key(tenant_id, voice_id)))) if second else None
+    )
     ref_key = voices.reference_key(tenant_id, voice_id, attempt.number)
     ctx.storage.put(ref_key, to_wav(clip), "wav")
     ctx.progress(attempt, 0.3)
@@ -71,7 +82,9 @@ def _clone(
 
     started = time.perf_counter()
     try:
-        profile = ctx.engine.clone(clip.audio, clip.sample_rate, transcript)
+        profile = ctx.engine.clone(
+            clip.audio, clip.sample_rate, transcript, held_out=held_out.audio if held_out is not None else None
+        )
     except (VoicefarmError, ValueError):
         raise
     except Exception as exc:
@@ -91,4 +104,5 @@ def _clone(
         "duration_s": round(clip.duration_s, 3),
         "build_s": round(build_s, 3),
         "warnings": clip.warnings,
+        **({"second_clip_s": round(held_out.duration_s, 3)} if held_out is not None else {}),
     }

@@ -50,9 +50,15 @@ def create() -> tuple[Response, int]:
     data = upload.read()
     # Decoding here refuses a bad clip at once, before anything is stored or queued.
     clip = inspect_upload(data)
+    # Optional: a second clip of the same speaker, never fitted to, that outputs' similarity is measured against.
+    second = request.files.get("second_clip")
+    second_data = second.read() if second is not None else None
+    second_s = _second_clip_seconds(second_data) if second_data is not None else None
 
     voice_id = "v_" + new_id()[:24]
     resources.storage.put(voices.upload_key(tenant_id, voice_id), data)
+    if second_data is not None:
+        resources.storage.put(voices.second_clip_key(tenant_id, voice_id), second_data)
     with transaction(resources.sessions) as session:
         voice = Voice(
             id=voice_id,
@@ -63,6 +69,7 @@ def create() -> tuple[Response, int]:
             transcript=transcript,
             upload_key=voices.upload_key(tenant_id, voice_id),
             duration_s=round(clip.duration_s, 3),
+            details={"second_clip_s": second_s} if second_s is not None else None,
         )
         session.add(voice)
         job, _ = jobs.create_job(
@@ -79,6 +86,13 @@ def create() -> tuple[Response, int]:
         )
     try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority, sessions=resources.sessions)
     return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
+
+
+def _second_clip_seconds(data: bytes) -> float:
+    try:
+        return round(inspect_upload(data).duration_s, 3)
+    except BadRequest as exc:
+        raise BadRequest(f"second_clip: {exc.message}", code=exc.code) from None
 
 
 @bp.get("")
@@ -138,6 +152,8 @@ def voice_view(voice: Voice) -> dict[str, Any]:
     if voice.details:
         view["warnings"] = voice.details.get("warnings", [])
         view["profile_build_s"] = voice.details.get("build_s")
+        if voice.details.get("second_clip_s") is not None:
+            view["second_clip_s"] = voice.details["second_clip_s"]
     if voice.status == "failed":
         view["error"] = {"code": voice.error_code, "message": voice.error_message}
     return view

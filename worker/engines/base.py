@@ -64,8 +64,16 @@ class Engine(Protocol):
     def load(self) -> None:
         """Load weights once per worker process; later calls are no-ops."""
 
-    def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
-        """Build a reusable voice profile from a normalised reference clip."""
+    def clone(
+        self,
+        reference_audio: np.ndarray,
+        sample_rate: int,
+        transcript: str | None,
+        held_out: np.ndarray | None = None,
+    ) -> VoiceProfile:
+        """Build a reusable voice profile from a normalised reference clip. `held_out`, when given, is a second
+        clip of the same speaker at the same rate: never fitted to, only what outputs' similarity is measured
+        against (an engine that measures none ignores it)."""
         ...
 
     def synthesize(

@@ -281,7 +281,13 @@ class CosyVoiceEngine:
         raise RuntimeError(f"cannot lock a cosyvoice cache directory under {base}")
 
     # -- voices ----------------------------------------------------------------------------------------------
-    def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
+    def clone(
+        self,
+        reference_audio: np.ndarray,
+        sample_rate: int,
+        transcript: str | None,
+        held_out: np.ndarray | None = None,  # cosyvoice measures no similarity: nothing to score against it
+    ) -> VoiceProfile:
         audio = np.asarray(reference_audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError("reference audio must be non-empty mono samples")

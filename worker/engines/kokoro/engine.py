@@ -181,20 +181,33 @@ class KokoroEngine:
             stock[name] = (audio, self._encoder.embed(audio, SAMPLE_RATE))
         return stock
 
-    def clone(self, reference_audio: np.ndarray, sample_rate: int, transcript: str | None) -> VoiceProfile:
+    def clone(
+        self,
+        reference_audio: np.ndarray,
+        sample_rate: int,
+        transcript: str | None,
+        held_out: np.ndarray | None = None,
+    ) -> VoiceProfile:
         """Nearest stock voice by speaker embedding plus a WORLD transform toward the reference; see `matching`."""
         audio = np.asarray(reference_audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError("reference audio must be non-empty mono samples")
         if sample_rate < 8000:
             raise ValueError(f"reference sample rate {sample_rate} Hz is too low")
-        # Fitted to the first part of a long enough reference; the rest is held out to score outputs honestly.
-        fitting, held = matching.split_reference(audio, sample_rate)
+        # Fitted to the whole reference when a second clip is given to score outputs against; else to the first
+        # part of a long enough reference, the rest held out to score outputs honestly.
+        held: np.ndarray | None
+        if held_out is not None:
+            fitting, held, held_source = audio, np.asarray(held_out, dtype=np.float32), "second_clip"
+            if held.ndim != 1 or held.size == 0:
+                raise ValueError("the second clip must be non-empty mono samples")
+        else:
+            (fitting, held), held_source = matching.split_reference(audio, sample_rate), "held_out"
         reference = matching.analyse(fitting, sample_rate)
         matching.check_voiced(reference)
         self.load()
         embedding = self._encoder.embed(fitting, sample_rate)
-        held_out = self._encoder.embed(held, sample_rate) if held is not None else None
+        held_embedding = self._encoder.embed(held, sample_rate) if held is not None else None
         stock = self._stock_voices()
         base, similarities = matching.nearest_voice(embedding, {n: v.embedding for n, v in stock.items()})
         voice = stock[base]
@@ -230,7 +243,8 @@ class KokoroEngine:
             embedding=tuple(float(v) for v in embedding),
             transform=transform,
             calibration_scores=(plain, matched),
-            held_out=tuple(float(v) for v in held_out) if held_out is not None else None,
+            held_out=tuple(float(v) for v in held_embedding) if held_embedding is not None else None,
+            held_out_source=held_source,
             blend=blend,
             method="ge2e-nearest+world" if self.matcher == "world" else f"ge2e-nearest+{self.matcher}-search",
         )

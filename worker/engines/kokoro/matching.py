@@ -324,7 +324,8 @@ class VoiceMatch:
     embedding: tuple[float, ...]  # the speaker embedding of the reference (its fitting part, when split)
     transform: Transform | None
     calibration_scores: tuple[float, float] = (0.0, 0.0)  # (stock voice, transformed) similarity on calibration
-    held_out: tuple[float, ...] | None = None  # the embedding of the held-out part, when the reference was split
+    held_out: tuple[float, ...] | None = None  # the embedding of the held-out part or of the second clip
+    held_out_source: str = "held_out"  # which of the two: "held_out" (the reference's tail) or "second_clip"
     blend: dict[str, float] | None = None  # style-vector weights per stock voice; None: the base voice's own pack
     method: str = "ge2e-nearest+world"
 
@@ -342,7 +343,8 @@ class VoiceMatch:
             },
             "reference": {
                 "embedding": [round(v, 5) for v in self.embedding],
-                **({"held_out": [round(v, 5) for v in self.held_out]} if self.held_out else {}),
+                **({"held_out": [round(v, 5) for v in self.held_out],
+                    "held_out_source": self.held_out_source} if self.held_out else {}),
             },
             "transform": self.transform.to_json() if self.transform else None,
             "blend": {name: round(w, 4) for name, w in self.blend.items()} if self.blend else None,
@@ -369,11 +371,13 @@ class Profile:
     transform: Transform | None
     held_out: np.ndarray | None = None
     blend: dict[str, float] | None = None
+    held_out_source: str = "held_out"
 
     def similarity_target(self) -> tuple[np.ndarray | None, str]:
-        """What outputs are scored against: the held-out part when there is one, else the fitted clip itself."""
+        """What outputs are scored against, and its name: speech the voice was not fitted to when there is some
+        (the reference's held-out part, or a second clip), else the fitted clip itself."""
         if self.held_out is not None:
-            return self.held_out, "held_out"
+            return self.held_out, self.held_out_source
         return self.embedding, "fitting_clip"
 
 
@@ -398,12 +402,22 @@ def parse_profile(data: bytes) -> Profile:
         transform = Transform.from_json(payload["transform"]) if payload.get("transform") else None
         held = payload["reference"].get("held_out")
         held_out = np.asarray(held, dtype=np.float32) if held is not None else None
+        held_out_source = str(payload["reference"].get("held_out_source") or "held_out")
         blend = _parse_blend(payload.get("blend"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"kokoro profile is malformed: {exc}") from None
     if embedding.shape != (256,) or (held_out is not None and held_out.shape != (256,)):
         raise ValueError("kokoro profile has a malformed reference embedding")
-    return Profile(base_voice=base, embedding=embedding, transform=transform, held_out=held_out, blend=blend)
+    if held_out_source not in ("held_out", "second_clip"):
+        raise ValueError(f"kokoro profile has an unknown held_out_source {held_out_source!r}")
+    return Profile(
+        base_voice=base,
+        embedding=embedding,
+        transform=transform,
+        held_out=held_out,
+        blend=blend,
+        held_out_source=held_out_source,
+    )
 
 
 def _parse_blend(raw: Any) -> dict[str, float] | None:
