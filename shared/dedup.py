@@ -3,9 +3,10 @@
 The cache key is the SHA-256 of the canonical JSON of what decides the bytes a worker would write: the engine
 and its model version, the voice (a stock voice's name, or a cloned voice's id with the object key of its
 profile, which is immutable once built), the normalised text, mode, instruct, language, speed, seed, output
-format and sample rate, and the farm's own post-processing (`POSTPROCESS`, bumped whenever segment joining or
-encoding changes). It is stored on every synthesis job (`jobs.cache_key`). A job with no seed is cached like any
-other: the same request gives the same audio.
+format and sample rate, the QA gate's settings (`qa`: a gated line's audio is the take the gate kept, and its
+verdict travels with it, so only a job checked alike answers it), and the farm's own post-processing
+(`POSTPROCESS`, bumped whenever segment joining or encoding changes). It is stored on every synthesis job
+(`jobs.cache_key`). A job with no seed is cached like any other: the same request gives the same audio.
 
 A hit never shares an object: the stored audio is copied server-side to the new job's own key
 `jobs/<tenant>/<job>/a0.<format>` (attempt 0: no attempt ran), and the job completes in the submitting
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 POSTPROCESS = {"version": 2, "segment_pause_s": 0.25}
 SHAPING = (
     "engine", "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "options",
+    "qa",
 )  # fmt: skip
 
 

@@ -68,7 +68,12 @@ def test_batch_lines_are_answered_from_the_cache(
     storage = Storage.from_settings(farm_settings)
     synthesized(client, api_key, sessions, storage)
     lines = [{"id": "same", "text": BODY["text"]}, {"id": "new", "text": "A new line."}]
-    response = client.post("/v1/batches", json={"lines": lines, "defaults": {"seed": 11}}, headers=auth(api_key))
+    # Batch lines pass the QA gate by default; audio no gate checked does not answer them.
+    gated = client.post("/v1/batches", json={"lines": lines, "defaults": {"seed": 11}}, headers=auth(api_key))
+    assert gated.status_code == 202, gated.get_json()
+    assert gated.get_json()["counts"]["queued"] == 2 and not gated.get_json()["counts"].get("succeeded")
+    defaults = {"seed": 11, "qa": False}
+    response = client.post("/v1/batches", json={"lines": lines, "defaults": defaults}, headers=auth(api_key))
     assert response.status_code == 202
     counts = response.get_json()["counts"]
     assert counts["queued"] == 1 and counts["succeeded"] == 1, counts
