@@ -136,18 +136,18 @@ class WorkerContext:
             stmt = insert(Worker).values(**values)
             session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
 
-    def record_job(self, audio_s: float, compute_s: float) -> None:
-        with transaction(self.sessions) as session:
-            session.execute(
-                update(Worker)
-                .where(Worker.name == self.name)
-                .values(
-                    jobs_done=Worker.jobs_done + 1,
-                    audio_seconds=Worker.audio_seconds + audio_s,
-                    compute_seconds=Worker.compute_seconds + compute_s,
-                    last_seen=utcnow(),
-                )
+    def record_job(self, session: Session, audio_s: float, compute_s: float) -> None:
+        """Count a finished job in this worker's figures, in the caller's transaction (the job's own finish)."""
+        session.execute(
+            update(Worker)
+            .where(Worker.name == self.name)
+            .values(
+                jobs_done=Worker.jobs_done + 1,
+                audio_seconds=Worker.audio_seconds + audio_s,
+                compute_seconds=Worker.compute_seconds + compute_s,
+                last_seen=utcnow(),
             )
+        )
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self._beat, name="voicefarm-heartbeat", daemon=True).start()

@@ -107,19 +107,19 @@ class Finisher:
                     reason = "succeeded"
                 else:
                     reason = jobs.refusal(session, p.attempt)
+                if reason in ("checking", "succeeded"):  # the worker's figures, in the same commit
+                    ctx.record_job(session, p.audio_s, p.compute_s)
         except DBAPIError as exc:
             raise Unavailable("the job database is unavailable") from exc
         if reason == "checking":
             # The gate's pool takes it from here; the reconciler re-sends a check whose message was lost.
             self._best_effort(lambda: ctx.send_check(p.attempt.job_id), "send the take's check")
-            self._best_effort(lambda: ctx.record_job(p.audio_s, p.compute_s), "record worker figures")
             return reason
         if reason != "succeeded":
             log.warning("job %s attempt %d: %s; deleting its audio", p.attempt.job_id, p.attempt.number, reason)
             self._best_effort(lambda: ctx.storage.delete(p.key), "delete a refused attempt's object")
             return reason
         ctx.notify(p.attempt.job_id)
-        self._best_effort(lambda: ctx.record_job(p.audio_s, p.compute_s), "record worker figures")
         if p.attempt.number > 1:
             self._best_effort(lambda: self._drop_other_attempts(p), "delete earlier attempts' objects")
         return reason

@@ -157,7 +157,8 @@ def _render(
             take.similarity_basis = out.similarity_basis
         take.words.append(out.words)
         take.warnings.extend(w for w in out.warnings if w not in take.warnings)
-        ctx.progress(attempt, (first_step + (i + 1) / len(texts)) / (steps + 1 / len(texts)))
+        if i + 1 < len(texts) or first_step + 1 < steps:  # after the last segment the finish's write comes next
+            ctx.progress(attempt, (first_step + (i + 1) / len(texts)) / (steps + 1 / len(texts)))
     return take
 
 
