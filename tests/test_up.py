@@ -147,6 +147,20 @@ def up_farm() -> Iterator[Callable[[int], UpFarm]]:
         farm.close()
 
 
+def _niceness(pid: int) -> int | None:
+    try:  # field 19 of /proc/PID/stat, counted after the parenthesised command name
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _gone_within(pids: list[int], seconds: float) -> float:
     """Seconds until none of pids is alive; fails past `seconds`, naming the survivors."""
     started = time.monotonic()
@@ -175,6 +189,13 @@ def test_up_runs_cpu_workers_on_embedded_postgres_and_sigterm_leaves_nothing(
     time.sleep(1.0)
     tree = farm.tree()
     assert len(tree) >= 10  # services, api, workers and their pool processes, reconciler, webhook worker
+    # Engine and QA work run below the API (VOICEFARM_WORKER_NICE, 10 by default): submits are answered first.
+    nice = {pid: _niceness(pid) for pid in tree}
+    roles = {pid: _cmdline(pid) for pid in tree}
+    engines = [pid for pid, cmd in roles.items() if "worker.main" in cmd or "worker.qa_main" in cmd]
+    api = [pid for pid, cmd in roles.items() if "gunicorn" in cmd]
+    assert engines and api, roles
+    assert {nice[pid] for pid in engines} == {10} and {nice[pid] for pid in api} == {0}, (nice, roles)
     farm.proc.send_signal(signal.SIGTERM)
     took = _gone_within(tree, FARM_STOP_TIMEOUT_S + 1.0)  # the stop timeout, plus this loop's own latency
     assert farm.proc.wait(5) == 0

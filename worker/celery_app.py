@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
 
 from shared import jobs, logs, scheduler
 from shared.config import load_settings
@@ -23,6 +23,7 @@ from shared.models import Job
 from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
+from worker.niceness import run_below_the_api
 from worker.notify import job_finished
 from worker.synthesis import run_synthesis
 
@@ -48,6 +49,10 @@ def create_worker_app() -> Celery:
     @setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
         logs.setup_logging(settings.log_format)  # connected: Celery leaves the root logger to this hook
+
+    @worker_init.connect(weak=False)
+    def _below_the_api(**_: Any) -> None:
+        run_below_the_api(settings.worker_nice)
 
     @worker_process_init.connect(weak=False)
     def _load_engine(**_: Any) -> None:

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 from sqlalchemy.exc import OperationalError
 
 from shared import logs, scheduler
@@ -24,6 +24,7 @@ from shared.models import Job
 from shared.queue import QA_QUEUE, QA_TASK, make_celery, try_enqueue
 from shared.storage import Storage
 from worker.asr import Transcriber
+from worker.niceness import run_below_the_api
 from worker.notify import job_finished
 from worker.qa_check import CheckContext, run_check
 from worker.similarity import shared_encoder
@@ -71,6 +72,10 @@ def create_qa_app(settings: Settings | None = None) -> Celery:
     @setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
         logs.setup_logging(settings.log_format)
+
+    @worker_init.connect(weak=False)
+    def _below_the_api(**_: Any) -> None:
+        run_below_the_api(settings.worker_nice)
 
     @worker_process_init.connect(weak=False)
     def _build(**_: Any) -> None:
