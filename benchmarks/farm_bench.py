@@ -5,14 +5,17 @@ free loopback ports, `voicefarm api` (2 gunicorn processes, as `voicefarm up`), 
 `voicefarm qa-worker` and kokoro workers with one intra-op thread each (`VOICEFARM_ENGINE_THREADS=1`, so two
 workers on two cores do not fight over threads). In order:
 
+(a) full mode first: the engine's onnxruntime session before and after tuning (benchmarks/kokoro_rtf.py);
 (f) cold start of a worker process (spawn to registered, engine loaded) and its memory (RSS);
 (a) the engine called in this process vs the same lines through the farm at saturation (all submitted at once):
     engine RTF both ways; the farm's overhead is the part of each worker's busy window (first start to last
     finish) not spent in the engine (`result.rtf` x duration), as a share of the window and in ms per job;
     post-processing (`result.post_s`: loudness, encoding) is reported as its own per-job cost;
 (c) jobs per second end to end and the worker idle share: gaps between one job's finish and the same worker's
-    next start, over the busy window, while the queue still held jobs;
+    next start, over the busy window, while the queue still held jobs; full mode also with every job through the
+    QA gate, whose pool shares the machine (`gated_idle`);
 (d) audio seconds per wall second with 1 worker (the run of (a)) and with 2 (a second worker process added);
+    full mode also two bare engine processes without the farm, to tell the machine's scaling from the farm's;
 (g) first and later voice clone (job start to finish), and which worker ran each;
 (h) a cached duplicate's turnaround (an identical request answered from the dedup cache);
 (e) the wall time of a 1,000-line batch, through the QA gate's pool (`voicefarm qa-worker`) as every batch line
@@ -120,13 +123,14 @@ def spawn_worker(farm: Any, name: str, table: Table, timeout: float) -> Any:
 # --- measurements ----------------------------------------------------------------------------------------------
 
 
-def engine_direct(lines: list[str]) -> tuple[float, float, Any]:
+def engine_direct(lines: list[str], engine: Any = None) -> tuple[float, float, Any]:
     """The engine in this process, one thread like the workers: (wall s, audio s, engine)."""
     from worker.engines.kokoro import KokoroEngine
 
-    engine = KokoroEngine(threads=1, warm_languages=("en",))
-    engine.load()
-    engine.synthesize("Hello there.", voice="jf_alpha", language="en")
+    if engine is None:
+        engine = KokoroEngine(threads=1, warm_languages=("en",))
+        engine.load()
+        engine.synthesize("Hello there.", voice="jf_alpha", language="en")
     wall = audio = 0.0
     for text in lines:
         t0 = time.perf_counter()
@@ -136,10 +140,38 @@ def engine_direct(lines: list[str]) -> tuple[float, float, Any]:
     return wall, audio, engine
 
 
-def submit_all(client: Client, lines: list[str]) -> tuple[list[str], float]:
+def _engine_process(lines: list[str], ready: Any, go: Any, out: Any) -> None:
+    engine = engine_direct(lines[:1])[2]  # loaded and warm before the start line
+    ready.put(True)
+    go.wait()
+    out.put(engine_direct(lines, engine)[:2])
+
+
+def bare_engines(lines: list[str], processes: int) -> float:
+    """Audio s per wall s of `processes` engine processes (one thread each) speaking `lines` at once, no farm."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    ready, out, go = mp.Queue(), mp.Queue(), mp.Event()
+    procs = [mp.Process(target=_engine_process, args=(lines, ready, go, out)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    go.set()
+    results = [out.get(timeout=900) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(audio for _, audio in results) / max(wall for wall, _ in results)
+
+
+def submit_all(client: Client, lines: list[str], **extra: Any) -> tuple[list[str], float]:
     seed = random.randrange(2**31)  # the dedup cache never answers a line from an earlier run
     t0 = time.time()
-    ids = [client.submit_job(text, voice="jf_alpha", language="en", seed=seed, format="wav")["id"] for text in lines]
+    ids = [
+        client.submit_job(text, voice="jf_alpha", language="en", seed=seed, format="wav", **extra)["id"]
+        for text in lines
+    ]
     return ids, t0
 
 
@@ -186,6 +218,25 @@ def saturation(rows: list[Job], submitted_at: float) -> Saturation:
         span_s=max(_ts(r.finished_at) for r in rows) - min(_ts(r.started_at) for r in rows),
         e2e_s=max(_ts(r.finished_at) for r in rows) - submitted_at,
     )
+
+
+def gated_idle(rows: list[Job]) -> tuple[float, int]:
+    """The engine's idle share when every job passes the QA gate: a job's row then ends when its check does, so
+    each engine window is the last take's, from the attempt's start to `synthesized_at` (worker/takes.py), on
+    the worker that spoke it. An earlier take of a re-taken job is missing from its worker's windows and counts
+    as idle: the share can only be overstated. Returns (idle share, jobs re-taken)."""
+    by_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    retaken = 0
+    for row in rows:
+        last = (row.qa_takes or [{}])[-1]
+        retaken += len(row.qa_takes or []) > 1
+        by_worker[str(last["worker"])].append((_ts(row.started_at), float(last["synthesized_at"])))
+    busy = idle = 0.0
+    for windows in by_worker.values():
+        windows.sort()
+        busy += windows[-1][1] - windows[0][0]
+        idle += sum(max(0.0, b[0] - a[1]) for a, b in zip(windows, windows[1:], strict=False))
+    return idle / busy, retaken
 
 
 def clone(client: Client, farm: Any, wav: bytes, name: str) -> str:
@@ -241,6 +292,16 @@ def run(quick: bool, table: Table) -> None:
     n_batch = 10 if quick else 1000
     n_backlog = 1000 if quick else 10_000
     n_paced = 200 if quick else 1000
+    if not quick:
+        # (a) the engine's onnxruntime session before and after tuning, same lines, alternating, before any farm
+        # process runs (benchmarks/kokoro_rtf.py, BENCHMARKS §11)
+        from benchmarks.kokoro_rtf import compare
+
+        by = {t.config: t for t in compare(threads=os.cpu_count() or 1, rounds=2)}
+        before, after = by["before"], by["after"]
+        same = "identical" if after.identical else "DIFFERS"
+        table.add("a", f"engine RTF before / after session tuning ({os.cpu_count()} threads, in-process)",
+                  f"{before.rtf:.3f} / {after.rtf:.3f} (audio {same})")  # fmt: skip
     logs = Path(tempfile.mkdtemp(prefix="vf-bench-"))
     print(f"bench: logs in {logs}; load average {load()} on {os.cpu_count()} cores", flush=True)
     farm = FaultFarm(logs, worker_cpu=1, api_workers=2, extra_env=ENV)  # 2 API processes, as `voicefarm up`
@@ -293,10 +354,21 @@ def run(quick: bool, table: Table) -> None:
             "2 workers vs 1 (audio s per wall s)",
             f"{(two.audio_s / two.span_s) / (one.audio_s / one.span_s):.2f}x",
         )
+        if not quick:
+            # The machine's own scaling: two engines in two bare processes, no farm, same lines
+            alone, pair = bare_engines(lines, 1), bare_engines(lines, 2)
+            table.add("d", "bare engine processes without the farm, 2 vs 1 (audio s per wall s)",
+                      f"{pair / alone:.2f}x ({alone:.3f} -> {pair:.3f})")  # fmt: skip
         table.add("c", "jobs per second end to end, 2 workers", f"{two.jobs / two.e2e_s:.3f} jobs/s")
         table.add(
             "c", "worker idle share while the queue held jobs, 2 workers", f"{100 * two.idle_s / two.busy_s:.2f} %"
         )
+        if not quick:
+            # The same with every job through the QA gate, whose pool shares the machine: do the gaps grow?
+            ids, _ = submit_all(client, [LINE.format(i=200 + i) for i in range(2 * n_lines)], qa=True)
+            share, retaken = gated_idle(wait_done(farm, ids, 1800))
+            table.add("c", "worker idle share while the queue held jobs, 2 workers, every job through the QA gate",
+                      f"{100 * share:.2f} % ({retaken} of {2 * n_lines} re-taken)")  # fmt: skip
         overhead2 = two.busy_s - two.engine_s - two.post_s
         table.add("a", "farm overhead at saturation, 2 workers (share / per job)",
                   f"{100 * overhead2 / two.busy_s:.2f} % / {1000 * overhead2 / two.jobs:.0f} ms")  # fmt: skip
@@ -343,6 +415,15 @@ def run(quick: bool, table: Table) -> None:
         label = f"{n_batch}-line batch" + (" (--quick: not 1,000 lines, no QA gate)" if quick else ", QA gate on")
         table.add("e", f"wall time of a {label}, 2 workers, submit to last line",
                   f"{wall:.1f} s ({n_batch / wall:.2f} lines/s, {view['audio_seconds']:.0f} s of audio)")  # fmt: skip
+        if not quick:
+            with farm.sessions() as session:
+                verdicts = [
+                    r.result.get("qa") or {} for r in session.scalars(select(Job).where(Job.batch_id == batch["id"]))
+                ]
+            takes = sum(int(v.get("takes") or 1) for v in verdicts)
+            review = sum(bool(v.get("needs_review")) for v in verdicts)
+            table.add("e", "QA gate on that batch: takes per line / lines marked needs_review",
+                      f"{takes / n_batch:.2f} / {review}")  # fmt: skip
 
         # (b) submit latency with a backlog
         backlog = [{"id": f"q{i:05d}", "text": f"Backlog line {i}."} for i in range(n_backlog)]

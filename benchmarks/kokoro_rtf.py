@@ -19,6 +19,7 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,28 +64,34 @@ def _before_options(threads: int) -> Any:
     return options
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--lines", type=int, default=len(LINES), help="speak only the first N lines")
-    parser.add_argument("--variants", action="store_true", help="also time the float Conv rewrite")
-    args = parser.parse_args()
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+@dataclass(frozen=True)
+class Timed:
+    config: str
+    audio_s: float
+    wall_s: float
+    identical: bool  # the same samples as "before", bit for bit
+    max_diff: float
+    digest: str
+
+    @property
+    def rtf(self) -> float:
+        return self.wall_s / self.audio_s
+
+
+def compare(threads: int, rounds: int, n_lines: int = len(LINES), variants: bool = False) -> list[Timed]:
+    """Every config speaks the first `n_lines` lines once untimed, then `rounds` times alternating line by line."""
     raw = read_model_bytes()
-    started = time.perf_counter()
-    rewritten = float_convolutions(raw)
-    print(f"graph rewrite: {time.perf_counter() - started:.2f} s")
     configs: dict[str, Any] = {
-        "before": _session(raw, _before_options(args.threads)),
-        "after": _session(raw, session_options(args.threads)),
+        "before": _session(raw, _before_options(threads)),
+        "after": _session(raw, session_options(threads)),
     }
-    if args.variants:
-        configs["float conv, before options"] = _session(rewritten, _before_options(args.threads))
-        configs["float conv, after options"] = _session(rewritten, session_options(args.threads))
+    if variants:
+        rewritten = float_convolutions(raw)
+        configs["float conv, before options"] = _session(rewritten, _before_options(threads))
+        configs["float conv, after options"] = _session(rewritten, session_options(threads))
     vocab, packs, phonemize = read_vocab(), read_voice_packs(), Phonemizer()
     feeds = []
-    for line in LINES[: args.lines]:
+    for line in LINES[:n_lines]:
         tokens = [vocab[c] for c in phonemize(line, "en") if c in vocab]
         feeds.append(
             {
@@ -97,24 +104,47 @@ def main() -> int:
     for name, session in configs.items():  # warm-up on every length, untimed
         audio[name] = [np.asarray(session.run(["audio"], feed)[0]).reshape(-1) for feed in feeds]
     wall = dict.fromkeys(configs, 0.0)
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for feed in feeds:
             for name, session in configs.items():
                 t0 = time.perf_counter()
                 session.run(["audio"], feed)
                 wall[name] += time.perf_counter() - t0
-    audio_s = args.rounds * sum(len(a) for a in audio["before"]) / SAMPLE_RATE
-    print(f"{len(feeds)} English lines x {args.rounds} rounds, voice {VOICE}, intra-op threads {args.threads}")
-    print(f"{'config':28s} {'audio s':>8s} {'wall s':>8s} {'RTF':>7s}  audio vs before")
+    audio_s = rounds * sum(len(a) for a in audio["before"]) / SAMPLE_RATE
+    timed = []
     for name in configs:
-        same = all(np.array_equal(a, b) for a, b in zip(audio[name], audio["before"], strict=True))
-        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(audio[name], audio["before"], strict=True))
-        digest = hashlib.sha256(b"".join(a.tobytes() for a in audio[name])).hexdigest()[:16]
-        print(
-            f"{name:28s} {audio_s:8.2f} {wall[name]:8.2f} {wall[name] / audio_s:7.3f}  "
-            f"{'identical' if same else 'DIFFERS'} (max abs diff {diff:.3g}, sha256 {digest})"
+        pairs = list(zip(audio[name], audio["before"], strict=True))
+        timed.append(
+            Timed(
+                config=name,
+                audio_s=audio_s,
+                wall_s=wall[name],
+                identical=all(np.array_equal(a, b) for a, b in pairs),
+                max_diff=max(float(np.max(np.abs(a - b))) for a, b in pairs),
+                digest=hashlib.sha256(b"".join(a.tobytes() for a in audio[name])).hexdigest()[:16],
+            )
         )
-    print(f"speed-up after/before: {wall['before'] / wall['after']:.2f}x")
+    return timed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lines", type=int, default=len(LINES), help="speak only the first N lines")
+    parser.add_argument("--variants", action="store_true", help="also time the float Conv rewrite")
+    args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    timed = compare(args.threads, args.rounds, args.lines, args.variants)
+    print(f"{args.lines} English lines x {args.rounds} rounds, voice {VOICE}, intra-op threads {args.threads}")
+    print(f"{'config':28s} {'audio s':>8s} {'wall s':>8s} {'RTF':>7s}  audio vs before")
+    for t in timed:
+        print(
+            f"{t.config:28s} {t.audio_s:8.2f} {t.wall_s:8.2f} {t.rtf:7.3f}  "
+            f"{'identical' if t.identical else 'DIFFERS'} (max abs diff {t.max_diff:.3g}, sha256 {t.digest})"
+        )
+    by = {t.config: t for t in timed}
+    print(f"speed-up after/before: {by['before'].wall_s / by['after'].wall_s:.2f}x")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
