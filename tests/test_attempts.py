@@ -4,6 +4,7 @@ and S3; the faults are injected by replacing one call."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -177,3 +178,25 @@ def test_storage_refusing_a_kept_finish_fails_the_job_with_its_code(
     job = row(sessions, job_id)
     assert (job.status, job.error_code) == ("failed", "storage_error")
     assert ctx.finisher.attempts() == []
+
+
+def test_announcements_run_off_the_engine_path_in_order_and_survive_a_failure() -> None:
+    from worker.notify import Announcer
+
+    heard: list[str] = []
+    release = threading.Event()
+
+    def announce(job_id: str) -> None:
+        release.wait(5)  # a slow announcement (a Redis or database round trip) holds nobody but this thread
+        if job_id == "bad":
+            raise RuntimeError("broker down")
+        heard.append(job_id)
+
+    announcer = Announcer(announce)
+    started = time.perf_counter()
+    for job_id in ("j1", "bad", "j2"):
+        announcer(job_id)
+    assert time.perf_counter() - started < 0.5 and heard == []  # the caller went on at once
+    release.set()
+    announcer.close(timeout=5)
+    assert heard == ["j1", "j2"]

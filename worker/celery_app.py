@@ -24,7 +24,7 @@ from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, make_celery
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.niceness import run_below_the_api
-from worker.notify import job_finished
+from worker.notify import Announcer, job_finished
 from worker.synthesis import run_synthesis
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,19 @@ def create_worker_app() -> Celery:
     settings = load_settings()
     app = make_celery(settings)
     holder: dict[str, WorkerContext] = {}
+    announcers: list[Announcer] = []
     observer = JobObserver(settings.broker_url)  # latency histograms of /metrics (shared/metrics.py)
+
+    def announcer_for(ctx: WorkerContext) -> Announcer:
+        announcer = Announcer(lambda job_id: job_finished(app, ctx.sessions, ctx.settings, job_id, observer))
+        announcers.append(announcer)
+        return announcer
 
     def context() -> WorkerContext:
         # Built in the process hook; built lazily here when a pool runs tasks in the main process.
         if "ctx" not in holder:
             ctx = WorkerContext.build(settings)
-            ctx.notify = lambda job_id: job_finished(app, ctx.sessions, ctx.settings, job_id, observer)
+            ctx.notify = announcer_for(ctx)
             ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
             ctx.start()
             holder["ctx"] = ctx
@@ -62,6 +68,8 @@ def create_worker_app() -> Celery:
     def _stop(**_: Any) -> None:
         if "ctx" in holder:
             holder["ctx"].stop()
+        for announcer in announcers:
+            announcer.close()
 
     class JobTask(Task):
         autoretry_for = (Transient,)
