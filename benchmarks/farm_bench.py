@@ -227,16 +227,17 @@ def saturation(rows: list[Job], submitted_at: float) -> Saturation:
 
 
 def gated_idle(rows: list[Job]) -> tuple[float, int]:
-    """The engine's idle share when every job passes the QA gate: a job's row then ends when its check does, so
-    each engine window is the last take's, from the attempt's start to `synthesized_at` (worker/takes.py), on
-    the worker that spoke it. An earlier take of a re-taken job is missing from its worker's windows and counts
-    as idle: the share can only be overstated. Returns (idle share, jobs re-taken)."""
+    """The engine's idle share when every job passes the QA gate: a job's row then ends when its check does, so each
+    engine window is the last take's, from the attempt's start to `stored_at` (the take uploaded, just before its
+    hand-over to the gate: where an ungated job's finished_at falls), on the worker that spoke it. An earlier take
+    of a re-taken job is missing from its worker's windows and counts as idle: the share can only be overstated.
+    Returns (idle share, jobs re-taken)."""
     by_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)
     retaken = 0
     for row in rows:
         last = (row.qa_takes or [{}])[-1]
         retaken += len(row.qa_takes or []) > 1
-        by_worker[str(last["worker"])].append((_ts(row.started_at), float(last["synthesized_at"])))
+        by_worker[str(last["worker"])].append((_ts(row.started_at), float(last["stored_at"])))
     busy = idle = 0.0
     for windows in by_worker.values():
         windows.sort()

@@ -99,6 +99,8 @@ class Finisher:
             p.uploaded = True
             ctx.crash_point("after_upload")
         ctx.crash_point("before_complete")
+        if p.check:
+            p.result["qa_take"]["stored_at"] = round(time.time(), 3)
         try:
             with transaction(ctx.sessions) as session:
                 if p.check and jobs.to_checking(session, p.attempt, p.result, ctx.settings.job_lease_s):

@@ -105,7 +105,7 @@ def run_check(ctx: CheckContext, job_id: str) -> str:
         "seed": details.get("seed"),
         "speed": details.get("speed"),
         "worker": details.get("worker"),
-        "synthesized_at": details.get("synthesized_at"),
+        "stored_at": details.get("stored_at"),
         "key": take.result["key"],
         "score": list(report.score()),
         "check_s": check_s,

@@ -9,7 +9,6 @@ instead of completing it, and the engine goes on to its next job (worker/qa_chec
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Protocol, TypeVar
 
 from shared.audio import encode
@@ -54,13 +53,13 @@ def for_gate(pending: Pending, spec: _Spec, number: int, test_defect: str = "") 
     defect = defect_for(test_defect, number, spec.text)
     if defect:
         pending = _with_defect(pending, defect)
-    # Who spoke the take and when it was ready: the job's own worker and times become the gate's once it checks.
+    # Who spoke the take (the job's own worker becomes the gate's once it checks); the finisher adds when it was
+    # stored (`stored_at`), the take's counterpart of a job's finished_at.
     pending.result["qa_take"] = {
         "number": number,
         "seed": spec.seed,
         "speed": spec.speed,
         "worker": pending.attempt.worker,
-        "synthesized_at": round(time.time(), 3),
     }
     pending.check = True
     return pending
