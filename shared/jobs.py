@@ -430,21 +430,28 @@ def retake(session: Session, job_id: str, number: int, worker: str, takes: list[
     return _rowcount(done) == 1
 
 
+# A take no QA worker has taken yet is re-sent only after this many leases: it is most likely waiting its turn in
+# the QA queue behind a backlog, and a re-send then would only be a duplicate.
+WAITING_CHECK_LEASES = 5
+
+
 def lapsed_checks(session: Session, lease_s: float, limit: int = 500) -> list[str]:
-    """Checks whose lease lapsed: their lease is renewed here and their ids returned, for one re-send each."""
+    """Checks to send again: held by a QA worker whose lease lapsed (it died or froze), or never taken for
+    `WAITING_CHECK_LEASES` leases (the message was lost). Their lease is renewed here and their ids returned, for
+    one re-send each."""
     now = utcnow()
+    lapsed = (Job.status == CHECKING) & (
+        (Job.worker.is_not(None) & (Job.lease_expires_at < now))
+        | (
+            Job.worker.is_(None)
+            & (Job.lease_expires_at < now - timedelta(seconds=(WAITING_CHECK_LEASES - 1) * lease_s))
+        )
+    )
     return list(
         session.scalars(
             update(Job)
-            .where(
-                Job.id.in_(
-                    select(Job.id)
-                    .where(Job.status == CHECKING, Job.lease_expires_at < now)
-                    .limit(limit)
-                    .scalar_subquery()
-                )
-            )
-            .where(Job.status == CHECKING, Job.lease_expires_at < now)
+            .where(Job.id.in_(select(Job.id).where(lapsed).limit(limit).scalar_subquery()))
+            .where(lapsed)
             .values(lease_expires_at=now + timedelta(seconds=lease_s), worker=None)
             .returning(Job.id)
         ).all()

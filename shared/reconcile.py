@@ -9,8 +9,9 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
   the reconciler re-sends their queued jobs after about one lease instead and drops the dead entries.
 - When Redis lost its data (restarted empty: the reconciler's marker key is gone), every queued job is sent again,
   one page per pass, and the marker is set once the backlog has been walked.
-- Takes waiting for the QA gate whose check lease lapsed (the QA worker died, the broker lost the message) get
-  their check sent again (`shared.jobs.lapsed_checks` renews the lease, so once per lease).
+- Takes waiting for the QA gate get their check sent again when the QA worker holding it let its lease lapse (it
+  died), or when no QA worker took it for several leases (the broker lost the message); `shared.jobs.lapsed_checks`
+  renews the lease, so once per lease at most.
 - Terminal jobs whose webhook is owed but whose message was lost get it sent again; so do finished batches'
   final events (shared/batch_state.py).
 - The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
