@@ -430,23 +430,15 @@ def retake(session: Session, job_id: str, number: int, worker: str, takes: list[
     return _rowcount(done) == 1
 
 
-# A take no QA worker has taken yet is re-sent only after this many leases: it is most likely waiting its turn in
-# the QA queue behind a backlog, and a re-send then would only be a duplicate.
-WAITING_CHECK_LEASES = 5
-
-
-def lapsed_checks(session: Session, lease_s: float, limit: int = 500) -> list[str]:
-    """Checks to send again: held by a QA worker whose lease lapsed (it died or froze), or never taken for
-    `WAITING_CHECK_LEASES` leases (the message was lost). Their lease is renewed here and their ids returned, for
-    one re-send each."""
+def lapsed_checks(session: Session, lease_s: float, limit: int = 500, *, queue_empty: bool = True) -> list[str]:
+    """Checks to send again, their lease renewed here and their ids returned, for one re-send each: held by a QA
+    worker whose lease lapsed (it died or froze), and, when the QA queue is empty (`queue_empty`), never taken
+    with their lease lapsed (the message was lost: it cannot be waiting in line). While the queue holds messages a
+    waiting take is most likely among them, and a re-send would only be a duplicate."""
     now = utcnow()
-    lapsed = (Job.status == CHECKING) & (
-        (Job.worker.is_not(None) & (Job.lease_expires_at < now))
-        | (
-            Job.worker.is_(None)
-            & (Job.lease_expires_at < now - timedelta(seconds=(WAITING_CHECK_LEASES - 1) * lease_s))
-        )
-    )
+    lapsed = (Job.status == CHECKING) & (Job.lease_expires_at < now)
+    if not queue_empty:
+        lapsed = lapsed & Job.worker.is_not(None)
     return list(
         session.scalars(
             update(Job)

@@ -108,7 +108,7 @@ class FarmCollector(Collector):
         depth = GaugeMetricFamily("voicefarm_queue_depth", "messages waiting in the broker", labels=["queue"])
         totals: dict[str, int] = {}
         # kombu keeps one Redis list per priority step: "<queue>" and "<queue>\x06\x16<step>".
-        for pattern in ("engine.*", "webhooks*"):
+        for pattern in ("engine.*", "webhooks*", "qa*"):  # synthesis, webhook deliveries, the QA gate's checks
             for key in self.redis.scan_iter(match=pattern, count=500):
                 name = key.decode(errors="replace").split("\x06\x16")[0]
                 if self.redis.type(key) == b"list":

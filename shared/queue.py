@@ -63,6 +63,11 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of one queue: kombu keeps one per priority step, "<queue>" and "<queue>\x06\x16<step>"."""
+    return [queue, *(f"{queue}\x06\x16{step}" for step in range(1, 10))]
+
+
 def visibility_timeout_s(settings: Settings) -> int:
     """Longer than the longest hard time limit a job can get, unless a test set it shorter."""
     if settings.broker_visibility_timeout_s:

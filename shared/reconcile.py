@@ -10,8 +10,8 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
 - When Redis lost its data (restarted empty: the reconciler's marker key is gone), every queued job is sent again,
   one page per pass, and the marker is set once the backlog has been walked.
 - Takes waiting for the QA gate get their check sent again when the QA worker holding it let its lease lapse (it
-  died), or when no QA worker took it for several leases (the broker lost the message); `shared.jobs.lapsed_checks`
-  renews the lease, so once per lease at most.
+  died), or, once the QA queue is empty, when no QA worker took it within its lease (the broker lost the
+  message); `shared.jobs.lapsed_checks` renews the lease, so once per lease at most.
 - Terminal jobs whose webhook is owed but whose message was lost get it sent again; so do finished batches'
   final events (shared/batch_state.py).
 - The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
@@ -36,7 +36,15 @@ from shared import deliveries, jobs, scheduler
 from shared.config import Settings
 from shared.db import transaction
 from shared.models import Job, utcnow
-from shared.queue import TASKS, enqueue_batch_webhook, enqueue_check, enqueue_job, enqueue_webhook
+from shared.queue import (
+    QA_QUEUE,
+    TASKS,
+    enqueue_batch_webhook,
+    enqueue_check,
+    enqueue_job,
+    enqueue_webhook,
+    queue_keys,
+)
 
 log = logging.getLogger(__name__)
 # Present while the broker still holds what the reconciler last walked; Redis restarted empty loses it.
@@ -117,8 +125,9 @@ class Reconciler:
         report.resent_stale_unacked = self._resend_stale_unacked()
         report.resent_after_broker_loss = self._resend_after_broker_loss()
         report.webhooks_sent = self._send_missed_webhooks()
+        queue_empty = self._qa_queue_empty()
         with transaction(self.sessions) as session:
-            lapsed = jobs.lapsed_checks(session, self.check_lease_s, PAGE)
+            lapsed = jobs.lapsed_checks(session, self.check_lease_s, PAGE, queue_empty=queue_empty)
         for job_id in lapsed:
             enqueue_check(self.celery, job_id)
         report.checks_resent = len(lapsed)
@@ -153,6 +162,17 @@ class Reconciler:
 
     def _redis(self) -> Any:
         return self.celery.connection_for_write()
+
+    def _qa_queue_empty(self) -> bool:
+        """Whether the QA queue holds no message (kombu keeps one Redis list per priority step); an unreachable
+        broker counts as not empty, so that nothing is re-sent blind."""
+        try:
+            with self._redis() as conn:
+                client = conn.default_channel.client
+                return not any(client.llen(key) for key in queue_keys(QA_QUEUE))
+        except Exception:
+            log.warning("could not read the QA queue's depth", exc_info=True)
+            return False
 
     def _resend_stale_unacked(self) -> int:
         cutoff = time.time() - self.stale_unacked_s

@@ -55,6 +55,9 @@ def test_metrics_come_from_the_farm_not_the_process(
         session.add(Worker(name="kokoro-cpu0@m", engine="kokoro", device="cpu"))
     import redis
 
+    from shared.queue import enqueue_check, make_celery
+
+    enqueue_check(make_celery(farm_settings), done.id)  # a take waiting for the QA gate
     client_redis = redis.Redis.from_url(farm_settings.broker_url)
     with sessions() as session:
         finished = session.get(Job, done.id)
@@ -71,6 +74,7 @@ def test_metrics_come_from_the_farm_not_the_process(
     assert got[("voicefarm_job_errors", (("code", "synthesis_rejected"), ("engine", "kokoro")))] == 1
     assert got[("voicefarm_live_workers", kokoro)] == 1
     assert got[("voicefarm_queue_depth", (("queue", "engine.kokoro"),))] == 2
+    assert got[("voicefarm_queue_depth", (("queue", "qa"),))] == 1  # the take waiting for the QA gate
     assert got[("voicefarm_end_to_end_seconds_count", kokoro)] == 1
     assert got[("voicefarm_end_to_end_seconds_bucket", (("engine", "kokoro"), ("le", "2.5")))] == 0
     assert got[("voicefarm_end_to_end_seconds_bucket", (("engine", "kokoro"), ("le", "5.0")))] == 1

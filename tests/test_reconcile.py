@@ -17,7 +17,7 @@ from shared import jobs, tenants
 from shared.config import Settings
 from shared.db import transaction
 from shared.models import Job, utcnow
-from shared.queue import SYNTHESIZE_TASK, engine_queue, enqueue_job, make_celery
+from shared.queue import QA_QUEUE, SYNTHESIZE_TASK, engine_queue, enqueue_check, enqueue_job, make_celery
 from shared.reconcile import EPOCH_KEY, UNACKED, UNACKED_INDEX, Reconciler
 
 
@@ -177,3 +177,25 @@ def test_terminal_jobs_whose_webhook_message_was_lost_get_it_again_once(
     messages = [json.loads(m)["headers"]["task"] for m in client.lrange("webhooks", 0, -1)]  # type: ignore[union-attr]
     assert messages == ["voicefarm.webhook"]
     assert SYNTHESIZE_TASK not in messages
+
+
+def test_a_waiting_check_is_resent_only_once_the_qa_queue_is_empty(
+    sessions: sessionmaker[Session], reconciler: Reconciler, celery: Celery, client: redis.Redis
+) -> None:
+    job_id = make_job(sessions, sent=True)
+    with transaction(sessions) as session:
+        claimed = jobs.claim(session, job_id, "w", 60, 3)
+        assert claimed is not None and jobs.to_checking(session, claimed[1], {"key": "k"}, 60)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    ahead = make_job(sessions, sent=True)
+    enqueue_check(celery, ahead)  # a backlog in the QA queue, with the lapsed take presumably in it
+    assert reconciler.run_once().checks_resent == 0
+    for key in qa_keys(client):
+        client.delete(key)  # the queue drained and the take never came: its message was lost
+    assert reconciler.run_once().checks_resent == 1
+    assert sum(int(client.llen(key)) for key in qa_keys(client)) == 1  # type: ignore[arg-type]
+    assert reconciler.run_once().checks_resent == 0  # once per lease
+
+
+def qa_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(client.scan_iter(match=QA_QUEUE + "*"))
