@@ -430,6 +430,12 @@ def retake(session: Session, job_id: str, number: int, worker: str, takes: list[
     return _rowcount(done) == 1
 
 
+def any_waiting_check_lapsed(session: Session) -> bool:
+    """Whether some take no QA worker has taken has outlived its check lease (see `lapsed_checks`)."""
+    waiting = (Job.status == CHECKING) & Job.worker.is_(None) & (Job.lease_expires_at < utcnow())
+    return session.scalar(select(Job.id).where(waiting).limit(1)) is not None
+
+
 def lapsed_checks(session: Session, lease_s: float, limit: int = 500, *, queue_empty: bool = True) -> list[str]:
     """Checks to send again, their lease renewed here and their ids returned, for one re-send each: held by a QA
     worker whose lease lapsed (it died or froze), and, when the QA queue is empty (`queue_empty`), never taken

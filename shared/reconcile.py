@@ -125,7 +125,9 @@ class Reconciler:
         report.resent_stale_unacked = self._resend_stale_unacked()
         report.resent_after_broker_loss = self._resend_after_broker_loss()
         report.webhooks_sent = self._send_missed_webhooks()
-        queue_empty = self._qa_queue_empty()
+        with self.sessions() as session:
+            waiting = jobs.any_waiting_check_lapsed(session)
+        queue_empty = waiting and self._qa_queue_empty()  # the broker is asked only when it matters
         with transaction(self.sessions) as session:
             lapsed = jobs.lapsed_checks(session, self.check_lease_s, PAGE, queue_empty=queue_empty)
         for job_id in lapsed:
@@ -168,8 +170,10 @@ class Reconciler:
         broker counts as not empty, so that nothing is re-sent blind."""
         try:
             with self._redis() as conn:
-                client = conn.default_channel.client
-                return not any(client.llen(key) for key in queue_keys(QA_QUEUE))
+                pipe = conn.default_channel.client.pipeline(transaction=False)
+                for key in queue_keys(QA_QUEUE):
+                    pipe.llen(key)
+                return not any(pipe.execute())
         except Exception:
             log.warning("could not read the QA queue's depth", exc_info=True)
             return False
