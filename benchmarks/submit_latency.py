@@ -1,7 +1,7 @@
 """Submit latency at 100 requests/s over a queued batch, with and without the work that shares the machine.
 
     .venv/bin/python benchmarks/submit_latency.py [--workers 2] [--qa] [--reconciler] [--nice 10]
-                                                  [--backlog 10000] [--count 1000] [--warmup 0]
+                                                  [--backlog 10000] [--count 1000] [--warmup 0] [--no-sync-commit]
 
 Starts a throwaway farm (tests/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api` with 2
 processes), optionally `voicefarm reconcile`, `voicefarm qa-worker` and N kokoro workers (one intra-op thread,
@@ -37,12 +37,24 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument(
+        "--no-sync-commit",
+        action="store_true",
+        help="PostgreSQL with synchronous_commit off: commits do not wait for the disk",
+    )
     args = parser.parse_args()
     env = {"VOICEFARM_ENGINE_THREADS": "1", "VOICEFARM_WORKER_NICE": str(args.nice)}
     farm = FaultFarm(Path(tempfile.mkdtemp(prefix="vf-submit-")), worker_cpu=1, api_workers=2, extra_env=env)
     workers = []
     try:
         farm.start_services()
+        if args.no_sync_commit:
+            import psycopg
+
+            dsn = farm.database_url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET synchronous_commit TO off")
+                conn.execute("SELECT pg_reload_conf()")
         farm.start_api()
         if args.reconciler:
             farm.start_reconciler()
@@ -57,6 +69,7 @@ def main() -> int:
         latencies = paced_submits(client, 100.0, args.count, warmup=args.warmup)
         print(
             f"workers {args.workers} (nice {args.nice}), qa {args.qa}, reconciler {args.reconciler}, "
+            f"synchronous_commit {'off' if args.no_sync_commit else 'on'}, "
             f"{args.backlog}-line batch: p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms, "
             f"max {max(latencies):.1f} ms; load {load()} on {os.cpu_count()} cores"
         )

@@ -40,6 +40,9 @@ LONGER = LONG + (
     " Nothing is spoken twice at the same moment. A frozen worker that wakes up finds its lease gone and stops. "
     "Only one take of every line is ever kept."
 )
+# About thirty-five seconds of speech: well past the 3 s visibility timeout it crosses even on an idle machine,
+# where LONGER alone takes under 5 s.
+LONGEST = LONGER + " " + LONG
 # Both outages outlast the whole retry budget the farm had before fenced finishes (five retries, about 60 s):
 # jobs must wait them out, never fail.
 PG_OUTAGE_S = 70.0
@@ -297,7 +300,7 @@ def test_worker_frozen_past_its_lease_is_fenced_off(farm: FaultFarm, figures: di
 def test_job_longer_than_the_visibility_timeout_never_runs_twice_at_once(
     farm: FaultFarm, figures: dict[str, float]
 ) -> None:
-    job_id = submit_all(farm, [LONGER])[0]
+    job_id = submit_all(farm, [LONGEST])[0]
     rows = farm.assert_exactly_once([job_id])
     row = rows[job_id]
     figures["job_s"] = (row["finished_at"] - row["created_at"]).total_seconds()
