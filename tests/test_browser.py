@@ -9,6 +9,7 @@ container), this module installs it with apt-get; without root it fails under CI
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -106,6 +107,8 @@ def test_clone_speak_instruct_and_batch_in_the_browser(
     page.get_by_label("Voice name").fill("browser narrator")
     page.get_by_role("button", name="Clone voice").click()
     expect(page.locator("#clone-status")).to_contain_text("is ready")
+    # The voice list reloads after the status line changes: wait for the new voice to be selected.
+    expect(page.get_by_label("Voice", exact=True)).to_have_value(re.compile(r"^v_"))
     voice_id = page.get_by_label("Voice", exact=True).input_value()
     assert voice_id.startswith("v_")
     expect(page.locator("#count")).to_contain_text("/ 5000 characters")
