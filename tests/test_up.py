@@ -154,6 +154,14 @@ def _niceness(pid: int) -> int | None:
         return None
 
 
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice value of the process's scheduler autogroup ("/autogroup-85 nice 0"); None without autogroups."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -196,6 +204,14 @@ def test_up_runs_cpu_workers_on_embedded_postgres_and_sigterm_leaves_nothing(
     api = [pid for pid, cmd in roles.items() if "gunicorn" in cmd]
     assert engines and api, roles
     assert {nice[pid] for pid in engines} == {10} and {nice[pid] for pid in api} == {0}, (nice, roles)
+    # With autogroups the CPU is shared between sessions first, whatever a process's nice value: each worker
+    # leads its own session, and that group runs at nice 10 too (worker/niceness.py).
+    if (
+        Path("/proc/sys/kernel/sched_autogroup_enabled").exists()
+        and Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    ):
+        group = {pid: _autogroup_nice(pid) for pid in tree}
+        assert {group[pid] for pid in engines} == {10} and {group[pid] for pid in api} == {0}, (group, roles)
     farm.proc.send_signal(signal.SIGTERM)
     took = _gone_within(tree, FARM_STOP_TIMEOUT_S + 1.0)  # the stop timeout, plus this loop's own latency
     assert farm.proc.wait(5) == 0
