@@ -1,6 +1,6 @@
 """Submit latency at 100 requests/s over a queued batch, with and without the work that shares the machine.
 
-    .venv/bin/python benchmarks/submit_latency.py [--workers 2] [--qa] [--reconciler] [--nice 10]
+    .venv/bin/python benchmarks/submit_latency.py [--workers 2] [--qa] [--reconciler] [--nice 19]
                                                   [--backlog 10000] [--count 1000] [--warmup 0] [--no-sync-commit]
 
 Starts a throwaway farm (tests/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api` with 2
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--qa", action="store_true", help="run `voicefarm qa-worker`; batch lines pass the gate")
     parser.add_argument("--reconciler", action="store_true")
-    parser.add_argument("--nice", type=int, default=10, help="VOICEFARM_WORKER_NICE of the workers")
+    parser.add_argument("--nice", type=int, default=19, help="VOICEFARM_WORKER_NICE of the workers")
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=0)

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     engine: str = "kokoro"
     # Intra-op threads for CPU inference; 0 means every core.
     engine_threads: int = 0
-    # Synthesis and QA worker processes run at this niceness, below the API on a shared machine (worker/niceness.py).
-    worker_nice: int = 10
+    # Synthesis and QA worker processes run at this niceness, below the API on a shared machine (worker/niceness.py):
+    # at 19 the engines take only the CPU the API and the services leave, and lose none while nobody submits.
+    worker_nice: int = 19
     # The cosyvoice engine: a CosyVoice2/3 model dir supplied by the operator (read-only to the farm).
     cosyvoice_model_dir: Path = Path("models/Fun-CosyVoice3-0.5B")
     cosyvoice_load_trt: bool = False

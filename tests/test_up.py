@@ -197,21 +197,21 @@ def test_up_runs_cpu_workers_on_embedded_postgres_and_sigterm_leaves_nothing(
     time.sleep(1.0)
     tree = farm.tree()
     assert len(tree) >= 10  # services, api, workers and their pool processes, reconciler, webhook worker
-    # Engine and QA work run below the API (VOICEFARM_WORKER_NICE, 10 by default): submits are answered first.
+    # Engine and QA work run below the API (VOICEFARM_WORKER_NICE, 19 by default): submits are answered first.
     nice = {pid: _niceness(pid) for pid in tree}
     roles = {pid: _cmdline(pid) for pid in tree}
     engines = [pid for pid, cmd in roles.items() if "worker.main" in cmd or "worker.qa_main" in cmd]
     api = [pid for pid, cmd in roles.items() if "gunicorn" in cmd]
     assert engines and api, roles
-    assert {nice[pid] for pid in engines} == {10} and {nice[pid] for pid in api} == {0}, (nice, roles)
+    assert {nice[pid] for pid in engines} == {19} and {nice[pid] for pid in api} == {0}, (nice, roles)
     # With autogroups the CPU is shared between sessions first, whatever a process's nice value: each worker
-    # leads its own session, and that group runs at nice 10 too (worker/niceness.py).
+    # leads its own session, and that group runs at nice 19 too (worker/niceness.py).
     if (
         Path("/proc/sys/kernel/sched_autogroup_enabled").exists()
         and Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     ):
         group = {pid: _autogroup_nice(pid) for pid in tree}
-        assert {group[pid] for pid in engines} == {10} and {group[pid] for pid in api} == {0}, (group, roles)
+        assert {group[pid] for pid in engines} == {19} and {group[pid] for pid in api} == {0}, (group, roles)
     farm.proc.send_signal(signal.SIGTERM)
     took = _gone_within(tree, FARM_STOP_TIMEOUT_S + 1.0)  # the stop timeout, plus this loop's own latency
     assert farm.proc.wait(5) == 0
