@@ -200,3 +200,54 @@ def test_announcements_run_off_the_engine_path_in_order_and_survive_a_failure() 
     release.set()
     announcer.close(timeout=5)
     assert heard == ["j1", "j2"]
+
+
+def wait_status(sessions: sessionmaker[Session], job_id: str, status: str, seconds: float = 30) -> Job:
+    deadline = time.monotonic() + seconds
+    while (job := row(sessions, job_id)).status != status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+def test_a_worker_finishes_behind_the_engine_and_a_stop_waits_for_it(
+    ctx: WorkerContext, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a Celery worker: the upload and the completion run on the finisher's thread, the engine goes on.
+    ctx.finish_behind = True
+    ctx.start()
+    real_put = ctx.storage.put
+    slow = threading.Event()
+
+    def held_put(*args: Any, **kwargs: Any) -> None:
+        slow.wait(30)  # the upload takes as long as the test says
+        real_put(*args, **kwargs)
+
+    monkeypatch.setattr(ctx.storage, "put", held_put)
+    first = make_job(sessions, "First line.")
+    assert run_synthesis(ctx, first) == "finishing"
+    assert row(sessions, first).status == "running" and [a.job_id for a in ctx.finisher.attempts()] == [first]
+    # The engine's next job runs while the first is still uploading.
+    second = make_job(sessions, "Second line.")
+    assert run_synthesis(ctx, second) == "finishing"
+    slow.set()
+    done = wait_status(sessions, first, "succeeded")
+    assert done.result is not None and ctx.storage.list_keys(f"jobs/{done.tenant_id}/{first}/") == [done.result["key"]]
+    assert wait_status(sessions, second, "succeeded").status == "succeeded"
+
+    # A stop right after a hand-off finishes the job before it returns, not a lease later.
+    slow.clear()
+    threading.Timer(0.5, slow.set).start()
+    third = make_job(sessions, "Third line.")
+    assert run_synthesis(ctx, third) == "finishing"
+    ctx.stop()
+    assert row(sessions, third).status == "succeeded" and ctx.finisher.attempts() == []
+
+
+def test_a_full_spool_finishes_in_the_engines_path(
+    ctx: WorkerContext, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx.finish_behind = True
+    ctx.start()
+    monkeypatch.setattr(ctx.settings, "finish_spool_bytes", 1000)  # no take fits: nothing is held
+    job_id = make_job(sessions)
+    assert run_synthesis(ctx, job_id) == "succeeded" and row(sessions, job_id).status == "succeeded"

@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from shared import jobs, voices
+from shared import jobs, logs, voices
 from shared.db import transaction
 from shared.errors import Permanent, Transient, Unavailable
 from shared.models import Job
@@ -47,6 +47,14 @@ def run_job(ctx: WorkerContext, job_id: str, work: Work) -> str:
         log.info("job %s is finished or held by a live attempt; nothing to do", job_id)
         return "skipped"
     job, attempt = claimed
+    with logs.log_context(tenant_id=job.tenant_id, batch_id=job.batch_id):  # the job's lines name both
+        outcome = _run(ctx, job, attempt, work)
+        log.info("%s job %s: %s", job.kind, job_id, outcome)
+        return outcome
+
+
+def _run(ctx: WorkerContext, job: Job, attempt: jobs.Attempt, work: Work) -> str:
+    job_id = job.id
     ctx.crash_point("after_claim")
     try:
         return work(ctx, job, attempt)

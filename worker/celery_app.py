@@ -48,6 +48,7 @@ def create_worker_app() -> Celery:
             ctx = WorkerContext.build(settings)
             ctx.notify = announcer_for(ctx)
             ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
+            ctx.finish_behind = True
             ctx.start()
             holder["ctx"] = ctx
         return holder["ctx"]
@@ -85,25 +86,14 @@ def create_worker_app() -> Celery:
     def job_task(name: str, fn: Callable[[WorkerContext, str], str]) -> None:
         @app.task(bind=True, base=JobTask, name=name)
         def task(self: Task, job_id: str) -> str:
-            with logs.log_context(job_id=job_id, **_log_ids(context(), job_id)):
+            with logs.log_context(job_id=job_id):  # the claim adds the tenant and batch (worker/attempts.py)
                 outcome = fn(context(), job_id)
-                log.info("%s job %s: %s", name.rsplit(".", 1)[-1], job_id, outcome)
             context().crash_point("before_ack")
             return outcome
 
     job_task(SYNTHESIZE_TASK, run_synthesis)
     job_task(CLONE_TASK, run_clone)
     return app
-
-
-def _log_ids(ctx: WorkerContext, job_id: str) -> dict[str, str | None]:
-    """The tenant and batch a task's log lines carry (shared/logs.py); none when the database is down."""
-    try:
-        with ctx.sessions() as session:
-            job = session.get(Job, job_id)
-            return {"tenant_id": job.tenant_id, "batch_id": job.batch_id} if job is not None else {}
-    except Exception:  # logging context only: the task itself reports any outage
-        return {}
 
 
 def _send_check(app: Celery, ctx: WorkerContext, job_id: str) -> None:

@@ -60,6 +60,9 @@ class WorkerContext:
     send_check: Callable[[str], None] = lambda job_id: None
     # The attempt this process is running, whose lease the heartbeat renews with those the finisher holds.
     current: jobs.Attempt | None = None
+    # Set by the Celery app: every upload and completion runs on the finisher's thread while the engine starts
+    # its next job (worker/finisher.py). Tests that call tasks directly keep the finish in the caller.
+    finish_behind: bool = False
     finisher: Finisher = field(init=False)
     # Streaming hook: each synthesized segment goes to the job's segment stream when a request streams it
     # (shared/streaming.py); None where nothing streams (tests that call tasks directly).
