@@ -11,9 +11,11 @@ workers on two cores do not fight over threads). In order:
     engine RTF both ways; the farm's overhead is the part of each worker's busy window (first start to last
     finish) not spent in the engine (`result.rtf` x duration), as a share of the window and in ms per job;
     post-processing (`result.post_s`: loudness, encoding) is reported as its own per-job cost;
-(c) jobs per second end to end and the worker idle share: gaps between one job's finish and the same worker's
-    next start, over the busy window, while the queue still held jobs; full mode also with every job through the
-    QA gate, whose pool shares the machine (`gated_idle`);
+(c) jobs per second end to end and the worker idle share: gaps between the end of one job's engine work (its
+    start plus its engine and post-processing time: the upload and completion run behind the engine, so its
+    finish often comes after the next start) and the same worker's next start, over the busy window, while the
+    queue still held jobs; full mode also with every job through the QA gate, whose pool shares the machine
+    (`gated_idle`);
 (d) audio seconds per wall second with 1 worker (the run of (a)) and with 2 (a second worker process added);
     full mode also two bare engine processes without the farm, to tell the machine's scaling from the farm's;
 (g) first and later voice clone (job start to finish), and which worker ran each;
@@ -193,11 +195,18 @@ class Saturation:
     engine_s: float
     post_s: float
     busy_s: float  # sum over workers of first start to last finish
-    idle_s: float  # sum over workers of gaps between finish and next start
+    idle_s: float  # sum over workers of gaps between one job's engine work ending and the next start
     span_s: float  # first start to last finish, all workers
     e2e_s: float  # first submission to last finish
     rate: float  # audio s per wall s at saturation: each worker's audio over its own busy window, summed
     split: list[int]  # jobs per worker
+
+
+def engine_done(row: Job) -> float:
+    """When the job's engine and post-processing work ended, at the earliest: its start plus both. The claim and
+    the voice lookup before the engine count as idle, so the share can only be overstated."""
+    result = row.result or {}
+    return _ts(row.started_at) + float(result["rtf"]) * float(result["duration_s"]) + float(result.get("post_s") or 0)
 
 
 def saturation(rows: list[Job], submitted_at: float) -> Saturation:
@@ -209,7 +218,7 @@ def saturation(rows: list[Job], submitted_at: float) -> Saturation:
         jobs.sort(key=lambda r: _ts(r.started_at))
         window = _ts(jobs[-1].finished_at) - _ts(jobs[0].started_at)
         busy += window
-        idle += sum(max(0.0, _ts(b.started_at) - _ts(a.finished_at)) for a, b in zip(jobs, jobs[1:], strict=False))
+        idle += sum(max(0.0, _ts(b.started_at) - engine_done(a)) for a, b in zip(jobs, jobs[1:], strict=False))
         rate += sum(float((r.result or {})["duration_s"]) for r in jobs) / window
     results = [r.result or {} for r in rows]
     audio = sum(float(r["duration_s"]) for r in results)
@@ -229,16 +238,15 @@ def saturation(rows: list[Job], submitted_at: float) -> Saturation:
 
 def gated_idle(rows: list[Job]) -> tuple[float, int]:
     """The engine's idle share when every job passes the QA gate: a job's row then ends when its check does, so each
-    engine window is the last take's, from the attempt's start to `stored_at` (the take uploaded, just before its
-    hand-over to the gate: where an ungated job's finished_at falls), on the worker that spoke it. An earlier take
-    of a re-taken job is missing from its worker's windows and counts as idle: the share can only be overstated.
-    Returns (idle share, jobs re-taken)."""
+    engine window is the last take's, from the attempt's start to the end of its engine work (`engine_done`), on
+    the worker that spoke it. An earlier take of a re-taken job is missing from its worker's windows and counts as
+    idle: the share can only be overstated. Returns (idle share, jobs re-taken)."""
     by_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)
     retaken = 0
     for row in rows:
         last = (row.qa_takes or [{}])[-1]
         retaken += len(row.qa_takes or []) > 1
-        by_worker[str(last["worker"])].append((_ts(row.started_at), float(last["stored_at"])))
+        by_worker[str(last["worker"])].append((_ts(row.started_at), engine_done(row)))
     busy = idle = 0.0
     for windows in by_worker.values():
         windows.sort()
