@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     test_crash_at: str = ""
     # Test-only: damage takes for the QA gate to catch (worker/takes.defect_for), e.g. "truncate@1".
     test_take_defect: str = ""
+    # Test-only: the finisher's thread waits this long before each upload, so a test can stop a worker while it
+    # holds a finish (worker/finisher.py).
+    test_finish_delay_s: float = 0.0
     # QA workers (`voicefarm qa-worker`): processes, each with its own Whisper and speaker encoder.
     qa_concurrency: int = 1
     # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.

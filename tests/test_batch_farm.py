@@ -165,7 +165,12 @@ def test_same_seed_same_audio_on_both_workers(farm: FaultFarm) -> None:
 def cli(farm: FaultFarm, key: str, *args: str) -> subprocess.Popen[bytes]:
     env = os.environ | {"VOICEFARM_API_URL": farm.url, "VOICEFARM_API_KEY": key, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "voicefarm.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "voicefarm.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Ctrl-C as in a terminal: a suite run as a background job (`cmd &`) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -1,6 +1,7 @@
 """DESIGN.md §5 with real processes: nothing lost, nothing duplicated through a worker kill -9 (anywhere in a
-job), a worker frozen past its lease, a visibility timeout shorter than a job, a Redis restart that drops its
-data, PostgreSQL and S3 outages longer than the retry budget the farm used to have, and an API restart.
+job), a worker stopped mid-job, a worker frozen past its lease, a visibility timeout shorter than a job, a Redis
+restart that drops its data, PostgreSQL and S3 outages longer than the retry budget the farm used to have, and an
+API restart.
 
 Each test owns its services (tests/faultfarm.py) so it can break them without touching the session fixtures,
 and runs `voicefarm api`, `voicefarm worker --cpu 2` (two worker processes) and `voicefarm reconcile` (2 s
@@ -163,6 +164,21 @@ def test_worker_killed_mid_job(farm: FaultFarm, figures: dict[str, float]) -> No
     assert rows[long_id]["attempts"] == 2 and rows[long_id]["lost_attempts"] == 1
     # The other worker went on with the short jobs meanwhile, each once.
     assert all(rows[i]["attempts"] == 1 for i in short_ids), rows
+
+
+@pytest.mark.farm_env({"VOICEFARM_TEST_FINISH_DELAY_S": "5"})
+def test_a_stopped_worker_finishes_its_job_before_it_exits(farm: FaultFarm, figures: dict[str, float]) -> None:
+    """SIGTERM mid-job: the worker finishes the job it runs, upload and completion included, before it exits. Both
+    run behind the engine (worker/finisher.py), held 5 s here, so the stop finds the finish still held and must
+    drain it; with no worker left afterwards, nothing else could have finished it."""
+    (job_id,) = submit_all(farm, [LONG])
+    farm.wait_until(lambda: farm.jobs([job_id])[job_id]["status"] == "running", 60, "the long job to run", 0.02)
+    started = time.monotonic()
+    farm.stop_worker()
+    figures["sigterm_to_exit"] = time.monotonic() - started
+    job = farm.jobs([job_id])[job_id]
+    assert job["status"] == "succeeded" and job["attempts"] == 1, (job, farm.log_tail("worker"))
+    farm.assert_exactly_once([job_id])
 
 
 def test_redis_restarted_without_its_data(farm: FaultFarm, figures: dict[str, float]) -> None:

@@ -235,7 +235,8 @@ def test_a_worker_joins_a_running_farm_and_kill_9_of_up_leaves_nothing(up_farm: 
     farm.wait(lambda: farm.status(job) == "running", 120, "the long job to run")
     tree = farm.tree()
     farm.proc.kill()
-    took = _gone_within(tree, 5.0)
+    # SeaweedFS stops in about 1.2 s on SIGTERM here; once, with CI's whole suite running, it took over 5 s.
+    took = _gone_within(tree, 10.0)
     print(f"kill -9 of voicefarm up: {len(tree)} processes gone in {took:.1f}s")
     # The joiner is a command of its own: it outlives the farm, and stops in its own time on SIGTERM.
     assert joiner.poll() is None

@@ -127,6 +127,8 @@ class Finisher:
     def _step(self, p: Pending) -> str:
         ctx = self.ctx
         if not p.uploaded:
+            if ctx.settings.test_finish_delay_s and threading.current_thread() is self._thread:
+                time.sleep(ctx.settings.test_finish_delay_s)
             ctx.storage.put(p.key, p.data, p.fmt)
             p.uploaded = True
             ctx.crash_point("after_upload")
