@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
 from worker import niceness
 
 
@@ -38,11 +39,12 @@ def test_the_kernels_rate_limit_is_waited_out(tmp_path: Path, monkeypatch: pytes
     assert niceness.raise_autogroup(10, group) and niceness.autogroup_nice(group) == 10
 
 
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no scheduler autogroups")
 def test_a_session_leader_raises_its_own_group(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    if not Path("/proc/self/autogroup").exists():
+        needs.missing("the kernel has no scheduler autogroups (/proc/self/autogroup)")
     code = (
         "from worker.niceness import run_below_the_api, autogroup_nice; run_below_the_api(7); print(autogroup_nice())"
     )
