@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/batch_1000.py --own-farm [--workers 2] [-n 1000] [--qa]   # a throwaway farm
     .venv/bin/python benchmarks/batch_1000.py --own-farm --cli [--interrupt-after 100]   # as a user would
 
-With --own-farm it starts a farm of its own on loopback (tests/faultfarm.py: PostgreSQL, Redis, SeaweedFS,
+With --own-farm it starts a farm of its own on loopback (tests/support/faultfarm.py: PostgreSQL, Redis, SeaweedFS,
 `voicefarm api`, `voicefarm worker --cpu N`, `voicefarm reconcile`) and stops it afterwards. Lines are short and
 each different: `Line 17.` (about 1 s of speech), or with --sentences `Line 17 of the benchmark, spoken once.`
 (about 2.5 s); the batch's seed is random, so the dedup cache never answers a line from an earlier run.
@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voicefarm.client import Client  # noqa: E402
+from voicefarm.client.api import Client  # noqa: E402
 
 
 def run(client: Client, n: int, poll_s: float, sentences: bool, qa: bool) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def main() -> int:
     args = parser.parse_args()
     farm = None
     if args.own_farm:
-        from tests.faultfarm import FaultFarm
+        from tests.support.faultfarm import FaultFarm
 
         farm = FaultFarm(Path(tempfile.mkdtemp(prefix="vf-bench-logs-")), worker_cpu=args.workers, qa_worker=args.qa)
         farm.start_all()

@@ -1,6 +1,6 @@
 """`./run.sh bench [--quick]`: one table of the farm's figures, from a farm this command starts on loopback.
 
-The farm (tests/faultfarm.py, as benchmarks/batch_1000.py uses it): its own PostgreSQL, Redis and SeaweedFS on
+The farm (tests/support/faultfarm.py, as benchmarks/batch_1000.py uses it): its own PostgreSQL, Redis and SeaweedFS on
 free loopback ports, `voicefarm api` (2 gunicorn processes, as `voicefarm up`), `voicefarm reconcile`,
 `voicefarm qa-worker` and kokoro workers with one intra-op thread each (`VOICEFARM_ENGINE_THREADS=1`, so two
 workers on two cores do not fight over threads). In order:
@@ -53,7 +53,7 @@ import requests  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from shared.models import Job, Worker  # noqa: E402
-from voicefarm.client import Client  # noqa: E402
+from voicefarm.client.api import Client  # noqa: E402
 
 # Five-second English lines, all different (the issue's saturation figures used lines of this length).
 LINE = "Line {i} of the benchmark: the quick brown fox jumps over the lazy dog, and then it runs into the woods."
@@ -95,7 +95,7 @@ def pct(values: list[float], q: float) -> float:
 
 def rss_mb(root_pid: int) -> float:
     """The largest resident set among the worker's processes: the one holding the engine."""
-    from tests.faultfarm import descendants
+    from tests.support.faultfarm import descendants
 
     best = 0
     for pid in [root_pid, *descendants(root_pid)]:
@@ -305,7 +305,7 @@ def paced_submits(client: Client, rate: float, count: int, warmup: int = 0) -> l
 
 
 def run(quick: bool, table: Table) -> None:
-    from tests.faultfarm import FaultFarm
+    from tests.support.faultfarm import FaultFarm
 
     n_lines = 3 if quick else 18
     n_batch = 10 if quick else 1000
@@ -454,7 +454,7 @@ def run(quick: bool, table: Table) -> None:
                   f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms")  # fmt: skip
         table.add("", "load average (1/5/15 min) at the end", load())
     finally:
-        from tests.faultfarm import kill9_tree
+        from tests.support.faultfarm import kill9_tree
 
         for proc in extra:
             kill9_tree(proc)

@@ -97,8 +97,8 @@ def run(model_dir: Path, data_dir: Path, prompt: Path, quality: bool) -> dict[st
                          "wall_s": elapsed, "rtf": elapsed / max(seconds, 1e-9), "audio": out.audio})  # fmt: skip
     report["peak"] = _gpu_memory()
     if quality:
-        from worker.asr import Transcriber
-        from worker.similarity import SpeakerEncoder
+        from worker.evaluators.asr import Transcriber
+        from worker.evaluators.similarity import SpeakerEncoder
 
         asr, encoder = Transcriber(data_dir / "asr-cache"), SpeakerEncoder()
         reference = encoder.embed(audio, rate)

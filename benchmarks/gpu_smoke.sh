@@ -41,7 +41,7 @@ if [[ -n ${COSYVOICE_MODEL_DIR:-} ]]; then
 fi
 for version in 3 2; do
     model=$work/models/random-CosyVoice$version
-    [[ -d "$model" ]] || run "$root/tests/cosyvoice_upstream/build_model.py" --version "$version" \
+    [[ -d "$model" ]] || run "$root/tests/support/cosyvoice_upstream/build_model.py" --version "$version" \
         --recipe "$home/examples/libritts/cosyvoice$version/conf/cosyvoice$version.yaml" "$model"
     echo "== random CosyVoice$version (upstream's recipe, shrunk: not a real model's speed)"
     run "$root/benchmarks/gpu_smoke.py" --model-dir "$model" --data-dir "$work/data" --prompt "$prompt" \

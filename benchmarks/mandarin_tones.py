@@ -8,10 +8,10 @@ Each comes with the pinyin a careful Putonghua speaker says (tones after sandhi,
 that is the reference for the G2P.
 
 Three scores, so that G2P-side, model-side and recogniser-side errors can be told apart:
-  1. G2P: the syllables kokoro's zh G2P speaks (shared/normalization, then worker/engines/kokoro/g2p.py) against
+  1. G2P: the syllables kokoro's zh G2P speaks (shared/text/normalization, then worker/engines/kokoro/g2p.py) against
      the expected pinyin: tone errors (syllable right, tone wrong) and syllable errors (toneless), plus how many
      sentences' phoneme strings equal the expected pinyin's phonemes exactly.
-  2. ASR: each sentence synthesized with a stock voice and transcribed by Whisper base (tests/asr.py); the
+  2. ASR: each sentence synthesized with a stock voice and transcribed by Whisper base (tests/support/asr.py); the
      transcript and the script both read by pypinyin (tone3, citation tones: the same reader on both sides, so
      sandhi does not count) and compared: CER on characters, TER on syllables with tones, SER on toneless
      syllables. TER - SER is what the listener heard with a wrong tone; CER - TER is homophones (the recogniser
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.normalization import normalize_for_speech  # noqa: E402
+from shared.text.normalization import normalize_for_speech  # noqa: E402
 
 # (script, expected pinyin as said: one tone-number syllable per Han character, 5 = neutral)
 SENTENCES: list[tuple[str, str]] = [
@@ -196,7 +196,7 @@ class Heard:
 
 def asr_scores(voice: str, sandhi: bool, limit: int | None = None) -> list[Heard]:
     """Each sentence synthesized by kokoro with `voice` and scored by Whisper base."""
-    from tests.asr import error_rate, transcribe
+    from tests.support.asr import error_rate, transcribe
     from worker.engines.kokoro.engine import KokoroEngine
     from worker.engines.kokoro.g2p import Phonemizer
 

@@ -34,9 +34,9 @@ if __package__ in (None, ""):
 
 from benchmarks.make_eval_set import CLIPS, build
 from benchmarks.matching import EVALUATION_TEXT, world_modified
-from shared.reference import inspect_upload, normalise
+from shared.audio.reference import inspect_upload, normalise
 from worker.engines.kokoro import KokoroEngine
-from worker.similarity import SpeakerEncoder
+from worker.evaluators.similarity import SpeakerEncoder
 
 RATE = 24_000
 ESPEAK_SPEAKERS = ("en_m3", "en_f3", "en_m6", "en_f4", "zh_f2", "zh_m1", "ja_m1", "ja_f2")

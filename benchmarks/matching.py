@@ -5,7 +5,7 @@
 References are spoken by espeak-ng (the library `espeakng-loader` ships, driven through ctypes with a synth
 callback collecting its 22.05 kHz samples) in several voices, variants and pitches, in English, Mandarin and
 Japanese, plus WORLD-modified espeak-ng renders (pitch and vocal-tract length moved) for more distinct speakers.
-Each reference goes through the farm's own normalisation (`shared.reference.normalise`), then:
+Each reference goes through the farm's own normalisation (`shared.audio.reference.normalise`), then:
 - matched: `clone()` the reference, synthesize an evaluation sentence (not the reference's, not the calibration's)
   with the profile; its score is the speaker similarity the engine reports (GE2E cosine to the reference);
 - best unmatched: the same sentence in every stock voice, plain; the best of their similarities to the reference.
@@ -29,11 +29,11 @@ import soundfile as sf
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.reference import inspect_upload, normalise
+from shared.audio.reference import inspect_upload, normalise
 from worker.engines.kokoro import KokoroEngine
 from worker.engines.kokoro.espeak import EspeakEnglish
 from worker.engines.kokoro.matching import analyse, design
-from worker.similarity import SpeakerEncoder
+from worker.evaluators.similarity import SpeakerEncoder
 
 RATE = 24_000
 _ESPEAK_RATE = 1  # espeak_PARAMETER: espeakRATE, espeakPITCH, espeakRANGE

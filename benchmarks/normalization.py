@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="passes over the lines (default 20)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from shared.normalization import normalize_for_speech
+    from shared.text.normalization import normalize_for_speech
 
     print(f"import                {1000 * (time.perf_counter() - started):9.1f} ms")
     print(f"{'language':10} {'first pass ms':>14} {'median ms/line':>15} {'max ms/line':>12} {'5,000 chars ms':>15}")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import mastering
-from shared.audio import FORMATS, encode, join_segments
+from shared.audio import mastering
+from shared.audio.codecs import FORMATS, encode, join_segments
 from worker.alignment import script_words, word_timings
-from worker.asr import Transcriber
 from worker.engines import create_engine
+from worker.evaluators.asr import Transcriber
 
 RATE = 24000
 LINES = {

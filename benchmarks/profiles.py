@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.reference import inspect_upload, normalise, to_wav
-from worker.asr import Transcriber
+from shared.audio.reference import inspect_upload, normalise, to_wav
 from worker.engines import create_engine
 from worker.engines.base import VoiceProfile
+from worker.evaluators.asr import Transcriber
 
 REFERENCE_TEXT = "The weather is lovely today, so we are going for a long walk in the park."
 JOB_TEXTS = [

@@ -1,7 +1,7 @@
 """The QA gate's cost per job, in-process: what each of its checks takes beside the synthesis of the same line.
 
 Per line: kokoro synthesis, WAV encoding (what the worker stores), then the gate as the QA worker runs it
-(worker/qa.py): decode, the signal checks, the Whisper base transcription with the error rate, and the speaker
+(worker/qa/checks.py): decode, the signal checks, the Whisper base transcription with the error rate, and the speaker
 similarity to a reference clip. Models are loaded before timing (a QA worker keeps them resident).
 
     .venv/bin/python benchmarks/qa_gate.py            # 4 lines per language
@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from shared import qa
-from shared.audio import encode
-from worker import qa as checks
-from worker.asr import Transcriber
+from shared.audio.codecs import encode
 from worker.engines import create_engine
-from worker.similarity import SpeakerEncoder, shared_encoder
+from worker.evaluators.asr import Transcriber
+from worker.evaluators.similarity import SpeakerEncoder, shared_encoder
+from worker.qa import checks
 
 RATE = 24_000
 LINES = {

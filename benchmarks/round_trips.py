@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/round_trips.py [--jobs 40] [--workers 2] [--idle-s 30]
 
-Starts a throwaway farm (tests/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api`,
+Starts a throwaway farm (tests/support/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api`,
 `voicefarm worker --cpu N`, `voicefarm reconcile`), with pg_stat_statements loaded into PostgreSQL. It counts
 twice over the same kind of window, resetting the counters before each:
   1. idle: the farm running with nothing to do (heartbeats, the reconciler's passes, Celery's own polling);
@@ -28,7 +28,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.faultfarm import FaultFarm  # noqa: E402
+from tests.support.faultfarm import FaultFarm  # noqa: E402
 
 # The benchmark's own reads run as this role, so that they can be left out of the counts.
 OBSERVER = "observer"

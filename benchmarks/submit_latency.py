@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/submit_latency.py [--workers 2] [--qa] [--reconciler] [--nice 19]
                                                   [--backlog 10000] [--count 1000] [--warmup 0] [--no-sync-commit]
 
-Starts a throwaway farm (tests/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api` with 2
+Starts a throwaway farm (tests/support/faultfarm.py: its own PostgreSQL, Redis and SeaweedFS, `voicefarm api` with 2
 processes), optionally `voicefarm reconcile`, `voicefarm qa-worker` and N kokoro workers (one intra-op thread,
 `VOICEFARM_WORKER_NICE` as given), queues a batch of `--backlog` lines, waits 20 s when workers run (they start
 on the backlog), then POSTs `--count` single jobs at 100 per second on a fixed schedule (after `--warmup` untimed
@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.farm_bench import Table, load, paced_submits, pct, spawn_worker  # noqa: E402
-from tests.faultfarm import FaultFarm, kill9_tree  # noqa: E402
-from voicefarm.client import Client  # noqa: E402
+from tests.support.faultfarm import FaultFarm, kill9_tree  # noqa: E402
+from voicefarm.client.api import Client  # noqa: E402
 
 
 def main() -> int:

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from post_production import LINES, VOICES  # noqa: E402
 
 from shared import mastering  # noqa: E402
-from shared.audio import join_segments  # noqa: E402
+from shared.audio.codecs import join_segments  # noqa: E402
 from worker.alignment import joined_words, script_words, word_timings  # noqa: E402
-from worker.asr import Transcriber  # noqa: E402
 from worker.engines.kokoro.durations import expose_durations, word_clock  # noqa: E402
 from worker.engines.kokoro.engine import KokoroEngine  # noqa: E402
 from worker.engines.kokoro.model import read_model_bytes  # noqa: E402
+from worker.evaluators.asr import Transcriber  # noqa: E402
 
 RATE = 24000
 

@@ -64,7 +64,7 @@ def check_queue_depth(session: Session, tenant_id: str, limit: int) -> None:
     if limit <= 0:
         return
     queued = session.scalar(
-        # Batch lines have their own backlog limit (shared/batches.py): a big batch never blocks single jobs.
+        # Batch lines have their own backlog limit (shared/batches/service.py): a big batch never blocks single jobs.
         select(func.count())
         .select_from(Job)
         .where(Job.tenant_id == tenant_id, Job.status == "queued", Job.batch_id.is_(None))

@@ -23,7 +23,7 @@ class Farm:
     celery: Celery
     # The engines on offer: those with live workers, and the default engine (shared/engines/fleet.py).
     fleet: Fleet
-    # Segment streams of speech requests (shared/streaming.py), on the broker's Redis.
+    # Segment streams of speech requests (shared/audio/streaming.py), on the broker's Redis.
     streams: redis.Redis
 
     @property

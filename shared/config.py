@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     batch_window_per_worker: int = 2
     # A worker whose heartbeat is older than this is not counted as live by the scheduler.
     worker_live_s: float = 60.0
-    # Answer a job identical in everything that shapes its audio from a stored result (shared/dedup.py).
+    # Answer a job identical in everything that shapes its audio from a stored result (shared/jobs/dedup.py).
     dedup_cache: bool = True
     # Origins allowed to call the API from a browser; none by default.
     cors_origins: list[str] = []

@@ -75,7 +75,7 @@ class ApiKey(Base):
 
 
 class Batch(Base):
-    """A set of lines submitted together; each line is a job row with this `batch_id` (shared/batches.py)."""
+    """A set of lines submitted together; each line is a job row with this `batch_id` (shared/batches/service.py)."""
 
     __tablename__ = "batches"
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),)
@@ -93,7 +93,7 @@ class Batch(Base):
     line_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     canceled_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Set in the transaction that gives the last open line a final state (shared/batch_state.py); a re-render
+    # Set in the transaction that gives the last open line a final state (shared/jobs/settle.py); a re-render
     # clears it. Each time it is set `completions` counts up: the sequence number of the batch's final event,
     # `finished_event` (batch.completed or batch.canceled), which the webhook columns below track as for jobs.
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -129,7 +129,7 @@ class Job(Base):
     speed: Mapped[float] = mapped_column(Float, default=1.0)
     format: Mapped[str] = mapped_column(String(8), default="wav")
     sample_rate: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Post-production of the whole line (shared/mastering.Options as a dict): loudness, trim, fit, channels.
+    # Post-production of the whole line (shared/audio/mastering.Options as a dict): loudness, trim, fit, channels.
     options: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     seed: Mapped[int | None] = mapped_column(Integer, default=None)
     priority: Mapped[int] = mapped_column(Integer, default=5)
@@ -161,7 +161,8 @@ class Job(Base):
     # The key that submitted the job: its webhook secret signs the job's deliveries.
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     # A batch line: its batch, the caller's line id, its position, and which take of the line it is (a re-render
-    # makes take n+1 and marks the earlier one `replaced`). The scheduler sends batch lines (shared/scheduler.py).
+    # makes take n+1 and marks the earlier one `replaced`). The scheduler sends batch lines
+    # (shared/batches/scheduler.py).
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None, index=True)
     line_id: Mapped[str | None] = mapped_column(String(128), default=None)
     line_no: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -169,7 +170,7 @@ class Job(Base):
     request: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     take: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     replaced: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    # SHA-256 of everything that shapes the audio (shared/dedup.py): a succeeded job with the same key in the
+    # SHA-256 of everything that shapes the audio (shared/jobs/dedup.py): a succeeded job with the same key in the
     # tenant answers a new one from its stored audio.
     cache_key: Mapped[str | None] = mapped_column(String(64), default=None)
     # The QA gate (shared/qa.py): NULL for none, else the request's own thresholds; and each take it checked.
@@ -241,7 +242,7 @@ class Worker(Base):
 
 
 class LexiconEntry(Base):
-    """How a tenant wants a word or phrase said (shared/lexicon.py); jobs snapshot the entries their text uses."""
+    """How a tenant wants a word or phrase said (shared/text/lexicon.py); jobs snapshot the entries their text uses."""
 
     __tablename__ = "lexicon_entries"
     __table_args__ = (UniqueConstraint("tenant_id", "language", "term", name="uq_lexicon_tenant_language_term"),)

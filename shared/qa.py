@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Measured on kokoro with Whisper base (tests/test_qa.py): good takes score CER <= 0.2 (zh/ja) and WER <= 0.15
+# Measured on kokoro with Whisper base (tests/worker/test_qa.py): good takes score CER <= 0.2 (zh/ja) and WER <= 0.15
 # (en) on ordinary lines, matched voices 0.75-0.95 similarity to their reference; the defects sit far beyond.
 DEFAULTS: dict[str, float | int] = {
     # Recognised text against the normalised input: character error rate (zh, ja), word error rate (en).

@@ -10,9 +10,9 @@ import logging
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs
 from shared.config import Settings
 from shared.db import transaction
+from shared.jobs import state as jobs
 
 SYNTHESIZE_TASK = "voicefarm.synthesize"
 CLONE_TASK = "voicefarm.clone"

@@ -2,7 +2,7 @@
 
 Each pass, every step bounded (by a page size or by the size of the fleet, never by the backlog):
 - Running jobs whose lease lapsed (their worker died or froze) go back to queued and get a fresh message, or are
-  quarantined once they have lost `max_attempts` attempts (`shared.jobs` owns that rule).
+  quarantined once they have lost `max_attempts` attempts (`shared.jobs.state` owns that rule).
 - Queued jobs whose send never reached the broker (`sent_at` is NULL: the API's send failed, or a retry could
   not be sent) are sent.
 - Messages a dead worker had taken but never started sit in Redis's unacked set until the visibility timeout;
@@ -11,10 +11,10 @@ Each pass, every step bounded (by a page size or by the size of the fleet, never
   one page per pass, and the marker is set once the backlog has been walked.
 - Takes waiting for the QA gate get their check sent again when the QA worker holding it let its lease lapse (it
   died), or, once the QA queue is empty, when no QA worker took it within its lease (the broker lost the
-  message); `shared.jobs.lapsed_checks` renews the lease, so once per lease at most.
+  message); `shared.jobs.state.lapsed_checks` renews the lease, so once per lease at most.
 - Terminal jobs whose webhook is owed but whose message was lost get it sent again; so do finished batches'
-  final events (shared/batch_state.py).
-- The batch scheduler tops up every tenant's window of batch lines (shared/scheduler.py).
+  final events (shared/jobs/settle.py).
+- The batch scheduler tops up every tenant's window of batch lines (shared/batches/scheduler.py).
 Re-sending is always safe: a job is claimed only when queued (or its lease lapsed), so a duplicate message finds
 the job running or finished and does nothing.
 """
@@ -32,9 +32,10 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import deliveries, jobs, scheduler
+from shared.batches import scheduler
 from shared.config import Settings
 from shared.db import transaction
+from shared.jobs import state as jobs
 from shared.models import Job, utcnow
 from shared.queue import (
     QA_QUEUE,
@@ -45,6 +46,7 @@ from shared.queue import (
     enqueue_webhook,
     queue_keys,
 )
+from shared.webhooks import deliveries
 
 log = logging.getLogger(__name__)
 # Present while the broker still holds what the reconciler last walked; Redis restarted empty loses it.

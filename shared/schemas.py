@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared import lexicon, mastering
-from shared.audio import FORMATS, rate_problem
+from shared.audio import mastering
+from shared.audio.codecs import FORMATS, rate_problem
 from shared.errors import PayloadTooLarge
 from shared.qa import QaOptions, job_setting
+from shared.text import lexicon
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "aac", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
@@ -45,7 +46,7 @@ class Loudness(BaseModel):
 
 
 class PostProduction(BaseModel):
-    """Options applied to the whole line once its segments are joined (shared/mastering.py)."""
+    """Options applied to the whole line once its segments are joined (shared/audio/mastering.py)."""
 
     # A LUFS target (e.g. the presets -14, -16, -18; any value in -30..-10), or {"target", "true_peak"}.
     loudness: float | Loudness | None = None
@@ -79,7 +80,7 @@ class PostProduction(BaseModel):
 
 
 class LexiconItem(BaseModel):
-    """How to say one term in this job only (beside the tenant's `/v1/lexicon`); see shared/lexicon.py."""
+    """How to say one term in this job only (beside the tenant's `/v1/lexicon`); see shared/text/lexicon.py."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -131,7 +132,7 @@ class JobRequest(PostProduction):
     @field_validator("lexicon", mode="before")
     @classmethod
     def _lexicon_cell(cls, value: Any) -> Any:
-        # A batch CSV's cell (shared/lexicon.parse_cell); JSON bodies give the list itself.
+        # A batch CSV's cell (shared/text/lexicon.parse_cell); JSON bodies give the list itself.
         return lexicon.parse_cell(value) if isinstance(value, str) else value
 
     @field_validator("text")
@@ -172,5 +173,5 @@ class JobRequest(PostProduction):
         }
 
     def _lexicon_options(self) -> dict[str, Any]:
-        # The job's own entries; shared/lexicon.attach adds the tenant's that occur in the text.
+        # The job's own entries; shared/text/lexicon.attach adds the tenant's that occur in the text.
         return {"lexicon": [item.entry().to_dict() for item in self.lexicon]} if self.lexicon else {}

@@ -10,7 +10,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from shared.audio import CONTENT_TYPES
+from shared.audio.codecs import CONTENT_TYPES
 from shared.config import Settings
 from shared.errors import StorageRejected, Unavailable
 

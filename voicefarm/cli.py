@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every command and option (tests/test_deployment.py checks the deployment files' commands against it)."""
+    """Every command and option (tests/farm/test_deployment.py checks the deployment files' commands against it)."""
     parser = argparse.ArgumentParser(prog="voicefarm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -57,20 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     local = keys.add_parser("ensure-local", help="create the local key file on first start")
     local.add_argument("--file", type=Path, help="default: $VOICEFARM_DATA_DIR/api_key")
 
-    from voicefarm import client_cli
+    from voicefarm.client import commands as client_cli
 
     client_cli.add_commands(sub)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from voicefarm import client_cli
+    from voicefarm.client import commands as client_cli
 
     if args.command in client_cli.COMMANDS:  # they talk to a farm's API, not to its services
         return client_cli.run(args)
     settings = load_settings()
     if args.command == "up":
-        from voicefarm.farm import run_farm
+        from voicefarm.ops.farm import run_farm
 
         return run_farm(settings)
     if args.command == "migrate":
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         Storage.from_settings(settings).ensure_bucket()
         return _exec_api(settings, args.workers or settings.api_workers)
     if args.command == "worker":
-        from voicefarm.workers import run_workers
+        from voicefarm.ops.workers import run_workers
 
         return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
     if args.command == "webhook-worker":
@@ -96,11 +96,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "qa-worker":
         from shared.queue import QA_QUEUE
 
-        return _exec_celery_pool("worker.qa_main", QA_QUEUE, args.concurrency or settings.qa_concurrency)
+        return _exec_celery_pool("worker.qa.main", QA_QUEUE, args.concurrency or settings.qa_concurrency)
     if args.command == "qa-thresholds":
         return _qa_thresholds(settings, args.tenant, args.values)
     if args.command == "doctor":
-        from voicefarm.doctor import run_doctor
+        from voicefarm.ops.doctor import run_doctor
 
         return run_doctor(settings, per_gpu=args.per_gpu, load=args.load, as_json=args.json)
     if args.command == "reconcile":
@@ -145,7 +145,7 @@ def _exec_webhook_worker(concurrency: int) -> int:
     from shared.queue import WEBHOOK_QUEUE
 
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.webhook_main", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.webhooks.main", "worker",
         "--queues", WEBHOOK_QUEUE,
         "--concurrency", str(max(1, concurrency)),
         "--pool", "prefork",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.asr import Transcriber
+from worker.evaluators.asr import Transcriber
 
 # A word: one CJK character (kana and ideographs), or a run of other letters, digits and apostrophes; a run stops
 # at a CJK character, so "25個" is "25" and "個".

@@ -16,9 +16,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from shared import jobs, logs, voices
+from shared import logs, voices
 from shared.db import transaction
 from shared.errors import Permanent, Transient, Unavailable
+from shared.jobs import state as jobs
 from shared.models import Job
 from worker.context import AttemptOver, WorkerContext
 

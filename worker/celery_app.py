@@ -14,10 +14,12 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
 
-from shared import jobs, logs, scheduler
+from shared import logs
+from shared.batches import scheduler
 from shared.config import load_settings
 from shared.db import transaction
 from shared.errors import Transient
+from shared.jobs import state as jobs
 from shared.metrics import JobObserver
 from shared.models import Job
 from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, make_celery

@@ -6,13 +6,14 @@ import logging
 import time
 from typing import Any
 
-from shared import jobs, voices
+from shared import voices
+from shared.audio.reference import inspect_upload, normalise, to_wav
 from shared.db import transaction
 from shared.errors import BadRequest, EngineError, NotFound, VoicefarmError
-from shared.jobs import Attempt
-from shared.language import detect_language
+from shared.jobs import state as jobs
+from shared.jobs.state import Attempt
 from shared.models import Job, Voice
-from shared.reference import inspect_upload, normalise, to_wav
+from shared.text.language import detect_language
 from worker.attempts import run_job
 from worker.context import WorkerContext
 

@@ -18,15 +18,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs
+from shared.audio.streaming import SegmentPublisher
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
+from shared.jobs import state as jobs
 from shared.models import Job, Worker, utcnow
 from shared.storage import Storage
-from shared.streaming import SegmentPublisher
-from worker.asr import Transcriber
 from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
+from worker.evaluators.asr import Transcriber
 from worker.finisher import Finisher
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class WorkerContext:
     finish_behind: bool = False
     finisher: Finisher = field(init=False)
     # Streaming hook: each synthesized segment goes to the job's segment stream when a request streams it
-    # (shared/streaming.py); None where nothing streams (tests that call tasks directly).
+    # (shared/audio/streaming.py); None where nothing streams (tests that call tasks directly).
     segments: SegmentPublisher | None = None
     # Profiles are small and immutable once built: keep the recent ones so a voice's jobs skip the S3 fetch.
     _profiles: OrderedDict[str, VoiceProfile] = field(default_factory=OrderedDict)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
-from shared import jobs
 from shared.db import transaction
 from shared.errors import Permanent, Transient, Unavailable
+from shared.jobs import state as jobs
 
 if TYPE_CHECKING:
     from worker.context import WorkerContext

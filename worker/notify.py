@@ -1,6 +1,6 @@
 """What follows a job reaching a final state, in whichever pool finished it (the synthesis worker, or the QA pool
 for a gated take): its webhook when it asked for one; for a batch line, the batch's final event when this line
-finished the batch (shared/batch_state.py), and a refill of its tenant's window (shared/scheduler.py).
+finished the batch (shared/jobs/settle.py), and a refill of its tenant's window (shared/batches/scheduler.py).
 
 A synthesis worker announces through `Announcer`, off the engine's path: the announcement reads the job back and
 writes latency metrics to Redis, and the engine need not wait for that before its next job. Everything announced
@@ -16,11 +16,12 @@ from collections.abc import Callable
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import deliveries, scheduler
+from shared.batches import scheduler
 from shared.config import Settings
 from shared.metrics import JobObserver
 from shared.models import Job
 from shared.queue import enqueue_batch_webhook, enqueue_webhook
+from shared.webhooks import deliveries
 
 log = logging.getLogger(__name__)
 

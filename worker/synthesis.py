@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from shared import lexicon, mastering, voices
-from shared.audio import encode, join_segments
+from shared import voices
+from shared.audio import mastering
+from shared.audio.codecs import encode, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
-from shared.jobs import Attempt
+from shared.jobs.state import Attempt
 from shared.models import Job
-from shared.normalization import normalize_for_speech
-from shared.text import split_text
+from shared.text import lexicon
+from shared.text.normalization import normalize_for_speech
+from shared.text.split import split_text
 from worker import takes
 from worker.alignment import joined_words, word_timings
 from worker.attempts import run_job
@@ -86,7 +88,7 @@ def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSp
             language=spec.language,
             speed=spec.speed,
             seed=spec.seed,
-            lexicon=lexicon.job_entries(spec.options),  # the snapshot taken at submit (shared/lexicon.py)
+            lexicon=lexicon.job_entries(spec.options),  # the snapshot taken at submit (shared/text/lexicon.py)
         )
     except VoicefarmError:
         raise
@@ -150,7 +152,7 @@ def _render(
     at_speed = replace(spec, speed=round(speed, 3))
     for i, text in enumerate(texts):
         out = _speak_whole(ctx, text, voice, at_speed)
-        ctx.segment_done(attempt, i, len(texts), out.audio)  # streaming hook (shared/streaming.py)
+        ctx.segment_done(attempt, i, len(texts), out.audio)  # streaming hook (shared/audio/streaming.py)
         take.audios.append(out.audio)
         if out.similarity is not None:
             take.similarities.append((out.similarity, len(out.audio)))
@@ -169,7 +171,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
     # Segments keep the script's text (subtitles and alignment follow it); what is spoken is each one normalised,
-    # lexicon terms untouched so the engine can apply their pronunciations (shared/normalization/).
+    # lexicon terms untouched so the engine can apply their pronunciations (shared/text/normalization/).
     keep = [str(item["term"]) for item in (spec.options or {}).get("lexicon") or () if item.get("term")]
     said = [normalize_for_speech(text, spec.language, keep) for text in texts]
     rate = caps.sample_rate
@@ -179,7 +181,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
     if options.target_duration_s:
         # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
-        # is further off than a light stretch mends well; what is left is stretched (shared/mastering.py).
+        # is further off than a light stretch mends well; what is left is stretched (shared/audio/mastering.py).
         spoken = mastering.trim_silence(audio, rate, options.trim_pad_s)[0] if options.trim_pad_s is not None else audio
         duration = len(spoken) / rate
         if abs(duration / options.target_duration_s - 1) > RETAKE_FOR_SLOT:

@@ -3,7 +3,7 @@
 A re-take gets another seed (an engine that samples, like CosyVoice, says it another way) and a slightly other
 speed from RETAKE_SPEEDS: Kokoro is deterministic, so a seed alone would give it the same take again. The take is
 then uploaded like any other and handed to the gate (`Pending.check`): the finisher moves the job to "checking"
-instead of completing it, and the engine goes on to its next job (worker/qa_check.py decides the take's fate).
+instead of completing it, and the engine goes on to its next job (worker/qa/step.py decides the take's fate).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, TypeVar
 
-from shared.audio import encode
-from worker import qa
+from shared.audio.codecs import encode
 from worker.finisher import Pending
+from worker.qa import checks as qa
 
 # Speed factors of take 1, 2, 3, ...: each re-take a little slower or faster than the asked speed.
 RETAKE_SPEEDS = (1.0, 0.96, 1.04, 0.93, 1.07, 0.9)

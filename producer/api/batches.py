@@ -14,21 +14,25 @@ from sqlalchemy.orm import Session
 from zipstream import ZIP_STORED, ZipStream
 
 from producer.auth import authenticate
-from producer.pages import page_limit
 from producer.resources import Farm, farm
-from shared import batch_lines, batches, deliveries, subtitles, voices
-from shared.batch_lines import DEFAULT_FIELDS, EngineInfo, Line
-from shared.batches import manifest_csv, manifest_rows
+from shared import voices
+from shared.audio import subtitles
+from shared.batches import lines as batch_lines
+from shared.batches import service as batches
+from shared.batches.lines import DEFAULT_FIELDS, EngineInfo, Line
+from shared.batches.scheduler import safe_top_up
+from shared.batches.service import manifest_csv, manifest_rows
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
-from shared.idempotency import request_hash
+from shared.jobs.idempotency import request_hash
+from shared.jobs.views import delivery_view, job_view
 from shared.models import Job
+from shared.pages import page_limit
 from shared.queue import enqueue_batch_webhook, try_enqueue
-from shared.scheduler import safe_top_up
 from shared.schemas import JobRequest
 from shared.storage import Storage
-from shared.views import delivery_view, job_view
-from shared.webhooks import check_webhook_url
+from shared.webhooks import deliveries
+from shared.webhooks.targets import check_webhook_url
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.pages import MAX_PAGE
-from shared import batch_lines
-from shared.batch_lines import DEFAULT_FIELDS
+from shared.batches import lines as batch_lines
+from shared.batches.lines import DEFAULT_FIELDS
+from shared.pages import MAX_PAGE
 
 
 def openapi_paths() -> dict[str, Any]:

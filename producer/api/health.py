@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select, text
 
 from producer.resources import farm
-from shared import jobs
+from shared.jobs import state as jobs
 from shared.models import Job, Worker, utcnow
 
 bp = Blueprint("health", __name__)

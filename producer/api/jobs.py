@@ -12,18 +12,22 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
-from producer.pages import page_limit
 from producer.resources import Farm, farm
-from shared import dedup, jobs, lexicon, subtitles, voices
-from shared.audio import CONTENT_TYPES, EXTENSIONS
+from shared import voices
+from shared.audio import subtitles
+from shared.audio.codecs import CONTENT_TYPES, EXTENSIONS
 from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-from shared.idempotency import request_hash
-from shared.language import detect_language
+from shared.jobs import dedup
+from shared.jobs import state as jobs
+from shared.jobs.idempotency import request_hash
+from shared.jobs.views import job_view
 from shared.models import Job
+from shared.pages import page_limit
 from shared.queue import enqueue_webhook, try_enqueue
 from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
-from shared.views import job_view
-from shared.webhooks import check_webhook_url
+from shared.text import lexicon
+from shared.text.language import detect_language
+from shared.webhooks.targets import check_webhook_url
 
 log = logging.getLogger(__name__)
 SUBTITLE_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}

@@ -12,10 +12,10 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.auth import authenticate
-from producer.pages import page_limit
 from producer.resources import farm
-from shared import lexicon
 from shared.errors import BadRequest
+from shared.pages import page_limit
+from shared.text import lexicon
 
 bp = Blueprint("lexicon", __name__, url_prefix="/v1/lexicon")
 

@@ -2,7 +2,7 @@
 
 A speech request is an ordinary job at interactive priority (9), answered in the same HTTP request. The answer
 streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
-the worker has synthesized it (shared/streaming.py), so the first bytes leave after the first segment, not after
+the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not after
 the whole text. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works.
 With no live worker for the engine it answers 503 at once. `speed` takes OpenAI's 0.25-4.0; the engine speaks
 within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped. When the client goes
@@ -27,14 +27,15 @@ from producer.auth import authenticate
 from producer.errors import error_response
 from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import dedup, jobs
-from shared.audio import FORMATS
+from shared.audio.codecs import FORMATS
+from shared.audio.streaming import CONTENT_TYPES, SegmentReader, StreamEncoder
 from shared.engines import engine_names
 from shared.errors import BadRequest, Unavailable
+from shared.jobs import dedup
+from shared.jobs import state as jobs
 from shared.models import Job
 from shared.queue import time_limits, try_enqueue
 from shared.schemas import Format, JobRequest, clean_text
-from shared.streaming import CONTENT_TYPES, SegmentReader, StreamEncoder
 
 log = logging.getLogger(__name__)
 bp = Blueprint("speech", __name__, url_prefix="/v1")

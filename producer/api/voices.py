@@ -8,14 +8,15 @@ from flask import Blueprint, Response, jsonify, request
 
 from producer.auth import authenticate
 from producer.resources import Farm, farm
-from shared import jobs, voices
+from shared import voices
+from shared.audio.reference import inspect_upload
 from shared.db import transaction
 from shared.errors import BadRequest
+from shared.jobs import state as jobs
+from shared.jobs.views import iso
 from shared.models import Voice, new_id
 from shared.queue import try_enqueue
-from shared.reference import inspect_upload
 from shared.schemas import clean_text
-from shared.views import iso
 
 bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
 MAX_TRANSCRIPT_CHARS = 1000

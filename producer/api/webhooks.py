@@ -7,10 +7,11 @@ from sqlalchemy import select, update
 
 from producer.auth import authenticate
 from producer.resources import farm
-from shared import deliveries, jobs
+from shared.jobs import state as jobs
+from shared.jobs.views import delivery_view
 from shared.keys import new_webhook_secret
 from shared.models import ApiKey
-from shared.views import delivery_view
+from shared.webhooks import deliveries
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 SIGNING = {

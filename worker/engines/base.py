@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from shared.engines import Capabilities  # capabilities are data in shared/; re-exported for adapters
-from shared.lexicon import Entry as LexiconEntry
+from shared.text.lexicon import Entry as LexiconEntry
 
 Mode = Literal["clone", "cross_lingual", "instruct"]
 Language = Literal["zh", "en", "ja"]
@@ -89,5 +89,5 @@ class Engine(Protocol):
         lexicon: Sequence[LexiconEntry] = (),
     ) -> Synthesis:
         """Speak one segment (at most `capabilities.max_segment_chars`) in a stock voice or a cloned profile,
-        saying each `lexicon` term that occurs in it as the entry says (shared/lexicon.py)."""
+        saying each `lexicon` term that occurs in it as the entry says (shared/text/lexicon.py)."""
         ...

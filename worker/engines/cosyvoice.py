@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from shared.audio import resample
+from shared.audio.codecs import resample
 from shared.engines.cosyvoice import (  # the catalogue is data in shared/
     INSTRUCTIONS,
     LANGUAGES,
@@ -47,9 +47,9 @@ from shared.engines.cosyvoice import (  # the catalogue is data in shared/
     SAMPLE_RATE,
 )
 from shared.engines.cosyvoice import NAME as ENGINE_NAME
-from shared.lexicon import Entry as LexiconEntry
-from shared.lexicon import arpabet
-from shared.lexicon import find as find_terms
+from shared.text.lexicon import Entry as LexiconEntry
+from shared.text.lexicon import arpabet
+from shared.text.lexicon import find as find_terms
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 
 DEFAULT_MODEL_DIR = "models/Fun-CosyVoice3-0.5B"

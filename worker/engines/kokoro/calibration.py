@@ -4,7 +4,7 @@ A clone matches the reference against every stock voice reading the calibration 
 rendering and embedding them costs tens of seconds on a CPU, once per worker process. The result depends only on
 the weights, the sentences, the speaker encoder, G2P and onnxruntime, so it is stored under a key naming them
 (`calibration/kokoro/<sha256>.npz` in the farm's S3 bucket). Two workers that miss at once both compute it and
-write the same bytes (the renders are deterministic; tests/test_calibration.py checks it), so no lock is needed.
+write the same bytes (the renders are deterministic; tests/worker/test_calibration.py checks it), so no lock is needed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def calibration_key(sentences: tuple[tuple[str, str], ...], voices: tuple[str, .
     """The object key: a hash of the model version, the packages and farm code that shape the renders and their
     embeddings (so a changed G2P, model session or encoder never reads an old calibration), the sentences and the
     voices."""
-    from shared.dedup import model_version
+    from shared.jobs.dedup import model_version
 
     identity = {
         "format": FORMAT,
@@ -91,7 +91,7 @@ def _code_hash() -> str:
     when this process imported the engine (files edited later on disk do not change the code it runs)."""
     here = Path(__file__).resolve().parent
     files = sorted(p for p in here.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files.append(here.parents[1] / "similarity.py")
+    files.append(here.parents[1] / "evaluators" / "similarity.py")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(here.parents[2]).as_posix().encode() + b"\0" + path.read_bytes())

@@ -15,14 +15,14 @@ import numpy as np
 
 from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, MIN_SPEED, MODES, STOCK_VOICES
 from shared.engines.kokoro import NAME as ENGINE_NAME
-from shared.lexicon import Entry as LexiconEntry
+from shared.text.lexicon import Entry as LexiconEntry
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 from worker.engines.kokoro import calibration, matching
 from worker.engines.kokoro.durations import word_clock
 from worker.engines.kokoro.g2p import LANGUAGES, Phonemizer
 from worker.engines.kokoro.instruct import HONOURED, parse_instruction
 from worker.engines.kokoro.model import MAX_TOKENS, SAMPLE_RATE, KokoroModel
-from worker.similarity import SpeakerEncoder, shared_encoder
+from worker.evaluators.similarity import SpeakerEncoder, shared_encoder
 
 # What every stock voice reads to be matched against references: its speaker embedding, mean spectral envelope
 # and pitch come from these renders, and clone() tunes the WORLD transform on them.

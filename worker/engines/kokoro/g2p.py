@@ -8,7 +8,7 @@
   become phonemes: misaki's v1.0 path reads each word in citation tones (`ZhReadings`; benchmarks/mandarin_tones.py).
 - en: espeak-ng (see `espeak.py`).
 
-Lexicon entries (shared/lexicon.py) cut the text: the rest is phonemised as usual and each entry's pronunciation
+Lexicon entries (shared/text/lexicon.py) cut the text: the rest is phonemised as usual and each entry's pronunciation
 is put in its place, converted into the same alphabet: pinyin through misaki's own pinyin-to-IPA step, IPA and
 ARPAbet through espeak's mapping into Kokoro's symbols, kana through the Japanese G2P.
 
@@ -23,7 +23,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 
-from shared import lexicon as lexicon_
+from shared.text import lexicon as lexicon_
 
 LANGUAGES = ("zh", "en", "ja")
 # ARPAbet phones whose espeak-ng IPA differs from the plain IPA: multi-letter phonemes carry espeak's tie, so that

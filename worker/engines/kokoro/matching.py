@@ -1,6 +1,6 @@
 """Voice matching for kokoro: Kokoro-82M cannot clone, so a reference is matched and then approximated.
 
-1. Nearest stock voice by speaker embedding: GE2E (resemblyzer's encoder, `worker.similarity`) cosine between
+1. Nearest stock voice by speaker embedding: GE2E (resemblyzer's encoder, `worker.evaluators.similarity`) cosine between
    the reference and each stock voice reading fixed calibration sentences.
 2. A WORLD-vocoder transform (pyworld: DIO + StoneMask F0, CheapTrick envelope, D4C aperiodicity, 24 kHz, 5 ms
    frames) of everything the chosen voice says, toward the reference:

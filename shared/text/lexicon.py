@@ -1,0 +1,435 @@
+"""The pronunciation lexicon: how to say a word or phrase, per tenant (`/v1/lexicon`) or per job (`lexicon`).
+
+An entry is a term, its language and a pronunciation in an alphabet fit for that language:
+- zh: `pinyin`, tone numbers or tone marks, one syllable per character ("zēng guó fān" or "zeng1 guo2 fan1");
+  stored as tone numbers;
+- en: `ipa` (English phonemes: /ˈkɪnwɑ/) or `arpabet` (CMU phones with stress digits: "K IY1 N W AA0", the set
+  CosyVoice3 takes inline); both are checked against the English phoneme table below;
+- ja: `kana` (hiragana or katakana), read by the engine's Japanese G2P.
+
+At submit, a job's stored options get a snapshot (`options["lexicon"]`) of its own entries plus the tenant's
+entries that occur in its text: the dedup key covers `options`, so changing an entry changes the key of every
+job whose text it touches, and the worker needs no query of its own. Engines apply the snapshot per segment
+(`find` cuts a text at the terms).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.models import LexiconEntry, utcnow
+from shared.text.language import detect_language
+
+ALPHABETS: dict[str, tuple[str, ...]] = {"zh": ("pinyin",), "en": ("ipa", "arpabet"), "ja": ("kana",)}
+MAX_TERM_CHARS = 64
+MAX_PRONUNCIATION_CHARS = 256
+MAX_JOB_ENTRIES = 100
+MAX_TENANT_ENTRIES = 10_000
+_SEPARATORS = re.compile(r"[\s'’\-,.]+")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+_TONE_MARKS = "āáǎàēéěèīíǐìōóǒòūúǔùǖǘǚǜńňǹḿ"
+
+# English phonemes: ARPAbet (CMU) and the IPA written for each, both ways. IPA variants that map onto one phone
+# (r/ɹ, ɡ/g, ligatures, British vowels) are read; `ARPABET_IPA` writes the General American form.
+ARPABET_IPA = {
+    "AA": "ɑ", "AE": "æ", "AH": "ʌ", "AO": "ɔ", "AW": "aʊ", "AY": "aɪ", "B": "b", "CH": "tʃ", "D": "d", "DH": "ð",
+    "EH": "ɛ", "ER": "ɝ", "EY": "eɪ", "F": "f", "G": "ɡ", "HH": "h", "IH": "ɪ", "IY": "i", "JH": "dʒ", "K": "k",
+    "L": "l", "M": "m", "N": "n", "NG": "ŋ", "OW": "oʊ", "OY": "ɔɪ", "P": "p", "R": "ɹ", "S": "s", "SH": "ʃ",
+    "T": "t", "TH": "θ", "UH": "ʊ", "UW": "u", "V": "v", "W": "w", "Y": "j", "Z": "z", "ZH": "ʒ",
+}  # fmt: skip
+VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"})
+_IPA_READ = {ipa: phone for phone, ipa in ARPABET_IPA.items()} | {
+    "ɝː": "ER", "ɜː": "ER", "ɜɹ": "ER", "ɜr": "ER", "ɚ": "ER0", "ə": "AH0", "ɐ": "AH0", "ɒ": "AA", "a": "AA",
+    "ɑː": "AA", "iː": "IY", "uː": "UW", "ɔː": "AO", "ᵻ": "IH0", "e": "EY", "o": "OW", "əʊ": "OW", "ɛɪ": "EY",
+    "t͡ʃ": "CH", "ʧ": "CH", "d͡ʒ": "JH", "ʤ": "JH", "g": "G", "r": "R", "ɾ": "T", "ʔ": "T", "ɫ": "L", "x": "K",
+    "ʍ": "W",
+}  # fmt: skip
+_IPA_TOKENS = sorted(_IPA_READ, key=len, reverse=True)
+# Marks that carry nothing for the English phone set: length, aspiration, syllable breaks, ties.
+_IPA_IGNORED = set("ːˑʰ.‿\u0361\u035c\u0329 ")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One lexicon entry as engines use it; `source` says whether the job or the tenant's lexicon gave it."""
+
+    term: str
+    language: str
+    pronunciation: str
+    alphabet: str
+    source: str = "tenant"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        return cls(**{k: str(data[k]) for k in ("term", "language", "pronunciation", "alphabet") if k in data},
+                   source=str(data.get("source", "tenant")))  # fmt: skip
+
+
+# -- validation --------------------------------------------------------------------------------------------------
+def clean_term(term: str) -> str:
+    """NFC, trimmed, inner whitespace as single spaces; refuses what cannot be a spoken term."""
+    term = re.sub(r"\s+", " ", unicodedata.normalize("NFC", term)).strip()
+    if not term:
+        raise ValueError("term is empty")
+    if len(term) > MAX_TERM_CHARS:
+        raise ValueError(f"term is {len(term)} characters; the limit is {MAX_TERM_CHARS}")
+    if not any(unicodedata.category(ch)[0] in "LN" for ch in term):
+        raise ValueError("term has no letters or digits")
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cf") for ch in term):
+        raise ValueError("term contains a control character")
+    return term
+
+
+def default_language(term: str, alphabet: str | None, pronunciation: str = "") -> str:
+    """An entry's language when it names none: its alphabet's, ja for a kana reading, else its term's script."""
+    for language, names in ALPHABETS.items():
+        if alphabet in names:
+            return language
+    return "ja" if pronunciation.strip() and is_kana(pronunciation.strip()) else detect_language(term)
+
+
+@lru_cache(maxsize=1)
+def pinyin_syllables() -> frozenset[str]:
+    """Every toneless syllable some Chinese character is read with, from pypinyin's character dictionary."""
+    from pypinyin.contrib.tone_convert import to_normal
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    return frozenset(to_normal(p) for value in pinyin_dict.values() for p in value.split(","))
+
+
+def normalise_pinyin(pronunciation: str, term: str) -> str:
+    """Tone-number pinyin ("zeng1 guo2 fan1") from tone numbers or marks; neutral tone is 5."""
+    from pypinyin.contrib.tone_convert import to_normal, to_tone3
+
+    text = unicodedata.normalize("NFC", pronunciation).lower().replace("u:", "ü")
+    # Tone numbers may run together ("zeng1guo2"): a digit ends a syllable.
+    raw = [s for part in _SEPARATORS.split(text) for s in re.findall(r"[^\d]+\d|[^\d]+$", part) if s]
+    if not raw:
+        raise ValueError("pinyin is empty")
+    out = []
+    for syllable in raw:
+        numbered = re.fullmatch(r"([a-zü]+)([0-5])", syllable)
+        if numbered:
+            tone3 = numbered.group(1).replace("ü", "v") + ("5" if numbered.group(2) == "0" else numbered.group(2))
+        elif re.fullmatch(r"[a-zü]+", syllable):
+            raise ValueError(f"pinyin syllable {syllable!r} has no tone: write a tone number 1-5 or a mark")
+        elif re.fullmatch(rf"[a-zü{_TONE_MARKS}]+", syllable):
+            tone3 = to_tone3(syllable, neutral_tone_with_five=True)
+        else:
+            raise ValueError(f"{syllable!r} is not a pinyin syllable (letters, then a tone number 1-5 or a mark)")
+        if to_normal(tone3) not in pinyin_syllables():
+            raise ValueError(f"{syllable!r} is not a Mandarin syllable")
+        out.append(tone3)
+    han = _HAN.findall(term)
+    if han and len(han) == len(term.replace(" ", "")) and len(han) != len(out):
+        raise ValueError(f"term has {len(han)} characters but the pinyin has {len(out)} syllables")
+    return " ".join(out)
+
+
+def ipa_to_arpabet(ipa: str) -> list[str]:
+    """ARPAbet phones with stress digits from English IPA; a stress mark stresses the next vowel."""
+    text = unicodedata.normalize("NFC", ipa).strip().strip("/[]")
+    phones: list[str] = []
+    stress = "0"
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "ˈˌ'":
+            stress = "2" if ch == "ˌ" else "1"
+            i += 1
+            continue
+        if ch in _IPA_IGNORED:
+            i += 1
+            continue
+        token = next((t for t in _IPA_TOKENS if text.startswith(t, i)), None)
+        if token is None:
+            raise ValueError(f"{ch!r} (U+{ord(ch):04X}) is not an English IPA phoneme")
+        phone = _IPA_READ[token]
+        if phone in VOWELS:
+            phone += stress
+            stress = "0"
+        phones.append(phone)
+        i += len(token)
+        # Syllabic consonants (l̩, n̩) carry a reduced vowel.
+        if i < len(text) and text[i] == "\u0329":
+            phones.insert(len(phones) - 1, "AH0")
+    if not phones:
+        raise ValueError("IPA is empty")
+    return phones
+
+
+def parse_arpabet(pronunciation: str) -> list[str]:
+    phones = pronunciation.upper().replace(",", " ").split()
+    if not phones:
+        raise ValueError("ARPAbet is empty")
+    for phone in phones:
+        match = re.fullmatch(r"([A-Z]+)([0-2]?)", phone)
+        base, digit = match.groups() if match else (phone, "")
+        if base not in ARPABET_IPA:
+            raise ValueError(f"{phone!r} is not an ARPAbet phone (CMU set: {', '.join(sorted(ARPABET_IPA))})")
+        if digit and base not in VOWELS:
+            raise ValueError(f"{phone!r}: only vowels carry a stress digit")
+    return [p if p[-1].isdigit() or p not in VOWELS else p + "0" for p in phones]
+
+
+def arpabet(entry: Entry) -> list[str]:
+    """The entry's English pronunciation as ARPAbet phones."""
+    return ipa_to_arpabet(entry.pronunciation) if entry.alphabet == "ipa" else parse_arpabet(entry.pronunciation)
+
+
+def is_kana(text: str) -> bool:
+    return all(
+        ch in "ー・ 　" or "HIRAGANA" in unicodedata.name(ch, "") or "KATAKANA" in unicodedata.name(ch, "")
+        for ch in text
+    )
+
+
+class InvalidEntry(ValueError):
+    """What is wrong with an entry, with the API error code that says so."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _checked_term(term: str) -> str:
+    try:
+        return clean_term(term)
+    except ValueError as exc:
+        raise InvalidEntry(str(exc), "term_too_long" if len(term) > MAX_TERM_CHARS else "invalid_term") from None
+
+
+def normalise(term: str, language: str | None, pronunciation: str, alphabet: str | None) -> Entry:
+    """A checked entry in its stored form, or InvalidEntry saying what is wrong with it."""
+    term = _checked_term(term)
+    language = language or default_language(term, alphabet, pronunciation)
+    if language not in ALPHABETS:
+        raise InvalidEntry(f"language must be one of {', '.join(ALPHABETS)}", "unsupported_language")
+    alphabet = alphabet or ALPHABETS[language][0]
+    if alphabet not in ALPHABETS[language]:
+        raise InvalidEntry(
+            f"alphabet {alphabet!r} is not for {language}; use {' or '.join(ALPHABETS[language])}",
+            "unsupported_alphabet",
+        )
+    pronunciation = unicodedata.normalize("NFC", pronunciation).strip()
+    if len(pronunciation) > MAX_PRONUNCIATION_CHARS:
+        raise InvalidEntry(
+            f"pronunciation is {len(pronunciation)} characters; the limit is {MAX_PRONUNCIATION_CHARS}",
+            "pronunciation_too_long",
+        )
+    try:
+        if not pronunciation:
+            raise ValueError("pronunciation is empty")
+        if alphabet == "pinyin":
+            pronunciation = normalise_pinyin(pronunciation, term)
+        elif alphabet == "ipa":
+            ipa_to_arpabet(pronunciation)
+            pronunciation = pronunciation.strip("/[] ")
+        elif alphabet == "arpabet":
+            pronunciation = " ".join(parse_arpabet(pronunciation))
+        elif not is_kana(pronunciation):
+            raise ValueError("kana must be hiragana or katakana only")
+    except ValueError as exc:
+        raise InvalidEntry(str(exc), f"invalid_{alphabet}") from None
+    return Entry(term, language, pronunciation, alphabet)
+
+
+def parse_cell(cell: str) -> list[dict[str, str]]:
+    """A job's `lexicon` written in one CSV cell: JSON, or `term=pronunciation` pairs split by `;` or newlines
+    (`单=shan4; Zorblat=ˈlʌndən`), each entry's language and alphabet then taken from its term and reading."""
+    cell = cell.strip()
+    if cell.startswith("["):
+        try:
+            value = json.loads(cell)
+        except ValueError as exc:
+            raise ValueError(f"lexicon is not valid JSON: {exc}") from None
+        if not isinstance(value, list):
+            raise ValueError("lexicon must be a list")
+        return value
+    items = []
+    for pair in filter(None, (p.strip() for p in re.split(r"[;\n]", cell))):
+        term, equals, pronunciation = pair.partition("=")
+        if not equals:
+            raise ValueError(f"lexicon pair {pair!r} has no '=': write term=pronunciation")
+        items.append({"term": term.strip(), "pronunciation": pronunciation.strip()})
+    return items
+
+
+# -- matching ----------------------------------------------------------------------------------------------------
+def _latin(term: str) -> bool:
+    return bool(_LATIN.search(term))
+
+
+def occurs(term: str, text: str) -> bool:
+    """Whether a term is in a text: Latin terms as whole words, case-insensitively; others as they are written."""
+    if not _latin(term):
+        return term in text
+    if term.casefold() not in text.casefold():
+        return False
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])", text, re.IGNORECASE) is not None
+
+
+def find(text: str, entries: Sequence[Entry]) -> list[tuple[int, int, Entry]]:
+    """Where entries' terms occur in a text, leftmost first, the longest term at each place, never overlapping.
+    A job's own entry beats the tenant's for the same term; for Latin terms an exact-case entry beats others."""
+    if not entries:
+        return []
+    by_term: dict[str, Entry] = {}
+    for entry in sorted(entries, key=lambda e: e.source != "job"):
+        by_term.setdefault(entry.term, entry)
+        by_term.setdefault(entry.term.casefold(), entry)
+    terms = sorted({e.term for e in entries}, key=len, reverse=True)
+    alternatives = "|".join(
+        rf"(?<![A-Za-z0-9])(?i:{re.escape(t)})(?![A-Za-z0-9])" if _latin(t) else re.escape(t) for t in terms
+    )
+    spans = []
+    for match in re.finditer(alternatives, text):
+        found = match.group()
+        entry = by_term.get(found) or by_term[found.casefold()]
+        spans.append((match.start(), match.end(), entry))
+    return spans
+
+
+def job_entries(options: dict[str, Any] | None) -> list[Entry]:
+    """The lexicon snapshot stored in a job's options."""
+    return [Entry.from_dict(item) for item in (options or {}).get("lexicon") or ()]
+
+
+# -- the tenant's entries ----------------------------------------------------------------------------------------
+def _cursor(entry: LexiconEntry) -> str:
+    raw = json.dumps([entry.language, entry.term], ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[str, str]:
+    try:
+        language, term = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(language, str) or not isinstance(term, str) or "\x00" in language + term:
+            raise ValueError("not a cursor of this list")
+        return language, term
+    except (ValueError, TypeError, binascii.Error):
+        raise NotFound("cursor does not name a lexicon entry", code="bad_cursor") from None
+
+
+def list_entries(
+    session: Session, tenant_id: str, *, language: str | None, limit: int, cursor: str | None
+) -> tuple[list[LexiconEntry], str | None]:
+    """A page of the tenant's entries by language, then term; and the cursor of the next page, if any."""
+    query = select(LexiconEntry).where(LexiconEntry.tenant_id == tenant_id)
+    if language:
+        query = query.where(LexiconEntry.language == language)
+    if cursor:
+        query = query.where(tuple_(LexiconEntry.language, LexiconEntry.term) > _after(cursor))
+    rows = list(session.scalars(query.order_by(LexiconEntry.language, LexiconEntry.term).limit(limit + 1)))
+    return rows[:limit], _cursor(rows[limit - 1]) if len(rows) > limit else None
+
+
+def get_entry(session: Session, tenant_id: str, language: str, term: str) -> LexiconEntry:
+    row = session.scalar(
+        select(LexiconEntry).where(
+            LexiconEntry.tenant_id == tenant_id, LexiconEntry.language == language, LexiconEntry.term == term
+        )
+    )
+    if row is None:
+        raise NotFound(f"no lexicon entry for {term!r} in {language}", code="lexicon_entry_not_found")
+    return row
+
+
+def put_entry(session: Session, tenant_id: str, entry: Entry) -> tuple[LexiconEntry, bool]:
+    """Create or replace the tenant's entry for (language, term); whether it was created."""
+    try:
+        row = get_entry(session, tenant_id, entry.language, entry.term)
+    except NotFound:
+        count = session.scalar(select(func.count()).where(LexiconEntry.tenant_id == tenant_id)) or 0
+        if count >= MAX_TENANT_ENTRIES:
+            raise Conflict(
+                f"the lexicon holds {count} entries; the limit is {MAX_TENANT_ENTRIES}", code="lexicon_full"
+            ) from None
+        row = LexiconEntry(tenant_id=tenant_id, language=entry.language, term=entry.term,
+                           pronunciation=entry.pronunciation, alphabet=entry.alphabet)  # fmt: skip
+        try:
+            with session.begin_nested():  # a concurrent put of the same term may have created it meanwhile
+                session.add(row)
+            return row, True
+        except IntegrityError:
+            row = get_entry(session, tenant_id, entry.language, entry.term)
+    row.pronunciation, row.alphabet, row.updated_at = entry.pronunciation, entry.alphabet, utcnow()
+    session.flush()
+    return row, False
+
+
+def delete_entry(session: Session, tenant_id: str, language: str, term: str) -> None:
+    session.delete(get_entry(session, tenant_id, language, term))
+
+
+def entry_view(row: LexiconEntry) -> dict[str, Any]:
+    return {
+        "term": row.term,
+        "language": row.language,
+        "pronunciation": row.pronunciation,
+        "alphabet": row.alphabet,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+def check_entry(term: str, language: str, pronunciation: str = "", alphabet: str | None = None) -> Entry:
+    """An entry from a request, or 400 with the code of what is wrong. With no pronunciation only the term and
+    language are checked (a lookup or a delete)."""
+    if language not in ALPHABETS:
+        raise BadRequest(f"language must be one of {', '.join(ALPHABETS)}", code="unsupported_language")
+    try:
+        if not pronunciation:
+            return Entry(_checked_term(term), language, "", alphabet or ALPHABETS[language][0])
+        return normalise(term, language, pronunciation, alphabet)
+    except InvalidEntry as exc:
+        raise BadRequest(str(exc), code=exc.code) from None
+
+
+# -- snapshots at submit -----------------------------------------------------------------------------------------
+def attach(session: Session, tenant_id: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Put the lexicon a job speaks with into each row's `options`: its own entries (`lexicon` of the request)
+    and the tenant's entries of its language, or English ones, that occur in its text. Idempotent: a re-render
+    takes a fresh snapshot of the tenant's entries."""
+    rows = list(rows)
+    languages = {str(row["language"]) for row in rows} | {"en"}
+    tenant = [
+        Entry(r.term, r.language, r.pronunciation, r.alphabet)
+        for r in session.scalars(
+            select(LexiconEntry).where(LexiconEntry.tenant_id == tenant_id, LexiconEntry.language.in_(languages))
+        )
+    ]
+    for row in rows:
+        options = dict(row.get("options") or {})
+        own = [e for e in job_entries(options) if e.source == "job"]
+        text = str(row["text"])
+        language = str(row["language"])
+        mine = {(e.language, e.term) for e in own}
+        found = [
+            e
+            for e in tenant
+            if e.language in (language, "en") and (e.language, e.term) not in mine and occurs(e.term, text)
+        ]
+        snapshot = sorted(own + found, key=lambda e: (e.source, e.language, e.term))
+        if snapshot:
+            options["lexicon"] = [e.to_dict() for e in snapshot]
+        else:
+            options.pop("lexicon", None)
+        row["options"] = options or None

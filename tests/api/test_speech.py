@@ -1,0 +1,124 @@
+"""`POST /v1/audio/speech` and `GET /v1/models` through the official `openai` package, unmodified, against a
+running farm (gunicorn API + a kokoro CPU worker): every response format decodes, streaming is real (the first
+bytes arrive when the first segment is synthesized), errors come back as the client's own exceptions."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import av
+import numpy as np
+import openai
+import pytest
+import requests
+import soundfile as sf
+
+from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+FIVE_SENTENCES = (
+    "The first train leaves the station at seven in the morning. "
+    "It crosses the river and climbs slowly into the hills. "
+    "By nine o'clock the valley is far behind. "
+    "Passengers open their windows to smell the pine trees. "
+    "At noon the train reaches the little town by the lake."
+)
+
+
+def client_for(farm: LiveFarm) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{farm.url}/v1", api_key=farm.key, max_retries=0, timeout=300)
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0, 24000
+    with av.open(io.BytesIO(data), format={"aac": "aac", "opus": "ogg"}.get(fmt, fmt)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
+        return np.concatenate(frames).astype(np.float32), int(stream.rate)
+
+
+def test_models_and_every_format(live_farm: LiveFarm) -> None:  # noqa: F811
+    client = client_for(live_farm)
+    ids = {model.id for model in client.models.list()}
+    assert {"kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= ids
+
+    # mp3 is the default format; an OpenAI voice name maps to a stock voice.
+    answer = client.audio.speech.create(model="tts-1", voice="alloy", input="Good morning, everyone.")
+    mp3 = answer.content
+    assert answer.response.headers["content-type"] == "audio/mpeg"
+    audio, rate = decode(mp3, "mp3")
+    assert rate == 24000 and 0.6 < len(audio) / rate < 5.0 and float(np.abs(audio).max()) > 0.05
+
+    for fmt in ("opus", "aac", "flac", "wav", "pcm"):
+        data = client.audio.speech.create(
+            model="kokoro",
+            voice="jf_alpha",
+            input="Good morning, everyone.",
+            response_format=fmt,  # type: ignore[arg-type]
+        ).content
+        audio, rate = decode(data, fmt)
+        assert 0.6 < len(audio) / rate < 5.0, (fmt, len(audio), rate)
+        assert float(np.abs(audio).max()) > 0.05, fmt
+        if fmt == "wav":  # a streamed WAV says "unknown length" in its header; libsndfile reads it to the end
+            assert len(sf.read(io.BytesIO(data), dtype="float32")[0]) == len(audio)
+
+
+def test_streaming_starts_with_the_first_segment(live_farm: LiveFarm) -> None:  # noqa: F811
+    client = client_for(live_farm)
+    client.audio.speech.create(model="kokoro", voice="jm_kumo", input="Warm up.", response_format="pcm")
+    started = time.perf_counter()
+    first: float | None = None
+    chunks: list[bytes] = []
+    with client.audio.speech.with_streaming_response.create(
+        model="kokoro", voice="jm_kumo", input=FIVE_SENTENCES, response_format="pcm"
+    ) as response:
+        job_id = response.headers.get("x-voicefarm-job-id")
+        assert job_id
+        for chunk in response.iter_bytes():
+            if chunk and first is None:
+                first = time.perf_counter() - started
+            chunks.append(chunk)
+    total = time.perf_counter() - started
+    assert first is not None
+    audio = np.frombuffer(b"".join(chunks), dtype="<i2")
+    duration = len(audio) / 24000
+    deadline = time.monotonic() + 60  # the worker stores the whole object just after the last segment streams
+    while (job := requests.get(f"{live_farm.url}/v1/jobs/{job_id}", headers=live_farm.headers(), timeout=10).json())[
+        "status"
+    ] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    segments = len(job["result"]["segments"])
+    print(
+        f"speech stream: TTFB {first:.2f} s, whole answer {total:.2f} s, {duration:.1f} s of audio, {segments} segments"
+    )
+    assert duration > 8.0 and segments >= 2
+    # The first segment's audio arrives while the rest is still being synthesized, not with the whole answer.
+    assert first < 0.8 * total, (first, total)
+
+
+def test_speed_instructions_and_errors(live_farm: LiveFarm) -> None:  # noqa: F811
+    client = client_for(live_farm)
+    fast = client.audio.speech.create(
+        model="tts-1", voice="nova", input="Good morning, everyone.", response_format="wav", speed=4.0
+    )
+    assert "outside" in fast.response.headers.get("x-voicefarm-warnings", "")
+    slow = client.audio.speech.create(
+        model="tts-1", voice="nova", input="Good morning, everyone.", response_format="wav", instructions="Slowly."
+    )
+    fast_s = len(decode(fast.content, "wav")[0]) / 24000
+    slow_s = len(decode(slow.content, "wav")[0]) / 24000
+    assert slow_s > fast_s * 1.3, (slow_s, fast_s)
+
+    with pytest.raises(openai.BadRequestError) as bad_voice:
+        client.audio.speech.create(model="tts-1", voice="nobody", input="Hello.")
+    assert bad_voice.value.body["code"] == "unknown_voice"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="whisper-1", voice="alloy", input="Hello.")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 4097)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{live_farm.url}/v1", api_key="wrong", max_retries=0).audio.speech.create(
+            model="tts-1", voice="alloy", input="Hello."
+        )

@@ -1,0 +1,202 @@
+"""The reconciler against real PostgreSQL and Redis: unsent jobs, dead workers, stale unacked messages, a broker
+that lost its data, quarantine, and a bounded amount of Redis work per pass."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import tenants
+from shared.config import Settings
+from shared.db import transaction
+from shared.jobs import state as jobs
+from shared.models import Job, utcnow
+from shared.queue import QA_QUEUE, SYNTHESIZE_TASK, engine_queue, enqueue_check, enqueue_job, make_celery
+from shared.reconcile import EPOCH_KEY, UNACKED, UNACKED_INDEX, Reconciler
+
+
+@pytest.fixture
+def celery(farm_settings: Settings) -> Celery:
+    return make_celery(farm_settings)
+
+
+@pytest.fixture
+def client(farm_settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(farm_settings.broker_url)
+
+
+@pytest.fixture
+def reconciler(sessions: sessionmaker[Session], celery: Celery, client: redis.Redis) -> Reconciler:
+    client.set(EPOCH_KEY, "test")  # the broker has not lost its data unless a test says so
+    return Reconciler(sessions, celery, max_attempts=3, stale_unacked_s=30)
+
+
+def make_job(sessions: sessionmaker[Session], age_s: float = 120, sent: bool = False) -> str:
+    with transaction(sessions) as session:
+        tenant = tenants.get_or_create_tenant(session, "acme")
+        job, _ = jobs.create_job(
+            session, tenant_id=tenant.id, idempotency_key=None, engine="kokoro", text="hi", voice="jf_alpha",
+            mode="clone", language="en", format="wav", created_at=utcnow() - timedelta(seconds=age_s),
+            sent_at=utcnow() if sent else None,
+        )  # fmt: skip
+        return job.id
+
+
+def row(sessions: sessionmaker[Session], job_id: str) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def queue_keys(client: redis.Redis) -> list[bytes]:
+    # kombu keeps one list per priority step: "engine.kokoro", then the name with a separator and the step.
+    return sorted(client.scan_iter(match=engine_queue("kokoro") + "*"))
+
+
+def queued_ids(client: redis.Redis) -> list[str]:
+    ids = []
+    for key in queue_keys(client):
+        for raw in client.lrange(key, 0, -1):  # type: ignore[union-attr]
+            ids.append(json.loads(json.loads(raw)["headers"]["argsrepr"].replace("'", '"'))[0])
+    return ids
+
+
+def test_sends_only_jobs_whose_send_never_reached_the_broker(
+    sessions: sessionmaker[Session], reconciler: Reconciler, client: redis.Redis
+) -> None:
+    held, lost, fresh = make_job(sessions, sent=True), make_job(sessions), make_job(sessions, age_s=0)
+    report = reconciler.run_once()
+    # `fresh` may still be between its commit and its own send: the grace period leaves it alone.
+    assert report.sent_unsent == 1 and queued_ids(client) == [lost]
+    assert row(sessions, lost).sent_at is not None
+    assert reconciler.run_once().sent_unsent == 0
+    assert held not in queued_ids(client) and fresh not in queued_ids(client)
+
+
+def test_recovers_lapsed_leases_and_quarantines_repeat_offenders(
+    sessions: sessionmaker[Session], reconciler: Reconciler, client: redis.Redis
+) -> None:
+    dead, offender, alive = make_job(sessions, sent=True), make_job(sessions, sent=True), make_job(sessions, sent=True)
+    with transaction(sessions) as session:
+        for job_id in (dead, offender, alive):
+            jobs.claim(session, job_id, "w", 60, 3)
+        session.execute(update(Job).where(Job.id == offender).values(lost_attempts=2))
+        session.execute(
+            update(Job).where(Job.id.in_([dead, offender])).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    report = reconciler.run_once()
+    assert (report.recovered_expired, report.quarantined) == (1, 1)
+    assert row(sessions, dead).status == "queued" and queued_ids(client) == [dead]
+    quarantined = row(sessions, offender)
+    assert quarantined.status == "failed" and quarantined.error_code == "quarantined"
+    assert row(sessions, alive).status == "running"
+
+
+def _take_like_a_worker(client: redis.Redis, age_s: float) -> bytes:
+    """Move the first queued message into kombu's unacked set, delivered `age_s` ago, as a worker's prefetch
+    does; then the worker is gone."""
+    raw = client.rpop(queue_keys(client)[0])
+    assert raw is not None
+    tag = b"tag-" + str(time.time()).encode()
+    client.hset(UNACKED, tag, json.dumps([json.loads(raw), "", engine_queue("kokoro")]))
+    client.zadd(UNACKED_INDEX, {tag: time.time() - age_s})
+    return tag
+
+
+def test_a_dead_workers_untouched_message_is_resent_after_about_a_lease(
+    sessions: sessionmaker[Session], reconciler: Reconciler, celery: Celery, client: redis.Redis
+) -> None:
+    stuck, recent, running = make_job(sessions, sent=True), make_job(sessions, sent=True), make_job(sessions, sent=True)
+    for job_id in (stuck, recent, running):
+        enqueue_job(celery, job_id, "synthesize", "kokoro", 5)
+    old_tag = _take_like_a_worker(client, age_s=60)  # `stuck`: taken a minute ago, never claimed
+    _take_like_a_worker(client, age_s=1)  # `recent`: a live worker may be about to claim it
+    stale_running = _take_like_a_worker(client, age_s=60)  # `running`: its worker holds the job's lease
+    with transaction(sessions) as session:
+        jobs.claim(session, running, "w", 60, 3)
+    report = reconciler.run_once()
+    assert report.resent_stale_unacked == 1
+    assert queued_ids(client) == [stuck]
+    assert not client.hexists(UNACKED, old_tag) and client.zscore(UNACKED_INDEX, old_tag) is None
+    assert client.hexists(UNACKED, stale_running)  # never touched: its job is running
+    assert reconciler.run_once().resent_stale_unacked == 0  # and sent once only
+
+
+def test_a_broker_that_lost_its_data_gets_the_whole_backlog_again_page_by_page(
+    sessions: sessionmaker[Session], reconciler: Reconciler, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.reconcile
+
+    monkeypatch.setattr(shared.reconcile, "PAGE", 4)
+    backlog = [make_job(sessions, age_s=100 - i, sent=True) for i in range(10)]
+    client.flushdb()  # Redis restarted without its data
+    reports = [reconciler.run_once() for _ in range(4)]
+    assert [r.resent_after_broker_loss for r in reports] == [4, 4, 2, 0]
+    assert sorted(queued_ids(client)) == sorted(backlog)
+    assert client.exists(EPOCH_KEY)
+
+
+def test_redis_work_per_pass_does_not_grow_with_the_backlog(
+    sessions: sessionmaker[Session], reconciler: Reconciler, celery: Celery, client: redis.Redis
+) -> None:
+    for _ in range(300):
+        enqueue_job(celery, make_job(sessions, sent=True), "synthesize", "kokoro", 5)
+    before = client.info("commandstats")
+    reconciler.run_once()
+    after = client.info("commandstats")
+    calls = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
+    # No scan of the queues: a fixed handful of commands whatever the backlog.
+    assert "cmdstat_lrange" not in calls or calls["cmdstat_lrange"] == 0
+    assert sum(calls.values()) < 10, calls
+    assert len(queued_ids(client)) == 300
+
+
+def test_terminal_jobs_whose_webhook_message_was_lost_get_it_again_once(
+    sessions: sessionmaker[Session], reconciler: Reconciler, client: redis.Redis
+) -> None:
+    job_id = make_job(sessions, sent=True)
+    with transaction(sessions) as session:
+        claimed = jobs.claim(session, job_id, "w", 60, 3)
+        assert claimed is not None
+        jobs.complete(session, claimed[1], {"key": "k"})
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(webhook_url="https://example.com/hook", finished_at=utcnow() - timedelta(seconds=60))
+        )
+    assert reconciler.run_once().webhooks_sent == 1
+    # Not again while the copy just sent may still be on its way: no pile-up while webhook workers are down.
+    assert reconciler.run_once().webhooks_sent == 0
+    messages = [json.loads(m)["headers"]["task"] for m in client.lrange("webhooks", 0, -1)]  # type: ignore[union-attr]
+    assert messages == ["voicefarm.webhook"]
+    assert SYNTHESIZE_TASK not in messages
+
+
+def test_a_waiting_check_is_resent_only_once_the_qa_queue_is_empty(
+    sessions: sessionmaker[Session], reconciler: Reconciler, celery: Celery, client: redis.Redis
+) -> None:
+    job_id = make_job(sessions, sent=True)
+    with transaction(sessions) as session:
+        claimed = jobs.claim(session, job_id, "w", 60, 3)
+        assert claimed is not None and jobs.to_checking(session, claimed[1], {"key": "k"}, 60)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    ahead = make_job(sessions, sent=True)
+    enqueue_check(celery, ahead)  # a backlog in the QA queue, with the lapsed take presumably in it
+    assert reconciler.run_once().checks_resent == 0
+    for key in qa_keys(client):
+        client.delete(key)  # the queue drained and the take never came: its message was lost
+    assert reconciler.run_once().checks_resent == 1
+    assert sum(int(client.llen(key)) for key in qa_keys(client)) == 1  # type: ignore[arg-type]
+    assert reconciler.run_once().checks_resent == 0  # once per lease
+
+
+def qa_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(client.scan_iter(match=QA_QUEUE + "*"))

