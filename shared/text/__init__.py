@@ -1,0 +1,1 @@
+"""Text before synthesis: sentence splitting, language detection, the pronunciation lexicon and normalisation."""

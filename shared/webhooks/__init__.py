@@ -1,0 +1,1 @@
+"""Webhooks on the shared side: target checks (SSRF rules) and the delivery records."""

@@ -1,0 +1,1 @@
+"""Tests of whole farms: real processes, faults, deployment, the CLI and the browser."""

@@ -1,0 +1,1 @@
+"""What the tests share: services, fixtures, live and fault farms, ASR, fakes and the `needs` rule."""

@@ -1,0 +1,1 @@
+"""Tests of the workers, engines and evaluators (worker/)."""

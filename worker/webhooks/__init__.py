@@ -1,0 +1,1 @@
+"""The webhook worker: its Celery app and entry module, and delivery over the checked address."""
