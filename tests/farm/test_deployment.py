@@ -157,7 +157,7 @@ def test_healthchecks_and_flower_commands_exist() -> None:
         assert check.startswith("celery -A worker.main inspect ping"), check
         assert importlib.util.find_spec("worker.main") is not None
     # Worker process names the healthchecks ping: <engine>-<slot>@<host>, slots cpuN / gpuN (voicefarm/ops/workers.py).
-    workers_src = (ROOT / "voicefarm" / "workers.py").read_text()
+    workers_src = (ROOT / "voicefarm" / "ops" / "workers.py").read_text()
     assert 'f"gpu{g}{k}"' in workers_src and 'f"cpu{i}"' in workers_src
     assert "-cpu0@" in worker_checks[0] and "cosyvoice-gpu0@" in worker_checks[1]
 
@@ -200,7 +200,7 @@ def test_every_environment_variable_is_read_by_someone() -> None:
     assert unknown == {}, f"variables nothing reads: {unknown}"
     assert {"DATABASE_URL", "BROKER_URL", "S3_ENDPOINT_URL", "VOICEFARM_ENGINE"} <= set(used)
     # CUDA_VISIBLE_DEVICES is what the worker supervisor pins, too.
-    assert "CUDA_VISIBLE_DEVICES" in (ROOT / "voicefarm" / "workers.py").read_text()
+    assert "CUDA_VISIBLE_DEVICES" in (ROOT / "voicefarm" / "ops" / "workers.py").read_text()
 
 
 # --- ports and GPUs ------------------------------------------------------------------------------------------
