@@ -58,6 +58,8 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The tenant's QA gate thresholds (shared/qa.py), over the farm's defaults and under a job's or batch's own.
     qa: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The highest job priority the tenant may ask for: the default (5) unless an operator entitled it to more.
+    max_priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
 
 
 class ApiKey(Base):
@@ -71,7 +73,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     # Signs this key's webhook deliveries (HMAC-SHA256); shown at creation and by GET /v1/webhook-secret.
-    webhook_secret: Mapped[str] = mapped_column(String(64), default=new_webhook_secret)
+    # Text: room for the secret encrypted at rest.
+    webhook_secret: Mapped[str] = mapped_column(Text, default=new_webhook_secret)
+    # "plain" keys use the API; "operator" keys also reach the operator endpoints (/metrics).
+    role: Mapped[str] = mapped_column(String(16), default="plain", server_default="plain")
 
 
 class Batch(Base):
@@ -176,6 +181,10 @@ class Job(Base):
     # The QA gate (shared/qa.py): NULL for none, else the request's own thresholds; and each take it checked.
     qa: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     qa_takes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # Times a QA check of the current take lost its lease (its QA worker died or ran past its limit).
+    check_lapses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The stored object this job's result names, which a cache hit shares with the job that made it.
+    object_key: Mapped[str | None] = mapped_column(String(512), default=None, index=True)
 
 
 class WebhookDelivery(Base):
