@@ -6,7 +6,7 @@
 #                            and storage (run it with the same VOICEFARM_* settings as the farm)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS); services for it are started by the fixtures
 #   ./run.sh check           ruff check, ruff format --check and mypy; any finding fails
-#   ./run.sh bench [--quick] the farm's figures in one table, from a throwaway farm on loopback (BENCHMARKS.md)
+#   ./run.sh bench [--quick] the farm's figures in one table, from a throwaway farm on loopback (docs/benchmarks/)
 #   ./run.sh COMMAND [ARGS]  any other `voicefarm` command, e.g. ./run.sh keys create --tenant acme
 # Honours VOICEFARM_PORT, VOICEFARM_DATA_DIR (default: var/ here) and the other VOICEFARM_* settings.
 set -euo pipefail
@@ -79,6 +79,13 @@ case "${1:-up}" in
         "$VENV/bin/ruff" format --check . || rc=1
         "$VENV/bin/mypy" || rc=1
         exit "$rc"
+        ;;
+    docs)
+        # docs/reference/configuration.md and cli.md, generated from the settings and the CLI parser; ARGS go to
+        # docs/generate.py (--check: exit 1 naming a stale file, as tests/test_docs.py does).
+        shift
+        install dev
+        exec "$VENV/bin/python" docs/generate.py "$@"
         ;;
     up)
         install ""

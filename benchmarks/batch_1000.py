@@ -1,4 +1,4 @@
-"""A 1,000-line batch end to end: submit, synthesize, archive. Figures for BENCHMARKS.md.
+"""A 1,000-line batch end to end: submit, synthesize, archive. Figures: docs/benchmarks/batch-1000.md.
 
     .venv/bin/python benchmarks/batch_1000.py --url http://127.0.0.1:7860 --key-file var/api_key [-n 1000]
     .venv/bin/python benchmarks/batch_1000.py --own-farm [--workers 2] [-n 1000] [--qa]   # a throwaway farm
@@ -11,10 +11,10 @@ each different: `Line 17.` (about 1 s of speech), or with --sentences `Line 17 o
 Reports: submit time, synthesis wall time (submit to last line finished), lines per second, audio seconds per wall
 second, the archive's streaming time and size, and per-line latency percentiles.
 
-Lines skip the QA gate unless --qa (which also starts the farm's QA pool): the gate's own cost is in BENCHMARKS §8.
-With --cli the batch goes through `voicefarm batch LINES.csv --out DIR` (a subprocess, its progress bar in
-DIR.log); with --interrupt-after K it is sent Ctrl-C once K files are in DIR and run again, and a single job is
-submitted right then: its wait to start is reported beside the batch lines' own run time.
+Lines skip the QA gate unless --qa (which also starts the farm's QA pool): the gate's own cost is in
+docs/benchmarks/qa-gate.md. With --cli the batch goes through `voicefarm batch LINES.csv --out DIR` (a subprocess, its
+progress bar in DIR.log); with --interrupt-after K it is sent Ctrl-C once K files are in DIR and run again, and a
+single job is submitted right then: its wait to start is reported beside the batch lines' own run time.
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ def main() -> int:
     parser.add_argument("--cli", action="store_true", help="run the batch through `voicefarm batch`")
     parser.add_argument("--interrupt-after", type=int, default=0, help="with --cli: Ctrl-C after K files, resume")
     parser.add_argument(
-        "--qa", action="store_true", help="keep the QA gate on (the default for batch lines; its cost is BENCHMARKS §8)"
+        "--qa",
+        action="store_true",
+        help="keep the QA gate on (the default for batch lines; its cost is docs/benchmarks/qa-gate.md)",
     )
     args = parser.parse_args()
     farm = None

@@ -313,7 +313,7 @@ def run(quick: bool, table: Table) -> None:
     n_paced = 200 if quick else 1000
     if not quick:
         # (a) the engine's onnxruntime session before and after tuning, same lines, alternating, before any farm
-        # process runs (benchmarks/kokoro_rtf.py, BENCHMARKS §11)
+        # process runs (benchmarks/kokoro_rtf.py, docs/benchmarks/onnxruntime-tuning.md)
         from benchmarks.kokoro_rtf import compare
 
         by = {t.config: t for t in compare(threads=os.cpu_count() or 1, rounds=2)}
@@ -331,7 +331,8 @@ def run(quick: bool, table: Table) -> None:
         farm.start_api()
         # Batch lines pass the QA gate (Whisper and speaker checks) on their own pool, as in `voicefarm up`; it
         # starts first so that its model load is not inside any figure but the first worker's cold start. --quick
-        # leaves the gate out (it would take most of CI's three minutes; its cost per take is BENCHMARKS §8).
+        # leaves the gate out (it would take most of CI's three minutes; its cost per take is
+        # docs/benchmarks/qa-gate.md).
         if not quick:
             farm.start_qa_worker()
         client = Client(farm.url, farm.key, timeout=60)

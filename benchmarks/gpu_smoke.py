@@ -68,10 +68,12 @@ def _gpu_memory() -> dict[str, float]:
 def run(model_dir: Path, data_dir: Path, prompt: Path, quality: bool) -> dict[str, Any]:
     import torch
 
-    from shared.config import Settings
+    from shared.config import CosyVoiceSettings, Settings
     from worker.engines import create_engine, engine_options
 
-    settings = Settings(engine="cosyvoice", cosyvoice_model_dir=model_dir, data_dir=data_dir, worker_name="gpu-smoke")
+    settings = Settings(
+        engine="cosyvoice", cosyvoice=CosyVoiceSettings(model_dir=model_dir), data_dir=data_dir, worker_name="gpu-smoke"
+    )
     engine: Any = create_engine("cosyvoice", **engine_options("cosyvoice", settings))
     started = time.perf_counter()
     engine.load()

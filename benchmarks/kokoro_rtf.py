@@ -9,7 +9,8 @@ either options. Both speak every line once
 untimed (warm-up), then the lines alternate between the sessions for --rounds rounds, so machine load hits both
 alike. Prints the RTF (wall / audio) of each, the load average at start and end, and whether the audio is
 identical (sha256 of every line's samples, max abs difference). The session's run is 99.8 % of the engine's
-synthesis time on English (BENCHMARKS.md), so these RTFs are the engine's within a fraction of a percent.
+synthesis time on English (docs/benchmarks/kokoro-profile.md), so these RTFs are the engine's within a fraction of a
+percent.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ processes), optionally `voicefarm reconcile`, `voicefarm qa-worker` and N kokoro
 `VOICEFARM_WORKER_NICE` as given), queues a batch of `--backlog` lines, waits 20 s when workers run (they start
 on the backlog), then POSTs `--count` single jobs at 100 per second on a fixed schedule (after `--warmup` untimed
 ones) and prints p50, p99 and the slowest. `./run.sh bench` measures figure (b) with everything
-running; this script takes the parts apart (BENCHMARKS.md §9).
+running; this script takes the parts apart (docs/benchmarks/farm-bench.md).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ per line; the graph surgery is timed once (it happens when a worker loads the mo
 
 Error: the lines of benchmarks/post_production.py, each sentence synthesized alone and joined with known pauses.
 (1) Known boundaries: the first word of each sentence must start at the sentence's onset and the last end at its
-end (as in BENCHMARKS §3b for the forced alignment). (2) Forced alignment: every word's start and end against the
-Whisper alignment of the same audio (worker/alignment.py) — itself off by about 0.1 s, so this bounds the
-disagreement, not the error.
+end (as in docs/benchmarks/post-production.md for the forced alignment). (2) Forced alignment: every word's start and
+end against the Whisper alignment of the same audio (worker/alignment.py) — itself off by about 0.1 s, so this bounds
+the disagreement, not the error.
 
     .venv/bin/python benchmarks/word_timings.py --lines 2
 """

@@ -11,8 +11,8 @@ and the synthesis is never repeated for an outage. (A retry library would block 
 interleave many pending finishes in one thread, so it keeps its own schedule.)
 
 In a Celery worker (`WorkerContext.finish_behind`) the same thread takes every finish, not only an outage's: the
-upload and the completion (about 15 ms a job on loopback, BENCHMARKS §9) run while the engine starts its next
-job, so the engine does not wait for them. The spool still bounds what is held: a finish that finds it full is
+upload and the completion (about 15 ms a job on loopback, docs/benchmarks/farm-bench.md) run while the engine starts
+its next job, so the engine does not wait for them. The spool still bounds what is held: a finish that finds it full is
 done in the engine's path, which slows a worker whose storage lags instead of letting memory grow. On a stop the
 thread tries each held finish once more before the process exits; one that still fails is left to its lease, and
 the job runs again.
@@ -25,17 +25,19 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared.config import Settings
 from shared.db import transaction
+from shared.engines import fleet
 from shared.errors import Permanent, Transient, Unavailable
 from shared.jobs import state as jobs
-
-if TYPE_CHECKING:
-    from worker.context import WorkerContext
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
@@ -70,8 +72,24 @@ class Pending:
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
+class Host(Protocol):
+    """What the finisher needs of its worker process (worker/context.py `WorkerContext`)."""
+
+    name: str
+    settings: Settings
+    storage: Storage
+    sessions: sessionmaker[Session]
+    finish_behind: bool
+
+    @property
+    def notify(self) -> Callable[[str], None]: ...  # sends a finished job's webhook
+    @property
+    def send_check(self) -> Callable[[str], None]: ...  # sends a stored take's check to the QA pool
+    def crash_point(self, point: str) -> None: ...
+
+
 class Finisher:
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: Host) -> None:
         self.ctx = ctx
         self._pending: list[Pending] = []
         self._lock = threading.Lock()
@@ -127,8 +145,8 @@ class Finisher:
     def _step(self, p: Pending) -> str:
         ctx = self.ctx
         if not p.uploaded:
-            if ctx.settings.test_finish_delay_s and threading.current_thread() is self._thread:
-                time.sleep(ctx.settings.test_finish_delay_s)
+            if ctx.settings.testing.finish_delay_s and threading.current_thread() is self._thread:
+                time.sleep(ctx.settings.testing.finish_delay_s)
             ctx.storage.put(p.key, p.data, p.fmt)
             p.uploaded = True
             ctx.crash_point("after_upload")
@@ -144,7 +162,7 @@ class Finisher:
                 else:
                     reason = jobs.refusal(session, p.attempt)
                 if reason in ("checking", "succeeded"):  # the worker's figures, in the same commit
-                    ctx.record_job(session, p.audio_s, p.compute_s)
+                    fleet.record_job(session, ctx.name, p.audio_s, p.compute_s)
         except DBAPIError as exc:
             raise Unavailable("the job database is unavailable") from exc
         if reason == "checking":

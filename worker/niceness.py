@@ -9,7 +9,7 @@ A process's nice value alone is not enough on Linux with scheduler autogroups (`
 default in most distributions): the CPU is shared fairly between autogroups, one per session, and a nice value
 only ranks threads inside their own group. The farm starts each worker in its own session, so a niced worker
 still took an equal share against the API's session (measured: submit p99 unchanged between nice 10 and 19,
-BENCHMARKS §9). A worker that leads its session therefore also raises its autogroup's nice value, which the
+docs/benchmarks/history.md). A worker that leads its session therefore also raises its autogroup's nice value, which the
 kernel applies to the group as a whole. One that does not lead its session (started by hand from a shell) leaves
 the group alone: that group is the shell's, with everything else the user runs in it.
 """

@@ -163,7 +163,7 @@ def finished_job(sessions: sessionmaker[Session], key: Key, url: str, status: st
 
 def attempts(sessions: sessionmaker[Session], job_id: str) -> list[Any]:
     with sessions() as session:
-        return deliveries.deliveries(session, job_id)
+        return deliveries.deliveries(session, Job, job_id)
 
 
 def ctx_for(settings: Settings, **overrides: Any) -> WebhookContext:
@@ -325,9 +325,9 @@ def test_delivery_is_signed_and_verifiable_with_the_readme_snippet(
 
 
 def readme_verifier() -> Any:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "guide" / "webhooks.md").read_text()
     block = re.search(r"<!-- webhook-verify -->\s*```python\n(.*?)```\s*<!-- /webhook-verify -->", text, re.S)
-    assert block is not None, "README lost its webhook verification snippet"
+    assert block is not None, "docs/guide/webhooks.md lost its webhook verification snippet"
     namespace: dict[str, Any] = {}
     exec(block.group(1), namespace)  # the snippet exactly as documented
     return namespace["verify_webhook"]
@@ -647,7 +647,7 @@ def test_the_reconciler_query_finds_owed_webhooks(
         session.get(Job, done).webhook_delivered_at = utcnow()  # type: ignore[union-attr]
     later = utcnow()
     with sessions() as session:
-        assert deliveries.undelivered_jobs(session, finished_before=later, quiet_since=later) == [owed]
+        assert deliveries.undelivered(session, Job, finished_before=later, quiet_since=later) == [owed]
 
 
 # --- the webhook worker process ---------------------------------------------------------------------------------
@@ -786,7 +786,7 @@ def batch_row(sessions: sessionmaker[Session], batch_id: str) -> Batch:
 
 def batch_attempts(sessions: sessionmaker[Session], batch_id: str) -> list[WebhookDelivery]:
     with sessions() as session:
-        return deliveries.batch_deliveries(session, batch_id)
+        return deliveries.deliveries(session, Batch, batch_id)
 
 
 def test_batch_completed_is_signed_with_counts_and_a_manifest_the_receiver_can_fetch(
@@ -1014,7 +1014,7 @@ def test_batch_event_attempts_are_capped_recorded_and_found_by_the_reconciler(
     # Owed and never attempted: the reconciler's query finds it (its message may never have been sent).
     later = utcnow() + timedelta(seconds=1)
     with sessions() as session:
-        assert deliveries.undelivered_batches(session, finished_before=later, quiet_since=later) == [batch_id]
+        assert deliveries.undelivered(session, Batch, finished_before=later, quiet_since=later) == [batch_id]
     reconciler = Reconciler(sessions, make_celery(farm_settings), max_attempts=3, stale_unacked_s=60, grace_s=0)
     broker = redis.Redis.from_url(farm_settings.broker_url)
     try:
@@ -1039,7 +1039,7 @@ def test_batch_event_attempts_are_capped_recorded_and_found_by_the_reconciler(
     assert batch.webhook_gave_up_at is not None and batch.webhook_error == "answered 500"
     with sessions() as session:
         assert not deliveries.batch_owed(session, batch_id)
-        assert deliveries.undelivered_batches(session, finished_before=later, quiet_since=later) == []
+        assert deliveries.undelivered(session, Batch, finished_before=later, quiet_since=later) == []
 
 
 def test_a_delivery_row_names_a_job_or_a_batch_never_both(

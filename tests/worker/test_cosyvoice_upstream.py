@@ -1,10 +1,11 @@
 """The `cosyvoice` adapter over REAL upstream CosyVoice (ace7c47f), on the CPU, with small random models.
 
 No fake here. The test installs upstream from the snapshots in ../shared/upstream into an environment of its own with
-infra/cosyvoice/install.sh (the path docs/cosyvoice.md gives GPU workers, less onnxruntime-gpu), builds CosyVoice3 and
-CosyVoice2 model directories from upstream's recipe yaml (tests/support/cosyvoice_upstream/build_model.py), makes them
-read-only and drives the adapter through every mode at two speeds with a seed
-(tests/support/cosyvoice_upstream/drive.py, run by that environment's python with this checkout on PYTHONPATH).
+infra/cosyvoice/install.sh (the path docs/operations/cosyvoice-gpu.md gives GPU workers, less onnxruntime-gpu), builds
+CosyVoice3 and CosyVoice2 model directories from upstream's recipe yaml
+(tests/support/cosyvoice_upstream/build_model.py), makes them read-only and drives the adapter through every mode at
+two speeds with a seed (tests/support/cosyvoice_upstream/drive.py, run by that environment's python with this checkout
+on PYTHONPATH).
 
 The environment (~7 GB: torch 2.9.1 from the package index is a CUDA build) is kept under
 $VOICEFARM_UPSTREAM_CACHE (default ~/.cache/voicefarm), keyed by a hash of everything that goes into it, and

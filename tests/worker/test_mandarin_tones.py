@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import mandarin_tones as tones  # noqa: E402
 
-# Sentences the G2P still says differently from the reference, and why (see BENCHMARKS.md).
+# Sentences the G2P still says differently from the reference, and why (see docs/benchmarks/mandarin-tones.md).
 KNOWN_MISSES = {
     "老鼠跑得很快。": "ToneSandhi merges 老鼠+跑 into one 3-3-3 run and raises 鼠 too",
     "他每天早上洗脸。": "pypinyin reads 早上 with a full fourth tone on 上",

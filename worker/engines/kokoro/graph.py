@@ -2,13 +2,14 @@
 
 The shipped model is dynamically quantized: every convolution is `DynamicQuantizeLinear` on the activations, then
 `ConvInteger` (uint8 activations x int8 weights, int32 sums), then a cast and a scale. onnxruntime's CPU
-`ConvInteger` has no optimised kernel, and it took 58 % of the engine's time (BENCHMARKS.md, "Where the kokoro
-engine's time goes"). `float_convolutions` replaces each one by the float `Conv` (MLAS, multithreaded) over the
-same integers: `(x_q - x_zp)` and `(w_q - w_zp)` cast to float32, the sum cast back to int32. The integers are
+`ConvInteger` has no optimised kernel, and it took 58 % of the engine's time (docs/benchmarks/kokoro-profile.md, "Where
+the kokoro engine's time goes"). `float_convolutions` replaces each one by the float `Conv` (MLAS, multithreaded) over
+the same integers: `(x_q - x_zp)` and `(w_q - w_zp)` cast to float32, the sum cast back to int32. The integers are
 small enough that float32 sums them exactly here; benchmarks/kokoro_rtf.py checks the audio stays bit-identical.
 
 Not used by the engine: on the 2-core development VM the float weights (4x the bytes) made it 20-30 % slower, not
-faster (`benchmarks/kokoro_rtf.py --variants`, BENCHMARKS.md). Kept for machines with more cores and cache.
+faster (`benchmarks/kokoro_rtf.py --variants`, docs/benchmarks/onnxruntime-tuning.md). Kept for machines with more
+cores and cache.
 """
 
 from __future__ import annotations
