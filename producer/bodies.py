@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.batches.lines import LINE_ID
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -50,6 +52,8 @@ class JobResult(_Open):
     # Word (zh/ja: character) start and end times, with `words: true`; `words_source` is "engine" or "alignment".
     words: list[dict[str, Any]] | None = None
     words_source: str | None = None
+    # SSML jobs: each <mark>'s {name, time_s} on the output's timeline.
+    marks: list[dict[str, Any]] | None = None
     # The QA gate's verdict, takes and checks (batch lines by default; jobs with `qa`).
     qa: dict[str, Any] | None = None
     # Answered from the dedup cache: the job whose stored audio was copied.
@@ -190,4 +194,129 @@ class WebhookSecret(_Open):
 
 class Deliveries(BaseModel):
     job_id: str
+    deliveries: list[dict[str, Any]]
+
+
+class BatchLineFields(BaseModel):
+    """A batch line's job fields (shared/batches/lines.py `LINE_FIELDS`, text aside): any of them, each as in a
+    job request (`JobRequest`); a line's own value wins over the batch's `defaults`. Left open here: the batch
+    handler validates every line itself and lists every problem at once (422 `invalid_lines`)."""
+
+    voice: Any = None
+    mode: Any = None
+    instruct: Any = None
+    language: Any = None
+    speed: Any = None
+    seed: Any = None
+    format: Any = None
+    sample_rate: Any = None
+    engine: Any = None
+    text_format: Any = None
+    loudness: Any = None
+    trim_silence_s: Any = None
+    target_duration_s: Any = None
+    channels: Any = None
+    words: Any = None
+    lexicon: Any = None
+    qa: Any = None
+
+
+class BatchLine(BatchLineFields):
+    """One line of a batch (or the changed fields of a re-rendered line): its text, an optional id (the line
+    number zero-padded when absent) and any job fields."""
+
+    id: str | None = Field(default=None, pattern=LINE_ID.pattern)
+    text: str
+
+
+class BatchRequest(BaseModel):
+    """`POST /v1/batches` as JSON: up to `max_batch_lines` lines, and defaults for the fields a line leaves out."""
+
+    lines: list[BatchLine]
+    defaults: BatchLineFields | None = None
+    name: str | None = Field(default=None, max_length=200)
+    webhook_url: str | None = Field(default=None, max_length=2000)
+
+
+class BatchUpload(BaseModel):
+    """multipart/form-data of `POST /v1/batches`: the lines as a CSV file (a header row naming the fields) or a
+    JSONL file (a `.jsonl` or `.ndjson` name)."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+
+
+class BatchWebhook(BaseModel):
+    event: str | None
+    attempts: int
+    delivered_at: str | None
+    error: str | None
+    gave_up_at: str | None
+
+
+class BatchView(_Open):
+    """A batch: counts of its current lines by status, progress, audio seconds and an ETA."""
+
+    id: str
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    done: bool
+    lines: int
+    counts: dict[str, int]
+    progress: float
+    audio_seconds: float
+    lines_per_second: float | None
+    eta_s: float | None
+    defaults: dict[str, Any]
+    webhook_url: str | None
+    created_at: str | None
+    canceled_at: str | None
+    finished_at: str | None
+    webhook: BatchWebhook | None = None
+
+
+class BatchCanceled(BatchView):
+    # How many queued lines this request canceled; running lines finish first.
+    canceled_now: int
+
+
+class BatchList(BaseModel):
+    batches: list[BatchView]
+    next_cursor: str | None
+
+
+class ManifestLine(BaseModel):
+    """A line's current take (shared/batches/service.py `manifest_rows`)."""
+
+    line_id: str
+    job_id: str
+    take: int
+    status: str
+    file: str | None
+    url: str | None
+    format: str
+    duration_s: float | None
+    sha256: str | None
+    attempts: int
+    cached: bool
+    error_code: str | None
+    error_message: str | None
+    qa: Literal["passed", "needs_review"] | None
+    qa_takes: int | None  # how many takes the QA gate checked
+
+
+class Manifest(BaseModel):
+    batch_id: str
+    lines: list[ManifestLine]
+
+
+class BatchTake(JobView):
+    """A re-rendered line's new take: its job, and where it stands in the batch."""
+
+    batch_id: str
+    line_id: str
+    take: int
+
+
+class BatchDeliveries(BaseModel):
+    batch_id: str
     deliveries: list[dict[str, Any]]

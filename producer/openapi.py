@@ -3,7 +3,6 @@
 Every request and response body is a pydantic model: the ones endpoints validate with (`JobRequest`,
 `SpeechRequest`) and the answer models in producer/bodies.py, all turned into JSON Schema by pydantic in one
 pass. What is written by hand is only the table of operations: method, path, summary, bodies, statuses.
-Batch operations come from producer/api/batches_doc.py.
 """
 
 from __future__ import annotations
@@ -16,13 +15,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from producer import bodies as b
-from producer.api.batches_doc import openapi_paths as batch_paths
 from producer.api.lexicon import LexiconEntryView, LexiconList, LexiconPut
 from producer.api.speech import SpeechRequest
+from shared.pages import MAX_PAGE
 from shared.schemas import JobRequest
 
 REF = "#/components/schemas/{model}"
 AUTHED = (401, 429, 503)
+# Path parameters are ids of at most 64 characters, but for these.
+PATH_MAX_LENGTH = {"line_id": 128}
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,31 @@ class Op:
     media: dict[str, str] = field(default_factory=dict)
     auth: bool = True
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str | None = None
 
 
-_LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": 200})
+_LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE})
+_IDEMPOTENCY_KEY = Query("Idempotency-Key", {"type": "string", "maxLength": 200}, "header")
+BATCH_EVENTS = (
+    "With a `webhook_url`, the batch sends one signed event each time it finishes (every current line final): "
+    "`batch.completed`, or `batch.canceled` for a canceled batch once its running lines are done. Body: "
+    "`{id, event, created_at, completion, batch}`, where `batch` is the batch view plus `manifest: {url, "
+    "csv_url, expires_at, api_path}` (presigned links to the manifest as it stood). The event id is the same "
+    "on every attempt; a re-render reopens the batch and its next completion is a new event. Headers, "
+    "signature, retries and attempt records are those of job webhooks."
+)
+RERENDER = (
+    "The new take starts from the previous take's whole request (the line's own fields, its post-production "
+    "overrides included, over the defaults it was made with) and its engine, voice and language; the changed "
+    "fields win, and a field set to null goes back to the farm's default. A finished batch is open again until "
+    "the new take is final."
+)
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/healthz", "Liveness", b.Health, auth=False, errors=()),
     Op("get", "/readyz", "Readiness: database, broker, storage, a live worker", b.Readiness, auth=False,
        errors=(), extra={"503": {"description": "not ready", "model": b.Readiness}}),
     Op("post", "/v1/jobs", "Submit a synthesis job", b.JobView, 202, body=JobRequest,
-       errors=(400, 401, 404, 409, 413, 429, 503),
-       params=(Query("Idempotency-Key", {"type": "string", "maxLength": 200}, "header"),),
+       errors=(400, 401, 404, 409, 413, 429, 503), params=(_IDEMPOTENCY_KEY,),
        extra={"200": {"description": "already accepted under this Idempotency-Key", "model": b.JobView}}),
     Op("get", "/v1/jobs", "List jobs, newest first", b.JobList, errors=(400, 401, 404, 429, 503),
        params=(Query("status", {"type": "string"}), _LIMIT, Query("cursor", {"type": "string"}))),
@@ -71,6 +87,29 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(400, 401, 404, 409, 429, 503), media={"application/x-subrip": "SRT", "text/vtt": "WebVTT"},
        params=(Query("format", {"type": "string", "enum": ["srt", "vtt"]}),)),
     Op("get", "/v1/jobs/{job_id}/webhook-deliveries", "Every delivery attempt of a job's webhook", b.Deliveries,
+       errors=(401, 404, 429, 503)),
+    Op("post", "/v1/batches", "Submit a batch of up to max_batch_lines lines (JSON, or a CSV/JSONL upload)",
+       b.BatchView, 202, body=b.BatchRequest, form=b.BatchUpload, errors=(400, 401, 404, 409, 413, 422, 429, 503),
+       params=(_IDEMPOTENCY_KEY,), description=BATCH_EVENTS,
+       extra={"200": {"description": "already accepted under this Idempotency-Key", "model": b.BatchView}}),
+    Op("get", "/v1/batches", "List batches, newest first", b.BatchList, errors=(400, 401, 404, 429, 503),
+       params=(_LIMIT, Query("cursor", {"type": "string"}))),
+    Op("get", "/v1/batches/{batch_id}", "A batch: counts by status, progress, audio seconds, ETA", b.BatchView,
+       errors=(401, 404, 429, 503)),
+    Op("get", "/v1/batches/{batch_id}/manifest",
+       "Each line's current take: job, status, URL, duration, sha256, attempts, error", b.Manifest,
+       errors=(400, 401, 404, 429, 503), params=(Query("format", {"type": "string", "enum": ["json", "csv"]}),)),
+    Op("get", "/v1/batches/{batch_id}/archive",
+       "A streamed zip: {line_id}.{format} for every succeeded line, plus manifest.csv",
+       errors=(401, 404, 429, 503), media={"application/zip": "the archive, streamed"}),
+    Op("post", "/v1/batches/{batch_id}/cancel",
+       "Cancel a batch: queued lines at once; running lines finish, then batch.canceled is sent", b.BatchCanceled,
+       errors=(401, 404, 429, 503)),
+    Op("post", "/v1/batches/{batch_id}/lines/{line_id}",
+       "Re-render one line with changed fields; manifest and archive then name the new take", b.BatchTake, 202,
+       body=b.BatchLine, errors=(400, 401, 404, 409, 413, 422, 429, 503), description=RERENDER),
+    Op("get", "/v1/batches/{batch_id}/webhook-deliveries",
+       "Every delivery attempt of the batch's webhook events, oldest first", b.BatchDeliveries,
        errors=(401, 404, 429, 503)),
     Op("post", "/v1/voices", "Clone a voice from a 3-30 s reference clip", b.VoiceView, 202, form=b.CloneForm,
        errors=(400, 401, 409, 413, 429, 503)),
@@ -105,7 +144,8 @@ def _schemas() -> dict[str, Any]:
     models = {op.answer for op in OPERATIONS if op.answer} | {op.body for op in OPERATIONS if op.body}
     models |= {op.form for op in OPERATIONS if op.form} | {b.Error}
     models |= {x["model"] for op in OPERATIONS for x in op.extra.values() if "model" in x}
-    mode = {JobRequest: "validation", SpeechRequest: "validation", LexiconPut: "validation"}
+    requests = (JobRequest, SpeechRequest, LexiconPut, b.BatchRequest, b.BatchLine)
+    mode = dict.fromkeys(requests, "validation")
     pairs = [(m, mode.get(m, "serialization")) for m in sorted(models, key=lambda m: m.__name__)]
     _, doc = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
     return dict(doc.get("$defs", {}))
@@ -117,18 +157,24 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 def _operation(op: Op) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method}_{re.sub(r'[^a-z]+', '_', op.path)}"}
+    if op.description is not None:
+        out["description"] = op.description
     if op.auth:
         out["security"] = [{"bearer": []}]
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": max_length}}
         for name in re.findall(r"{(\w+)}", op.path)
+        for max_length in [PATH_MAX_LENGTH.get(name, 64)]
     ] + [{"name": q.name, "in": q.where, "schema": q.schema} for q in op.params]
     if params:
         out["parameters"] = params
+    content = {}
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+        content["application/json"] = {"schema": _ref(op.body)}
     if op.form is not None:
-        out["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": _ref(op.form)}}}
+        content["multipart/form-data"] = {"schema": _ref(op.form)}
+    if content:
+        out["requestBody"] = {"required": True, "content": content}
     ok: dict[str, Any] = {"description": op.summary}
     if op.answer is not None:
         ok["content"] = {"application/json": {"schema": _ref(op.answer)}}
@@ -153,5 +199,5 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "voicefarm", "version": version},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": _schemas()},
-        "paths": batch_paths() | paths,
+        "paths": paths,
     }

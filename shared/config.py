@@ -1,9 +1,16 @@
-"""One typed settings object, read from the environment.
+"""One typed settings object, read from the environment, and the only module that reads the environment.
 
 Defaults give the embedded single-machine mode (`./run.sh`): an embedded PostgreSQL (or SQLite) under the data
 dir, a local Redis and a local SeaweedFS S3. Production points `DATABASE_URL`, `BROKER_URL` and `S3_ENDPOINT_URL`
 at real services.
-Nothing reads settings at import time; call `Settings()` (or `load_settings()`) where they are needed.
+Nothing reads settings at import time; call `Settings()` (or `load_settings()`) where they are needed, and hand
+them down: engines, contexts and commands take them as arguments. Other code that needs the environment calls
+`environment()` (a copy, for a child process) or `client_settings()` (the client commands).
+
+Settings of one part of the farm are nested groups (`settings.cosyvoice.model_dir`), each a pydantic model. Such a
+setting is read from `VOICEFARM_<GROUP>__<NAME>` (e.g. `VOICEFARM_COSYVOICE__MODEL_DIR`) and from the flat name it
+always had, declared as its `validation_alias` (`VOICEFARM_COSYVOICE_MODEL_DIR`); `Settings(...)` takes the flat
+keyword too (`Settings(cosyvoice_model_dir=...)`).
 """
 
 from __future__ import annotations
@@ -13,128 +20,308 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _PREFIX = "VOICEFARM_"
+_NESTED = "__"
+
+
+class KokoroSettings(BaseModel):
+    """The kokoro engine (Kokoro-82M on onnxruntime, the embedded default)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    threads: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="VOICEFARM_ENGINE_THREADS",
+        description="Intra-op threads for CPU inference; 0 means every core.",
+    )
+
+
+class CosyVoiceSettings(BaseModel):
+    """The cosyvoice engine: upstream CosyVoice2 / Fun-CosyVoice3 on a GPU."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_dir: Path = Field(
+        default=Path("models/Fun-CosyVoice3-0.5B"),
+        validation_alias="VOICEFARM_COSYVOICE_MODEL_DIR",
+        description="A CosyVoice2/3 model dir supplied by the operator (read-only to the farm).",
+    )
+    load_trt: bool = Field(
+        default=False,
+        validation_alias="VOICEFARM_COSYVOICE_LOAD_TRT",
+        description="Run the flow decoder with TensorRT (upstream writes its plans on the first load).",
+    )
+    load_vllm: bool = Field(
+        default=False,
+        validation_alias="VOICEFARM_COSYVOICE_LOAD_VLLM",
+        description="Run the LLM with vLLM (upstream exports it on the first load).",
+    )
+    fp16: bool = Field(
+        default=False,
+        validation_alias="VOICEFARM_COSYVOICE_FP16",
+        description="Half-precision inference.",
+    )
+
+
+class TestingSettings(BaseModel):
+    """Test hooks: faults the tests inject into real processes. Never set them in production."""
+
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(populate_by_name=True)
+
+    crash_at: str = Field(
+        default="",
+        validation_alias="VOICEFARM_TEST_CRASH_AT",
+        description="Kill the worker process at these points of a job (a comma list of after_claim, after_upload, "
+        "before_complete, before_ack), each once per data dir (a marker file there remembers).",
+    )
+    take_defect: str = Field(
+        default="",
+        validation_alias="VOICEFARM_TEST_TAKE_DEFECT",
+        description='Damage takes for the QA gate to catch (worker/takes.defect_for), e.g. "truncate@1".',
+    )
+    finish_delay_s: float = Field(
+        default=0.0,
+        validation_alias="VOICEFARM_TEST_FINISH_DELAY_S",
+        description="The finisher's thread waits this long before each upload, so a test can stop a worker while it "
+        "holds a finish (worker/finisher.py).",
+    )
+
+
+_GROUPS: dict[str, type[BaseModel]] = {
+    "kokoro": KokoroSettings,
+    "cosyvoice": CosyVoiceSettings,
+    "testing": TestingSettings,
+}
+
+
+def _flat_names() -> dict[str, tuple[str, str]]:
+    """Each nested setting's flat environment name, lower-case without the prefix (`cosyvoice_model_dir`), mapped
+    to its group and field."""
+    names: dict[str, tuple[str, str]] = {}
+    for group, model in _GROUPS.items():
+        for name, field in model.model_fields.items():
+            alias = field.validation_alias
+            for choice in alias.choices if isinstance(alias, AliasChoices) else [alias]:
+                if isinstance(choice, str) and choice.upper().startswith(_PREFIX):
+                    names[choice[len(_PREFIX) :].lower()] = (group, name)
+    return names
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """The flat `VOICEFARM_*` names of nested settings, read from the environment into their groups."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # unused: __call__ reads all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        found: dict[str, Any] = {}
+        for flat, (group, name) in _flat_names().items():
+            value = environ.get(_PREFIX + flat.upper())
+            if value is not None:
+                found.setdefault(group, {})[name] = value
+        return found
+
+
+_BLOCKED_PORTS = [
+    5432, 6060, 6379, 7333, 8080, 8181, 8333, 8888, 9101, 9333, 9340,
+    18080, 18333, 18888, 19333, 19340, 23646, 33646,
+]  # fmt: skip
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, env_nested_delimiter=_NESTED, extra="ignore", populate_by_name=True
+    )
 
-    data_dir: Path = Path("var")
-    host: str = "127.0.0.1"
-    port: int = 7860
-    api_workers: int = 2
+    data_dir: Path = Field(default=Path("var"), description="Where the farm keeps its state on this machine.")
+    host: str = Field(default="127.0.0.1", description="The address the API listens on.")
+    port: int = Field(default=7860, description="The port the API listens on.")
+    api_workers: int = Field(default=2, description="gunicorn worker processes of `voicefarm api`.")
 
-    database_url: str = Field(default="", validation_alias=AliasChoices("DATABASE_URL", "VOICEFARM_DATABASE_URL"))
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_URL", "VOICEFARM_DATABASE_URL"),
+        description="The database; without one, the embedded PostgreSQL or SQLite under the data dir.",
+    )
     broker_url: str = Field(
-        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("BROKER_URL", "VOICEFARM_BROKER_URL")
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("BROKER_URL", "VOICEFARM_BROKER_URL"),
+        description="The Redis broker of the task queues.",
     )
 
     s3_endpoint_url: str = Field(
         default="http://127.0.0.1:8333",
         validation_alias=AliasChoices("S3_ENDPOINT_URL", "VOICEFARM_S3_ENDPOINT_URL"),
+        description="The S3 storage the audio and voice profiles live in.",
     )
-    s3_bucket: str = "voicefarm"
-    s3_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "VOICEFARM_S3_REGION"))
+    s3_bucket: str = Field(default="voicefarm", description="The S3 bucket.")
+    s3_region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("AWS_REGION", "VOICEFARM_S3_REGION"),
+        description="The S3 region.",
+    )
     s3_access_key: str = Field(
-        default="voicefarm", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "VOICEFARM_S3_ACCESS_KEY")
+        default="voicefarm",
+        validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "VOICEFARM_S3_ACCESS_KEY"),
+        description="The S3 access key id.",
     )
     s3_secret_key: str = Field(
         default="voicefarm-secret",
         validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "VOICEFARM_S3_SECRET_KEY"),
+        description="The S3 secret access key.",
     )
-    # Presigned URLs name this endpoint when clients reach S3 by another address than the farm does.
-    s3_public_endpoint_url: str = ""
-    presign_expiry_s: int = 3600
+    s3_public_endpoint_url: str = Field(
+        default="",
+        description="Presigned URLs name this endpoint when clients reach S3 by another address than the farm does.",
+    )
+    presign_expiry_s: int = Field(default=3600, description="Seconds a presigned download URL stays valid.")
 
-    # "json": one JSON object per log line, with job, batch and tenant ids (shared/logs.py); "text": plain lines.
-    log_format: str = "json"
+    log_format: str = Field(
+        default="json",
+        description='"json": one JSON object per log line, with job, batch and tenant ids (shared/logs.py); '
+        '"text": plain lines.',
+    )
 
-    engine: str = "kokoro"
-    # Intra-op threads for CPU inference; 0 means every core.
-    engine_threads: int = 0
-    # Synthesis and QA worker processes run at this niceness, below the API on a shared machine (worker/niceness.py):
-    # at 19 the engines take only the CPU the API and the services leave, and lose none while nobody submits.
-    worker_nice: int = 19
-    # The cosyvoice engine: a CosyVoice2/3 model dir supplied by the operator (read-only to the farm).
-    cosyvoice_model_dir: Path = Path("models/Fun-CosyVoice3-0.5B")
-    cosyvoice_load_trt: bool = False
-    cosyvoice_load_vllm: bool = False
-    cosyvoice_fp16: bool = False
-    # Set per process by `voicefarm worker`; names the worker in job rows and GET /v1/workers.
-    worker_name: str = ""
-    device: str = "cpu"
-    # Limits checked at the API boundary.
-    max_text_chars: int = 5000
-    max_upload_bytes: int = 20 * 1024 * 1024
-    # Requests per minute per API key (0: unlimited) and queued jobs per tenant (0: unlimited).
-    rate_limit_per_minute: int = 6000
-    max_queued_per_tenant: int = 10000
-    # Batches (POST /v1/batches): lines per batch, body or upload size, and queued batch lines per tenant.
-    max_batch_lines: int = 10000
-    max_batch_bytes: int = 32 * 1024 * 1024
-    max_queued_batch_lines_per_tenant: int = 50000
-    # The scheduler keeps at most this many of a tenant's batch lines in the broker per live worker.
-    batch_window_per_worker: int = 2
-    # A worker whose heartbeat is older than this is not counted as live by the scheduler.
-    worker_live_s: float = 60.0
-    # Answer a job identical in everything that shapes its audio from a stored result (shared/jobs/dedup.py).
-    dedup_cache: bool = True
-    # Origins allowed to call the API from a browser; none by default.
-    cors_origins: list[str] = []
-    # Webhooks may target loopback and private networks only when this is set (tests, a trusted LAN).
-    # The farm's own database, broker, storage and API ports stay forbidden either way.
-    webhook_allow_private: bool = False
-    # Webhooks run on their own queue (`voicefarm webhook-worker`); each event gets at most this many attempts,
-    # retried with Celery's exponential backoff and full jitter, capped.
-    webhook_max_attempts: int = 8
-    webhook_connect_timeout_s: float = 5.0
-    webhook_timeout_s: float = 10.0
-    webhook_retry_backoff_s: int = 5
-    webhook_retry_backoff_max_s: int = 600
-    webhook_concurrency: int = 2
-    # Extra CA certificates (PEM) trusted for https receivers, besides the system's.
-    webhook_ca_file: Path | None = None
-    # Never a webhook target on loopback, private or the farm's own addresses: SeaweedFS's default listeners
-    # (master, volume, filer, S3, admin, their gRPC ports, WebDAV, Iceberg, Lance, debug), Redis and PostgreSQL.
-    # The configured database, broker, storage and API ports, and the embedded SeaweedFS's ports, are added.
-    webhook_blocked_ports: list[int] = [
-        5432, 6060, 6379, 7333, 8080, 8181, 8333, 8888, 9101, 9333, 9340,
-        18080, 18333, 18888, 19333, 19340, 23646, 33646,
-    ]  # fmt: skip
-    # Worker behaviour. Transient failures (a dependency down) retry with Celery's exponential backoff and jitter,
-    # capped at retry_backoff_max_s between tries; task_max_retries of them span well over an hour of outage.
-    task_max_retries: int = 200
-    retry_backoff_max_s: int = 60
-    # Redis hands an unacked message to another worker after this long; 0 derives it from the longest hard time
-    # limit a job can get, so a live job's message is never redelivered (the reconciler re-sends a dead worker's
-    # message after about one lease instead). Tests shorten it to show that fencing holds even then.
-    broker_visibility_timeout_s: int = 0
-    # Encoded audio a worker keeps while storage or the database is down, so only the upload is retried.
-    finish_spool_bytes: int = 256 * 1024 * 1024
-    # Test-only: kill the worker process at these points of a job (a comma list of after_claim, after_upload,
-    # before_complete, before_ack), each once per data dir (a marker file there remembers).
-    test_crash_at: str = ""
-    # Test-only: damage takes for the QA gate to catch (worker/takes.defect_for), e.g. "truncate@1".
-    test_take_defect: str = ""
-    # Test-only: the finisher's thread waits this long before each upload, so a test can stop a worker while it
-    # holds a finish (worker/finisher.py).
-    test_finish_delay_s: float = 0.0
-    # QA workers (`voicefarm qa-worker`): processes, each with its own Whisper and speaker encoder.
-    qa_concurrency: int = 1
-    # A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is presumed dead.
-    job_lease_s: int = 60
-    # A job that was started this many times without finishing is quarantined instead of retried.
-    max_attempts: int = 3
-    reconcile_interval_s: float = 15.0
-    # The one-machine farm (`voicefarm up`): its CPU worker processes, and how long a stop may take: every
-    # process is gone stop_timeout_s after SIGTERM, each layer inside getting a little less (see stop_budget).
-    cpu_workers: int = 1
-    stop_timeout_s: float = 30.0
+    engine: str = Field(default="kokoro", description="The synthesis engine of this process: kokoro or cosyvoice.")
+    kokoro: KokoroSettings = Field(default_factory=KokoroSettings, description=KokoroSettings.__doc__)
+    cosyvoice: CosyVoiceSettings = Field(default_factory=CosyVoiceSettings, description=CosyVoiceSettings.__doc__)
+    worker_nice: int = Field(
+        default=19,
+        description="Synthesis and QA worker processes run at this niceness, below the API on a shared machine "
+        "(worker/niceness.py): at 19 the engines take only the CPU the API and the services leave, and lose none "
+        "while nobody submits.",
+    )
+    worker_name: str = Field(
+        default="",
+        description="Set per process by `voicefarm worker`; names the worker in job rows and GET /v1/workers.",
+    )
+    device: str = Field(default="cpu", description="The device a worker runs its engine on (cpu, cuda:N).")
+    max_text_chars: int = Field(default=5000, description="Characters of text a job may have (API boundary).")
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, description="Bytes of a reference clip upload (API boundary)."
+    )
+    rate_limit_per_minute: int = Field(default=6000, description="Requests per minute per API key (0: unlimited).")
+    max_queued_per_tenant: int = Field(default=10000, description="Queued jobs per tenant (0: unlimited).")
+    max_batch_lines: int = Field(default=10000, description="Lines per batch (POST /v1/batches).")
+    max_batch_bytes: int = Field(default=32 * 1024 * 1024, description="A batch's body or upload size.")
+    max_queued_batch_lines_per_tenant: int = Field(default=50000, description="Queued batch lines per tenant.")
+    batch_window_per_worker: int = Field(
+        default=2,
+        description="The scheduler keeps at most this many of a tenant's batch lines in the broker per live worker.",
+    )
+    worker_live_s: float = Field(
+        default=60.0,
+        description="A worker whose heartbeat is older than this is not counted as live by the scheduler.",
+    )
+    dedup_cache: bool = Field(
+        default=True,
+        description="Answer a job identical in everything that shapes its audio from a stored result "
+        "(shared/jobs/dedup.py).",
+    )
+    cors_origins: list[str] = Field(
+        default=[], description="Origins allowed to call the API from a browser; none by default."
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Webhooks may target loopback and private networks only when this is set (tests, a trusted "
+        "LAN). The farm's own database, broker, storage and API ports stay forbidden either way.",
+    )
+    webhook_max_attempts: int = Field(
+        default=8,
+        description="Webhooks run on their own queue (`voicefarm webhook-worker`); each event gets at most this "
+        "many attempts, retried with Celery's exponential backoff and full jitter, capped.",
+    )
+    webhook_connect_timeout_s: float = Field(default=5.0, description="Seconds to connect to a webhook receiver.")
+    webhook_timeout_s: float = Field(default=10.0, description="Seconds a webhook delivery may take in all.")
+    webhook_retry_backoff_s: int = Field(default=5, description="The first webhook retry's backoff, in seconds.")
+    webhook_retry_backoff_max_s: int = Field(default=600, description="The cap on a webhook retry's backoff.")
+    webhook_concurrency: int = Field(default=2, description="Delivery processes of `voicefarm webhook-worker`.")
+    webhook_ca_file: Path | None = Field(
+        default=None, description="Extra CA certificates (PEM) trusted for https receivers, besides the system's."
+    )
+    webhook_blocked_ports: list[int] = Field(
+        default=_BLOCKED_PORTS,
+        description="Never a webhook target on loopback, private or the farm's own addresses: SeaweedFS's default "
+        "listeners (master, volume, filer, S3, admin, their gRPC ports, WebDAV, Iceberg, Lance, debug), Redis and "
+        "PostgreSQL. The configured database, broker, storage and API ports, and the embedded SeaweedFS's ports, "
+        "are added.",
+    )
+    task_max_retries: int = Field(
+        default=200,
+        description="Transient failures (a dependency down) retry with Celery's exponential backoff and jitter, "
+        "capped at retry_backoff_max_s between tries; task_max_retries of them span well over an hour of outage.",
+    )
+    retry_backoff_max_s: int = Field(default=60, description="The cap on a transient failure's retry backoff.")
+    broker_visibility_timeout_s: int = Field(
+        default=0,
+        description="Redis hands an unacked message to another worker after this long; 0 derives it from the "
+        "longest hard time limit a job can get, so a live job's message is never redelivered (the reconciler "
+        "re-sends a dead worker's message after about one lease instead). Tests shorten it to show that fencing "
+        "holds even then.",
+    )
+    finish_spool_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        description="Encoded audio a worker keeps while storage or the database is down, so only the upload is "
+        "retried.",
+    )
+    testing: TestingSettings = Field(default_factory=TestingSettings, description=TestingSettings.__doc__)
+    qa_concurrency: int = Field(
+        default=1,
+        description="QA workers (`voicefarm qa-worker`): processes, each with its own Whisper and speaker encoder.",
+    )
+    job_lease_s: int = Field(
+        default=60,
+        description="A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is "
+        "presumed dead.",
+    )
+    max_attempts: int = Field(
+        default=3,
+        description="A job that was started this many times without finishing is quarantined instead of retried.",
+    )
+    reconcile_interval_s: float = Field(default=15.0, description="Seconds between the reconciler's passes.")
+    cpu_workers: int = Field(default=1, description="The one-machine farm (`voicefarm up`): its CPU worker processes.")
+    stop_timeout_s: float = Field(
+        default=30.0,
+        description="How long a stop of `voicefarm up` may take: every process is gone stop_timeout_s after "
+        "SIGTERM, each layer inside getting a little less (see stop_budget).",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Nested names (VOICEFARM_COSYVOICE__MODEL_DIR) win over the flat ones (VOICEFARM_COSYVOICE_MODEL_DIR).
+        return init_settings, env_settings, _FlatEnvironment(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, data: Any) -> Any:
+        """`Settings(cosyvoice_model_dir=...)`: a flat keyword sets its nested field, over any other source."""
+        if not isinstance(data, dict):
+            return data
+        flat = _flat_names()
+        data = dict(data)
+        for key in [key for key in data if key.lower() in flat]:
+            group, name = flat[key.lower()]
+            current = data.get(group)
+            nested = current.model_dump() if isinstance(current, BaseModel) else dict(current or {})
+            nested[name] = data.pop(key)
+            data[group] = nested
+        return data
 
     def stop_budget(self, depth: int) -> float:
         """Seconds a process `depth` layers below `voicefarm up` has to stop: `up` itself (0); what it runs (1:
@@ -174,10 +361,54 @@ def embedded_postgres_url(data_dir: Path) -> str:
     return f"postgresql+psycopg://postgres@/voicefarm?host={quote(str(embedded_postgres_socket_dir(data_dir)))}"
 
 
+def setting_env_names() -> set[str]:
+    """Every environment variable name a setting is read from (upper-case): `VOICEFARM_<FIELD>`, the declared
+    aliases (`DATABASE_URL`), and for nested settings `VOICEFARM_<GROUP>__<FIELD>` and the flat name."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        names.add(f"{_PREFIX}{name}".upper())
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else []
+        names.update(choice.upper() for choice in choices if isinstance(choice, str))
+    for group, model in _GROUPS.items():
+        names.update(f"{_PREFIX}{group}{_NESTED}{name}".upper() for name in model.model_fields)
+    names.update(f"{_PREFIX}{flat}".upper() for flat in _flat_names())
+    return names
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, warning on misspelled `VOICEFARM_*` variables."""
-    known = {name.upper() for name in Settings.model_fields}
+    known = setting_env_names() | ClientSettings.env_names()
     for key in os.environ:
-        if key.startswith(_PREFIX) and key[len(_PREFIX) :] not in known:
+        if key.startswith(_PREFIX) and key.upper() not in known:
             warnings.warn(f"unknown setting {key} is ignored", stacklevel=2)
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment, to hand a child process (with changes of the caller's own)."""
+    return dict(os.environ)
+
+
+class ClientSettings(BaseSettings):
+    """What the client commands (`voicefarm say`, `batch`, ...) and `voicefarm.client.Client` read: they talk to
+    a farm's API only, so they need none of the farm's own settings."""
+
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore")
+
+    api_url: str = Field(default="", description="The farm's API; empty means the local farm (http://127.0.0.1:7860).")
+    api_key: str = Field(default="", description="The API key; empty means the key file under the data dir.")
+    data_dir: str = Field(default="", description="The local farm's data dir (its api_key, caches); empty: var.")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir or "var")
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        return {f"{_PREFIX}{name}".upper() for name in cls.model_fields}
+
+
+def client_settings() -> ClientSettings:
+    """VOICEFARM_API_URL, VOICEFARM_API_KEY and VOICEFARM_DATA_DIR, read now."""
+    return ClientSettings()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -22,7 +21,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, WebhookDelivery, Worker, utcnow
+from shared.engines import fleet
+from shared.models import Job, WebhookDelivery
 
 log = logging.getLogger(__name__)
 PREFIX = "voicefarm:metrics"
@@ -92,10 +92,7 @@ class FarmCollector(Collector):
             errors.add_metric([code or "unknown", engine], n)
         yield errors
         workers = GaugeMetricFamily("voicefarm_live_workers", "workers with a fresh heartbeat", labels=["engine"])
-        since = utcnow() - timedelta(seconds=self.live_s)
-        for engine, n in session.execute(
-            select(Worker.engine, func.count()).where(Worker.last_seen > since).group_by(Worker.engine)
-        ):
+        for engine, n in fleet.live_by_engine(session, self.live_s).items():
             workers.add_metric([engine], n)
         yield workers
         delivered = case((WebhookDelivery.status_code.between(200, 299), "delivered"), else_="failed")

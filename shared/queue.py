@@ -24,6 +24,8 @@ WEBHOOK_QUEUE = "webhooks"
 QA_TASK = "voicefarm.qa_check"
 QA_QUEUE = "qa"
 TASKS = {"synthesize": SYNTHESIZE_TASK, "clone": CLONE_TASK}
+# Batch lines are sent at the lowest priority: single jobs, sent at their own, run ahead of every batch line.
+BATCH_PRIORITY = 0
 log = logging.getLogger(__name__)
 
 

@@ -36,7 +36,7 @@ from shared.batches import scheduler
 from shared.config import Settings
 from shared.db import transaction
 from shared.jobs import state as jobs
-from shared.models import Job, utcnow
+from shared.models import Batch, Job, utcnow
 from shared.queue import (
     QA_QUEUE,
     TASKS,
@@ -230,11 +230,11 @@ class Reconciler:
         finished_before = utcnow() - timedelta(seconds=self.grace_s * 2)
         quiet_since = utcnow() - timedelta(seconds=self.webhook_quiet_s)
         with self.sessions() as session:
-            owed_jobs = deliveries.undelivered_jobs(
-                session, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
+            owed_jobs = deliveries.undelivered(
+                session, Job, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
             )
-            owed_batches = deliveries.undelivered_batches(
-                session, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
+            owed_batches = deliveries.undelivered(
+                session, Batch, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
             )
         sent = 0
         sends: list[tuple[str, str, Callable[[Celery, str], None]]]

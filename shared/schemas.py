@@ -6,13 +6,13 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from shared.audio import mastering
 from shared.audio.codecs import FORMATS, rate_problem
 from shared.errors import PayloadTooLarge
 from shared.qa import QaOptions, job_setting
-from shared.text import lexicon
+from shared.text import lexicon, ssml
 
 Format = Literal["wav", "flac", "mp3", "ogg", "opus", "aac", "pcm"]
 assert set(FORMATS) == set(Format.__args__)  # type: ignore[attr-defined]
@@ -105,6 +105,12 @@ class JobRequest(PostProduction):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     text: str = Field(min_length=1)
+    # "ssml": `text` is an SSML document (shared/text/ssml.py), checked at submit (400 invalid_ssml).
+    text_format: Literal["text", "ssml"] = Field(
+        default="text",
+        description='"ssml": `text` is an SSML document (the W3C subset Azure, Polly and Google share: speak, p, s, '
+        "break, say-as, sub, phoneme, prosody rate and volume, lang, voice, mark); see docs/guide/ssml.md",
+    )
     voice: str | None = Field(default=None, min_length=1, max_length=64)
     mode: Literal["clone", "cross_lingual", "instruct"] = "clone"
     instruct: str | None = Field(default=None, max_length=500)
@@ -123,6 +129,8 @@ class JobRequest(PostProduction):
     engine: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     # One-off pronunciations for this job; the tenant's entries that occur in the text are added at submit.
     lexicon: list[LexiconItem] | None = Field(default=None, max_length=lexicon.MAX_JOB_ENTRIES)
+    # The document read at validation, when text_format is "ssml".
+    _ssml: ssml.SsmlDocument | None = PrivateAttr(default=None)
 
     @field_validator("text", "voice", "instruct")
     @classmethod
@@ -153,13 +161,35 @@ class JobRequest(PostProduction):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _read_ssml(self) -> JobRequest:
+        # SsmlError is a BadRequest, not a ValueError: it reaches the caller as 400 invalid_ssml, line and column
+        # in its message. The document's language and sole voice fill what the request leaves out.
+        if self.text_format == "ssml":
+            self._ssml = ssml.parse_ssml(self.text, self.language, self.voice)
+            self.language = self.language or self._ssml.language
+            self.voice = self.voice or self._ssml.sole_voice()
+        return self
+
+    def ssml_voices(self) -> list[str]:
+        """The voices an SSML text names besides the request's (each must speak on the job's engine)."""
+        return [v for v in self._ssml.voices() if v != self.voice] if self._ssml else []
+
+    def ssml_languages(self) -> list[str]:
+        """The languages an SSML text's pieces are in besides the request's."""
+        return [lang for lang in self._ssml.languages() if lang != self.language] if self._ssml else []
+
+    def ssml_warnings(self) -> list[str]:
+        return list(self._ssml.warnings) if self._ssml else []
+
     def synthesis_fields(self, engine: str, voice: str, language: str, qa_default: bool = False) -> dict[str, Any]:
         """The job row's fields for this request, once its engine, voice and language are settled; `qa_default`
         is whether the gate runs when the request does not say (batch lines: yes)."""
         return {
             "kind": "synthesize",
             "engine": engine,
-            "text": self.text,
+            # An SSML job keeps the plain text it speaks (subtitles follow it); the document goes in `options`.
+            "text": self._ssml.text if self._ssml else self.text,
             "voice": voice,
             "mode": self.mode,
             "qa": job_setting(self.qa, qa_default),
@@ -169,8 +199,11 @@ class JobRequest(PostProduction):
             "format": self.format,
             "sample_rate": self.sample_rate,
             "seed": self.seed,
-            "options": (self.mastering_options().to_dict() | self._lexicon_options()) or None,
+            "options": (self.mastering_options().to_dict() | self._lexicon_options() | self._ssml_options()) or None,
         }
+
+    def _ssml_options(self) -> dict[str, Any]:
+        return {"text_format": "ssml", "ssml": self.text} if self._ssml else {}
 
     def _lexicon_options(self) -> dict[str, Any]:
         # The job's own entries; shared/text/lexicon.attach adds the tenant's that occur in the text.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_shutdown
 
 from shared import logs
 from shared.batches import scheduler
@@ -27,6 +27,7 @@ from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.niceness import run_below_the_api
 from worker.notify import Announcer, job_finished
+from worker.pool import PerProcess
 from worker.synthesis import run_synthesis
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 def create_worker_app() -> Celery:
     settings = load_settings()
     app = make_celery(settings)
-    holder: dict[str, WorkerContext] = {}
     announcers: list[Announcer] = []
     observer = JobObserver(settings.broker_url)  # latency histograms of /metrics (shared/metrics.py)
 
@@ -44,16 +44,16 @@ def create_worker_app() -> Celery:
         announcers.append(announcer)
         return announcer
 
-    def context() -> WorkerContext:
-        # Built in the process hook; built lazily here when a pool runs tasks in the main process.
-        if "ctx" not in holder:
-            ctx = WorkerContext.build(settings)
-            ctx.notify = announcer_for(ctx)
-            ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
-            ctx.finish_behind = True
-            ctx.start()
-            holder["ctx"] = ctx
-        return holder["ctx"]
+    def build() -> WorkerContext:
+        # Loads the engine once per pool process; it stays resident for every task of the process.
+        ctx = WorkerContext.build(settings)
+        ctx.notify = announcer_for(ctx)
+        ctx.send_check = lambda job_id: _send_check(app, ctx, job_id)
+        ctx.finish_behind = True
+        ctx.start()
+        return ctx
+
+    context = PerProcess(build)
 
     @setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -63,14 +63,10 @@ def create_worker_app() -> Celery:
     def _below_the_api(**_: Any) -> None:
         run_below_the_api(settings.worker_nice)
 
-    @worker_process_init.connect(weak=False)
-    def _load_engine(**_: Any) -> None:
-        context()
-
     @worker_process_shutdown.connect(weak=False)
     def _stop(**_: Any) -> None:
-        if "ctx" in holder:
-            holder["ctx"].stop()
+        if (ctx := context.built()) is not None:
+            ctx.stop()
         for announcer in announcers:
             announcer.close()
 

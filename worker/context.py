@@ -13,16 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.audio.streaming import SegmentPublisher
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
+from shared.engines import fleet
 from shared.jobs import state as jobs
-from shared.models import Job, Worker, utcnow
+from shared.models import Job
 from shared.storage import Storage
 from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
@@ -122,35 +121,16 @@ class WorkerContext:
     def register(self) -> None:
         """Upsert this worker's row with what it serves: the API routes and validates by these capabilities."""
         model = str(getattr(self.engine, "model_name", self.settings.engine))
-        values = {
-            "name": self.name,
-            "engine": self.settings.engine,
-            "model": model,
-            "capabilities": dataclasses.replace(self.engine.capabilities, model=model).to_json(),
-            "device": self.settings.device,
-            "started_at": utcnow(),
-            "last_seen": utcnow(),
-            "jobs_done": 0,
-            "audio_seconds": 0.0,
-            "compute_seconds": 0.0,
-        }
+        capabilities = dataclasses.replace(self.engine.capabilities, model=model).to_json()
         with transaction(self.sessions) as session:
-            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert  # type: ignore[union-attr]
-            stmt = insert(Worker).values(**values)
-            session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
-
-    def record_job(self, session: Session, audio_s: float, compute_s: float) -> None:
-        """Count a finished job in this worker's figures, in the caller's transaction (the job's own finish)."""
-        session.execute(
-            update(Worker)
-            .where(Worker.name == self.name)
-            .values(
-                jobs_done=Worker.jobs_done + 1,
-                audio_seconds=Worker.audio_seconds + audio_s,
-                compute_seconds=Worker.compute_seconds + compute_s,
-                last_seen=utcnow(),
+            fleet.register_worker(
+                session,
+                self.name,
+                engine=self.settings.engine,
+                model=model,
+                capabilities=capabilities,
+                device=self.settings.device,
             )
-        )
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self._beat, name="voicefarm-heartbeat", daemon=True).start()
@@ -183,7 +163,7 @@ class WorkerContext:
     def crash_point(self, point: str) -> None:
         """Test-only (`VOICEFARM_TEST_CRASH_AT`, a comma list): die like a kill -9 at each named point, once per
         point and data dir."""
-        if point not in self.settings.test_crash_at.split(","):
+        if point not in self.settings.testing.crash_at.split(","):
             return
         marker = self.settings.data_dir / f"crashed-{point}"
         try:
@@ -200,7 +180,7 @@ class WorkerContext:
             held = [a for a in (self.current, *self.finisher.attempts()) if a is not None]
             try:
                 with transaction(self.sessions) as session:
-                    session.execute(update(Worker).where(Worker.name == self.name).values(last_seen=utcnow()))
+                    fleet.heartbeat(session, self.name)
                     for attempt in held:
                         # A refused renewal needs no action here: the attempt's next write is refused too.
                         jobs.renew_lease(session, attempt, self.settings.job_lease_s)

@@ -18,7 +18,7 @@ from shared.models import Job
 from shared.text import lexicon
 from shared.text.normalization import normalize_for_speech
 from shared.text.split import split_text
-from worker import takes
+from worker import ssml_render, takes
 from worker.alignment import joined_words, word_timings
 from worker.attempts import run_job
 from worker.context import WorkerContext
@@ -63,7 +63,7 @@ def _attempt(ctx: WorkerContext, job: Job, attempt: Attempt) -> str:
     number = takes.take_number(job.qa_takes)
     spec = takes.retake_spec(spec, number)
     pending = _synthesize(ctx, spec, attempt)
-    return ctx.finisher.finish(takes.for_gate(pending, spec, number, ctx.settings.test_take_defect))
+    return ctx.finisher.finish(takes.for_gate(pending, spec, number, ctx.settings.testing.take_defect))
 
 
 def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:
@@ -167,18 +167,25 @@ def _render(
 def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     caps = ctx.engine.capabilities
     voice = _resolve_voice(ctx, spec)
-    texts = split_text(spec.text, caps.max_segment_chars)
+    # An SSML job (worker/ssml_render.py): its pieces' segments, each with its own voice, language, speed and gain.
+    plan = ssml_render.job_plan(spec.options, spec.language, spec.voice, caps.max_segment_chars)
+    texts = plan.texts if plan else split_text(spec.text, caps.max_segment_chars)
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
     # Segments keep the script's text (subtitles and alignment follow it); what is spoken is each one normalised,
     # lexicon terms untouched so the engine can apply their pronunciations (shared/text/normalization/).
     keep = [str(item["term"]) for item in (spec.options or {}).get("lexicon") or () if item.get("term")]
-    said = [normalize_for_speech(text, spec.language, keep) for text in texts]
+    said = plan.said if plan else [normalize_for_speech(text, spec.language, keep) for text in texts]
     rate = caps.sample_rate
     options = mastering.Options.from_dict(spec.options)
     started = time.perf_counter()
-    take = _render(ctx, spec, attempt, said, voice, spec.speed, steps=2 if options.target_duration_s else 1)
-    audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
+    steps = 2 if options.target_duration_s else 1
+    if plan is None:
+        take = _render(ctx, spec, attempt, said, voice, spec.speed, steps=steps)
+        audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
+    else:
+        take = ssml_render.render(ctx, spec, attempt, plan, spec.speed, steps=steps)
+        audio, starts = plan.join(take.audios, rate)
     if options.target_duration_s:
         # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
         # is further off than a light stretch mends well; what is left is stretched (shared/audio/mastering.py).
@@ -186,8 +193,12 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         duration = len(spoken) / rate
         if abs(duration / options.target_duration_s - 1) > RETAKE_FOR_SLOT:
             speed = mastering.speed_for_slot(duration, options.target_duration_s, spec.speed)
-            take = _render(ctx, spec, attempt, said, voice, speed, steps=2, first_step=1)
-            audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
+            if plan is None:
+                take = _render(ctx, spec, attempt, said, voice, speed, steps=2, first_step=1)
+                audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
+            else:
+                take = ssml_render.render(ctx, spec, attempt, plan, speed, steps=2, first_step=1)
+                audio, starts = plan.join(take.audios, rate)
     compute_s = time.perf_counter() - started
     post_started = time.perf_counter()
     mastered = mastering.master(audio, rate, options)
@@ -238,6 +249,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     }
     if options.to_dict():
         result["options"] = options.to_dict()
+    if plan is not None:  # SSML <mark>s on the output's timeline
+        result["marks"] = ssml_render.marks_result(plan, take, starts, rate, lambda t: mastered.map_time(t, duration_s))
     if words is not None:
         result["words"] = words
         result["words_source"] = words_source

@@ -26,8 +26,8 @@ from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
 from shared.jobs.idempotency import request_hash
 from shared.jobs.views import delivery_view, job_view
-from shared.models import Job
-from shared.pages import page_limit
+from shared.models import Batch, Job
+from shared.pages import id_cursor, page_limit
 from shared.queue import enqueue_batch_webhook, try_enqueue
 from shared.schemas import JobRequest
 from shared.storage import Storage
@@ -204,7 +204,7 @@ def _voice_checker(resources: Farm, session: Session, tenant_id: str) -> Callabl
 @bp.get("")
 def index() -> Response:
     resources = farm()
-    limit = page_limit()
+    limit = page_limit(request.args)
     with resources.sessions() as session:
         tenant_id = authenticate(session)
         page = batches.list_batches(session, tenant_id, limit=limit, before=request.args.get("cursor"))
@@ -212,7 +212,7 @@ def index() -> Response:
     return jsonify(
         {
             "batches": [batches.view(b, figures[b.id]) for b in page],
-            "next_cursor": page[-1].id if len(page) == limit else None,
+            "next_cursor": id_cursor(page, limit),
         }
     )
 
@@ -242,7 +242,7 @@ def webhook_deliveries(batch_id: str) -> Response:
     """Every delivery attempt of the batch's final events, oldest first."""
     with farm().sessions() as session:
         batch = batches.get_batch(session, authenticate(session), batch_id)
-        rows = deliveries.batch_deliveries(session, batch.id)
+        rows = deliveries.deliveries(session, Batch, batch.id)
     return jsonify({"batch_id": batch.id, "deliveries": [delivery_view(row) for row in rows]})
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import select
 
 from producer.auth import authenticate
 from producer.resources import farm
-from shared.engines import catalogue
-from shared.models import Worker, utcnow
+from shared.engines import catalogue, fleet
 
 bp = Blueprint("catalog", __name__, url_prefix="/v1")
 
@@ -37,8 +33,7 @@ def workers() -> Response:
     resources = farm()
     with resources.sessions() as session:
         authenticate(session)
-        live_since = utcnow() - timedelta(seconds=resources.settings.worker_live_s)
-        rows = session.scalars(select(Worker).where(Worker.last_seen > live_since).order_by(Worker.name)).all()
+        rows = fleet.live_rows(session, resources.settings.worker_live_s)
     return jsonify(
         {
             "workers": [

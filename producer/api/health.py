@@ -8,8 +8,9 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select, text
 
 from producer.resources import farm
+from shared.engines import fleet
 from shared.jobs import state as jobs
-from shared.models import Job, Worker, utcnow
+from shared.models import Job, utcnow
 
 bp = Blueprint("health", __name__)
 # A take waiting this long for the QA gate with no QA worker on it means the pool is missing or too small.
@@ -39,11 +40,7 @@ def readyz() -> tuple[Response, int]:
 
     def workers() -> str:
         with resources.sessions() as session:
-            live = session.scalar(
-                select(func.count())
-                .select_from(Worker)
-                .where(Worker.last_seen > utcnow() - timedelta(seconds=resources.settings.worker_live_s))
-            )
+            live = fleet.live_count(session, resources.settings.worker_live_s)
         if not live:
             raise LookupError("no live worker")
         return "ok"

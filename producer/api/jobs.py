@@ -22,7 +22,7 @@ from shared.jobs import state as jobs
 from shared.jobs.idempotency import request_hash
 from shared.jobs.views import job_view
 from shared.models import Job
-from shared.pages import page_limit
+from shared.pages import id_cursor, page_limit
 from shared.queue import enqueue_webhook, try_enqueue
 from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
 from shared.text import lexicon
@@ -86,17 +86,19 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
     cloned = voices.get_voice(session, tenant_id, req.voice) if req.voice and voices.is_voice_id(req.voice) else None
     caps = resources.fleet.for_request(req.engine, req.voice, cloned.engine if cloned else None)
     language = req.language or detect_language(req.text)
-    if language not in caps.languages:
-        raise BadRequest(f"language {language!r} is not spoken by engine {caps.name}", code="unsupported_language")
+    for spoken in (language, *req.ssml_languages()):  # an SSML text's <lang> pieces too
+        if spoken not in caps.languages:
+            raise BadRequest(f"language {spoken!r} is not spoken by engine {caps.name}", code="unsupported_language")
     if req.mode not in caps.modes:
         raise BadRequest(f"mode {req.mode!r} is not supported by engine {caps.name}", code="unsupported_mode")
     voice = req.voice or caps.default_voices.get(language)
     if voice is None:
         raise BadRequest(f"engine {caps.name} has no stock voices: name a cloned voice", code="voice_required")
-    if voices.is_voice_id(voice):
-        voices.ready_voice(session, tenant_id, voice, caps.name)
-    elif voice not in caps.stock_voices:
-        raise BadRequest(f"unknown voice {voice!r} for engine {caps.name}", code="unknown_voice")
+    for named in (voice, *req.ssml_voices()):  # an SSML text's <voice name> pieces too
+        if voices.is_voice_id(named):
+            voices.ready_voice(session, tenant_id, named, caps.name)
+        elif named not in caps.stock_voices:
+            raise BadRequest(f"unknown voice {named!r} for engine {caps.name}", code="unknown_voice")
     fields = req.synthesis_fields(caps.name, voice, language) | {
         "priority": req.priority,
         "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
@@ -131,14 +133,14 @@ def index() -> Response:
     status = request.args.get("status") or None
     if status is not None and status not in jobs.STATUSES:
         raise BadRequest(f"status must be one of {', '.join(jobs.STATUSES)}", code="invalid_status")
-    limit = page_limit()
+    limit = page_limit(request.args)
     with resources.sessions() as session:
         tenant_id = authenticate(session)
         page = jobs.list_jobs(session, tenant_id, status=status, limit=limit, before=request.args.get("cursor"))
     return jsonify(
         {
             "jobs": [job_view(job, resources.storage, resources.settings.presign_expiry_s) for job in page],
-            "next_cursor": page[-1].id if len(page) == limit else None,
+            "next_cursor": id_cursor(page, limit),
         }
     )
 

@@ -49,7 +49,7 @@ def index() -> Response:
     language = request.args.get("language") or None
     if language is not None and language not in lexicon.ALPHABETS:
         raise BadRequest(f"language must be one of {', '.join(lexicon.ALPHABETS)}", code="unsupported_language")
-    limit = page_limit()
+    limit = page_limit(request.args)
     with farm().sessions() as session:
         tenant_id = authenticate(session)
         rows, cursor = lexicon.list_entries(

@@ -36,6 +36,7 @@ from shared.jobs import state as jobs
 from shared.models import Job
 from shared.queue import time_limits, try_enqueue
 from shared.schemas import Format, JobRequest, clean_text
+from shared.text.ssml import looks_like_ssml
 
 log = logging.getLogger(__name__)
 bp = Blueprint("speech", __name__, url_prefix="/v1")
@@ -146,6 +147,8 @@ def _job_request(resources: Farm, body: SpeechRequest) -> tuple[JobRequest, list
     )
     req = JobRequest(
         text=body.input,
+        # Input that starts with <speak is SSML (shared/text/ssml.py): 400 invalid_ssml when it cannot be read.
+        text_format="ssml" if looks_like_ssml(body.input) else "text",
         voice=voice,
         engine=caps.name,
         mode="instruct" if body.instructions else "clone",
@@ -155,7 +158,8 @@ def _job_request(resources: Farm, body: SpeechRequest) -> tuple[JobRequest, list
         format=cast(Format, body.response_format if body.response_format in FORMATS else "wav"),
         priority=INTERACTIVE_PRIORITY,
     )
-    return req, warnings
+    # Header values are Latin-1: an SSML warning quoting a CJK term keeps it as escapes.
+    return req, warnings + [w.encode("ascii", "backslashreplace").decode() for w in req.ssml_warnings()]
 
 
 class _Answer:

@@ -10,7 +10,7 @@ from producer.resources import farm
 from shared.jobs import state as jobs
 from shared.jobs.views import delivery_view
 from shared.keys import new_webhook_secret
-from shared.models import ApiKey
+from shared.models import ApiKey, Job
 from shared.webhooks import deliveries
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
@@ -49,5 +49,5 @@ def attempts(job_id: str) -> Response:
     """Every delivery attempt of the job's webhook, oldest first."""
     with farm().sessions() as session:
         job = jobs.get_job(session, authenticate(session), job_id)
-        rows = deliveries.deliveries(session, job.id)
+        rows = deliveries.deliveries(session, Job, job.id)
     return jsonify({"job_id": job.id, "deliveries": [delivery_view(row) for row in rows]})

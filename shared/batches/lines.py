@@ -24,6 +24,8 @@ from shared.text.language import detect_language
 
 LINE_FIELDS = (
     "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine",
+    # "ssml": the text is an SSML document (shared/text/ssml.py)
+    "text_format",
     # post-production (shared/audio/mastering.py): a batch default gives the whole series one loudness
     "loudness", "trim_silence_s", "target_duration_s", "channels", "words",
     # one-off pronunciations (shared/text/lexicon.py), beside the tenant's lexicon
@@ -192,6 +194,9 @@ def validate(
                 field = ".".join(str(p) for p in error.get("loc", ())) or "line"
                 problems.append(problem(number, line_id, field, error["type"], error["msg"]))
             continue
+        except VoicefarmError as exc:  # an SSML text that cannot be read (invalid_ssml)
+            problems.append(problem(number, line_id, "text", exc.code, exc.message))
+            continue
         try:
             engine = engine_for(req)
         except VoicefarmError as exc:
@@ -218,18 +223,21 @@ def resolve(
 ) -> tuple[dict[str, Any], tuple[str, str, str] | None]:
     """The job fields of a valid request for this engine, or the (field, code, message) that refuses it."""
     language = req.language or detect_language(req.text)
-    if language not in engine.languages:
-        return {}, ("language", "unsupported_language", f"language {language!r} is not spoken by engine {engine.name}")
+    for spoken in (language, *req.ssml_languages()):  # an SSML text's <lang> pieces too
+        if spoken not in engine.languages:
+            message = f"language {spoken!r} is not spoken by engine {engine.name}"
+            return {}, ("language", "unsupported_language", message)
     if req.mode not in engine.modes:
         return {}, ("mode", "unsupported_mode", f"mode {req.mode!r} is not supported by engine {engine.name}")
     voice = req.voice or engine.default_voices.get(language)
     if voice is None:
         return {}, ("voice", "voice_required", f"engine {engine.name} has no stock voices: name a cloned voice")
-    if (voice, engine.name) not in checked:
-        checked[voice, engine.name] = voice_problem(voice, engine.name)
-    error = checked[voice, engine.name]
-    if error is not None:
-        return {}, ("voice", error.code, error.message)
+    for named in (voice, *req.ssml_voices()):  # an SSML text's <voice name> pieces too
+        if (named, engine.name) not in checked:
+            checked[named, engine.name] = voice_problem(named, engine.name)
+        error = checked[named, engine.name]
+        if error is not None:
+            return {}, ("voice", error.code, error.message)
     return req.synthesis_fields(engine.name, voice, language, qa_default=True), None
 
 

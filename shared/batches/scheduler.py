@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
+from shared.engines import fleet
 from shared.jobs import state as jobs
-from shared.models import Job, Worker, utcnow
+from shared.models import Job
 from shared.queue import enqueue_job
 
 log = logging.getLogger(__name__)
 _LOCK = 0x7666_7363_6864  # "vfschd"
-BATCH_PRIORITY = 0
-
-
-def live_workers(session: Session, live_s: float) -> int:
-    cutoff = utcnow() - timedelta(seconds=live_s)
-    return int(session.scalar(select(func.count()).select_from(Worker).where(Worker.last_seen > cutoff)) or 0)
 
 
 def in_flight(session: Session) -> dict[str, int]:
@@ -73,7 +67,7 @@ def interleave(queues: Iterable[list[Job]]) -> list[Job]:
 
 def plan(session: Session, per_worker: int, live_s: float) -> list[Job]:
     """The lines to send now, in the order to send them."""
-    window = max(1, per_worker) * max(1, live_workers(session, live_s))
+    window = max(1, per_worker) * max(1, fleet.live_count(session, live_s))
     held = in_flight(session)
     tenants = backlog_tenants(session)
     # The tenant with the fewest lines in flight goes first, so a newcomer is not behind a full window.

@@ -22,9 +22,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared import pages
 from shared.audio.codecs import EXTENSIONS
 from shared.batches.lines import Line
-from shared.batches.scheduler import BATCH_PRIORITY
 from shared.config import Settings
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.jobs import dedup
@@ -32,6 +32,7 @@ from shared.jobs import settle as batch_state
 from shared.jobs import state as jobs
 from shared.jobs.views import iso
 from shared.models import Batch, Job, new_id, utcnow
+from shared.queue import BATCH_PRIORITY
 from shared.storage import Storage
 from shared.text import lexicon
 
@@ -57,14 +58,9 @@ def get_batch(session: Session, tenant_id: str, batch_id: str) -> Batch:
 def list_batches(session: Session, tenant_id: str, *, limit: int = 50, before: str | None = None) -> list[Batch]:
     """Newest first; `before` is the id of the last batch of the previous page."""
     query = select(Batch).where(Batch.tenant_id == tenant_id)
-    if before:
-        anchor = session.get(Batch, before) if is_batch_id(before) else None
-        if anchor is None or anchor.tenant_id != tenant_id:
-            raise NotFound("cursor does not name a batch", code="bad_cursor")
-        query = query.where(
-            (Batch.created_at < anchor.created_at) | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
-        )
-    return list(session.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)))
+    return pages.newest_first(
+        session, query, Batch, tenant_id=tenant_id, before=before, limit=limit, is_id=is_batch_id, what="batch"
+    )
 
 
 def check_backlog(session: Session, tenant_id: str, adding: int, limit: int) -> None:

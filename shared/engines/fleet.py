@@ -4,6 +4,9 @@ Each worker writes the capabilities of the engine it loaded into its `workers` r
 is live while its heartbeat is fresh (`worker_live_s`). The API validates every request against these. The
 default engine (`VOICEFARM_ENGINE`) is always offered, from its static catalogue when no worker of it is live,
 so a job submitted while workers restart waits in the queue instead of being refused.
+
+This module is the one owner of the `workers` table: a worker registers, counts its jobs and beats its heartbeat
+through it, and the API, the scheduler and the metrics read the live workers through it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.engines import Capabilities, catalogue, engine_names
@@ -20,13 +25,73 @@ from shared.errors import BadRequest
 from shared.models import Worker, utcnow
 
 
+# -- a worker's own row ------------------------------------------------------------------------------------------
+def register_worker(
+    session: Session, name: str, *, engine: str, model: str, capabilities: dict[str, Any], device: str
+) -> None:
+    """Upsert a starting worker's row with what it serves (the API routes and validates by these capabilities);
+    its figures start again from zero."""
+    values = {
+        "name": name,
+        "engine": engine,
+        "model": model,
+        "capabilities": capabilities,
+        "device": device,
+        "started_at": utcnow(),
+        "last_seen": utcnow(),
+        "jobs_done": 0,
+        "audio_seconds": 0.0,
+        "compute_seconds": 0.0,
+    }
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert  # type: ignore[union-attr]
+    stmt = insert(Worker).values(**values)
+    session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+
+def record_job(session: Session, name: str, audio_s: float, compute_s: float) -> None:
+    """Count a finished job in the worker's figures, in the caller's transaction (the job's own finish)."""
+    session.execute(
+        update(Worker)
+        .where(Worker.name == name)
+        .values(
+            jobs_done=Worker.jobs_done + 1,
+            audio_seconds=Worker.audio_seconds + audio_s,
+            compute_seconds=Worker.compute_seconds + compute_s,
+            last_seen=utcnow(),
+        )
+    )
+
+
+def heartbeat(session: Session, name: str) -> None:
+    """The worker is alive now."""
+    session.execute(update(Worker).where(Worker.name == name).values(last_seen=utcnow()))
+
+
+# -- the live workers ---------------------------------------------------------------------------------------------
+def _live(live_s: float) -> Any:
+    """A worker is live while its heartbeat is younger than `live_s`."""
+    return Worker.last_seen > utcnow() - timedelta(seconds=live_s)
+
+
+def live_rows(session: Session, live_s: float) -> list[Worker]:
+    """The live workers' rows, by name."""
+    return list(session.scalars(select(Worker).where(_live(live_s)).order_by(Worker.name)))
+
+
+def live_count(session: Session, live_s: float) -> int:
+    return int(session.scalar(select(func.count()).select_from(Worker).where(_live(live_s))) or 0)
+
+
+def live_by_engine(session: Session, live_s: float) -> dict[str, int]:
+    """Engine name -> how many of its workers are live."""
+    query = select(Worker.engine, func.count()).where(_live(live_s)).group_by(Worker.engine)
+    return {str(engine): int(n) for engine, n in session.execute(query)}
+
+
 def live_engines(session: Session, live_s: float) -> dict[str, Capabilities]:
     """Engine name -> what its live workers serve (languages, modes and stock voices of all of them together)."""
-    rows = session.scalars(
-        select(Worker).where(Worker.last_seen > utcnow() - timedelta(seconds=live_s)).order_by(Worker.name)
-    ).all()
     merged: dict[str, Capabilities] = {}
-    for row in rows:
+    for row in live_rows(session, live_s):
         if not row.capabilities:
             continue
         caps = Capabilities.from_json(row.capabilities)

@@ -65,12 +65,16 @@ def cache_key(settings: Settings, fields: dict[str, Any], profile_key: str | Non
     shaping["text"] = normalize_text(str(shaping["text"]))
     shaping["speed"] = float(shaping["speed"] or 1.0)
     canonical = {
-        "model": model_version(str(fields["engine"]), str(settings.cosyvoice_model_dir)),
-        "fp16": settings.cosyvoice_fp16 if fields["engine"] == "cosyvoice" else None,
+        "model": model_version(str(fields["engine"]), str(settings.cosyvoice.model_dir)),
+        "fp16": settings.cosyvoice.fp16 if fields["engine"] == "cosyvoice" else None,
         "profile": profile_key,
         "postprocess": POSTPROCESS,
         **shaping,
     }
+    # SSML and plain text of the same string speak differently (shared/text/ssml.py); plain keys stay as they were.
+    text_format = (fields.get("options") or {}).get("text_format")
+    if text_format:
+        canonical["text_format"] = text_format
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 

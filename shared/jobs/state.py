@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from shared import pages
 from shared.errors import Conflict, NotFound
 from shared.jobs import idempotency
 from shared.jobs import settle as batch_state
@@ -103,14 +104,9 @@ def list_jobs(
     query = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         query = query.where(Job.status == status)
-    if before:
-        anchor = session.get(Job, before) if is_job_id(before) else None
-        if anchor is None or anchor.tenant_id != tenant_id:
-            raise NotFound("cursor does not name a job", code="bad_cursor")
-        query = query.where(
-            (Job.created_at < anchor.created_at) | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
-        )
-    return list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+    return pages.newest_first(
+        session, query, Job, tenant_id=tenant_id, before=before, limit=limit, is_id=is_job_id, what="job"
+    )
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ job whose text it touches, and the worker needs no query of its own. Engines app
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import unicodedata
@@ -25,10 +23,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import pages
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import LexiconEntry, utcnow
 from shared.text.language import detect_language
@@ -313,21 +312,6 @@ def job_entries(options: dict[str, Any] | None) -> list[Entry]:
 
 
 # -- the tenant's entries ----------------------------------------------------------------------------------------
-def _cursor(entry: LexiconEntry) -> str:
-    raw = json.dumps([entry.language, entry.term], ensure_ascii=False).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(cursor: str) -> tuple[str, str]:
-    try:
-        language, term = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(language, str) or not isinstance(term, str) or "\x00" in language + term:
-            raise ValueError("not a cursor of this list")
-        return language, term
-    except (ValueError, TypeError, binascii.Error):
-        raise NotFound("cursor does not name a lexicon entry", code="bad_cursor") from None
-
-
 def list_entries(
     session: Session, tenant_id: str, *, language: str | None, limit: int, cursor: str | None
 ) -> tuple[list[LexiconEntry], str | None]:
@@ -336,9 +320,11 @@ def list_entries(
     if language:
         query = query.where(LexiconEntry.language == language)
     if cursor:
-        query = query.where(tuple_(LexiconEntry.language, LexiconEntry.term) > _after(cursor))
+        key = pages.decode_cursor(cursor, 2, "lexicon entry")
+        query = query.where(pages.after((LexiconEntry.language, LexiconEntry.term), key))
     rows = list(session.scalars(query.order_by(LexiconEntry.language, LexiconEntry.term).limit(limit + 1)))
-    return rows[:limit], _cursor(rows[limit - 1]) if len(rows) > limit else None
+    last = rows[limit - 1] if len(rows) > limit else None
+    return rows[:limit], pages.encode_cursor([last.language, last.term]) if last is not None else None
 
 
 def get_entry(session: Session, tenant_id: str, language: str, term: str) -> LexiconEntry:

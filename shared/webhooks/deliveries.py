@@ -59,6 +59,7 @@ class Attempt:
     batch: Batch | None = None
 
 
+# An event's subject: a job (its terminal state) or a batch (its n-th finish). Every function here takes the model.
 Subject = type[Job] | type[Batch]
 
 
@@ -72,29 +73,18 @@ def _subject_column(model: Subject) -> Any:
 
 
 def claim_attempt(
-    sessions: sessionmaker[Session], job_id: str, max_attempts: int, url_host: str, *, in_flight_s: float = 120.0
-) -> Attempt | None:
-    """Start the next attempt at a finished job's webhook, or None when there is nothing (more) to send.
-
-    An attempt unfinished after `in_flight_s` had its worker die; the last one's copy then closes the event."""
-    return _claim(sessions, Job, job_id, max_attempts, url_host, in_flight_s)
-
-
-def claim_batch_attempt(
-    sessions: sessionmaker[Session], batch_id: str, max_attempts: int, url_host: str, *, in_flight_s: float = 120.0
-) -> Attempt | None:
-    """Start the next attempt at a finished batch's final event, or None when there is nothing (more) to send."""
-    return _claim(sessions, Batch, batch_id, max_attempts, url_host, in_flight_s)
-
-
-def _claim(
     sessions: sessionmaker[Session],
     model: Subject,
     subject_id: str,
     max_attempts: int,
     url_host: str,
-    in_flight_s: float,
+    *,
+    in_flight_s: float = 120.0,
 ) -> Attempt | None:
+    """Start the next attempt at a finished job's webhook or a finished batch's final event, or None when there is
+    nothing (more) to send.
+
+    An attempt unfinished after `in_flight_s` had its worker die; the last one's copy then closes the event."""
     with transaction(sessions) as session:
         number = session.execute(
             update(model)
@@ -193,14 +183,9 @@ def finish_attempt(
             )
 
 
-def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
-    return list(
-        session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id))
-    )
-
-
-def batch_deliveries(session: Session, batch_id: str) -> list[WebhookDelivery]:
-    query = select(WebhookDelivery).where(WebhookDelivery.batch_id == batch_id)
+def deliveries(session: Session, model: Subject, subject_id: str) -> list[WebhookDelivery]:
+    """Every attempt at the job's or the batch's events, oldest first."""
+    query = select(WebhookDelivery).where(_subject_column(model) == subject_id)
     return list(session.scalars(query.order_by(WebhookDelivery.id)))
 
 
@@ -220,48 +205,25 @@ def batch_owed(session: Session, batch_id: str) -> bool:
     )
 
 
-def undelivered_jobs(
-    session: Session, *, finished_before: datetime, quiet_since: datetime, limit: int = 500
+def undelivered(
+    session: Session, model: Subject, *, finished_before: datetime, quiet_since: datetime, limit: int = 500
 ) -> list[str]:
-    """Finished jobs whose webhook is still owed and has seen no attempt start since `quiet_since`: their message
-    was lost (a worker died, Redis dropped it). For the reconciler to send again; re-sending is harmless."""
-    recent = exists().where(WebhookDelivery.job_id == Job.id, WebhookDelivery.started_at >= quiet_since)
+    """Finished jobs (or batches) whose event is still owed and has seen no attempt start since `quiet_since`:
+    their message was lost (a worker died, Redis dropped it). For the reconciler to send again; re-sending is
+    harmless. A batch's attempts count only from its last finish: a re-render finishes it again, a new event."""
+    recent = [_subject_column(model) == model.id, WebhookDelivery.started_at >= quiet_since]
+    if model is Batch:
+        recent.append(WebhookDelivery.started_at >= Batch.finished_at)
     return list(
         session.scalars(
-            select(Job.id)
+            select(model.id)
             .where(
-                Job.status.in_(TERMINAL),
-                Job.webhook_url.is_not(None),
-                Job.webhook_delivered_at.is_(None),
-                Job.webhook_gave_up_at.is_(None),
-                Job.finished_at < finished_before,
-                ~recent,
-            )
-            .limit(limit)
-        )
-    )
-
-
-def undelivered_batches(
-    session: Session, *, finished_before: datetime, quiet_since: datetime, limit: int = 500
-) -> list[str]:
-    """Finished batches whose final event is owed and saw no attempt start since `quiet_since` (nor since the
-    batch last finished): as `undelivered_jobs`, for the reconciler."""
-    recent = exists().where(
-        WebhookDelivery.batch_id == Batch.id,
-        WebhookDelivery.started_at >= quiet_since,
-        WebhookDelivery.started_at >= Batch.finished_at,
-    )
-    return list(
-        session.scalars(
-            select(Batch.id)
-            .where(
-                Batch.finished_at.is_not(None),
-                Batch.webhook_url.is_not(None),
-                Batch.webhook_delivered_at.is_(None),
-                Batch.webhook_gave_up_at.is_(None),
-                Batch.finished_at < finished_before,
-                ~recent,
+                _ready(model),
+                model.webhook_url.is_not(None),
+                model.webhook_delivered_at.is_(None),
+                model.webhook_gave_up_at.is_(None),
+                model.finished_at < finished_before,
+                ~exists().where(*recent),
             )
             .limit(limit)
         )

@@ -162,6 +162,17 @@ def test_tenant_isolation(client: FlaskClient, api_key: str, sessions: sessionma
     assert [b["id"] for b in client.get("/v1/batches", headers=auth(api_key)).get_json()["batches"]] == [body["id"]]
 
 
+def test_batches_are_listed_newest_first_a_page_at_a_time(client: FlaskClient, api_key: str) -> None:
+    ids = [post_batch(client, api_key, {"lines": lines(1, f"b{i}")})[1]["id"] for i in range(3)]
+    page = client.get("/v1/batches?limit=2", headers=auth(api_key)).get_json()
+    assert [b["id"] for b in page["batches"]] == ids[:0:-1] and page["next_cursor"] == ids[1]
+    rest = client.get(f"/v1/batches?limit=2&cursor={page['next_cursor']}", headers=auth(api_key)).get_json()
+    assert [b["id"] for b in rest["batches"]] == ids[:1] and rest["next_cursor"] is None
+    for cursor in ("nope", "0" * 32):
+        answer = client.get(f"/v1/batches?cursor={cursor}", headers=auth(api_key))
+        assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "bad_cursor", cursor
+
+
 def test_cancel_cancels_queued_lines_at_once_and_running_ones_finish(
     client: FlaskClient, api_key: str, sessions: sessionmaker[Session], farm_settings: Settings
 ) -> None:

@@ -9,6 +9,7 @@ import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 
+from shared.batches.lines import DEFAULT_FIELDS, LINE_FIELDS
 from tests.support.fixtures import auth
 
 
@@ -24,6 +25,12 @@ def test_document_describes_every_route(app: Flask) -> None:
     assert routes == documented
     job_request = document["components"]["schemas"]["JobRequest"]
     assert set(job_request["properties"]) >= {"text", "voice", "mode", "instruct", "language", "speed", "format"}
+
+
+def test_batch_lines_are_documented_with_every_field_a_line_may_set(app: Flask) -> None:
+    schemas = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]
+    assert set(schemas["BatchLine"]["properties"]) == {"id", *LINE_FIELDS}
+    assert set(schemas["BatchLineFields"]["properties"]) == set(DEFAULT_FIELDS)
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ def test_cli_speech_options_become_request_fields_the_api_accepts() -> None:
     from voicefarm.client import commands as client_cli
 
     parser = argparse.ArgumentParser()
-    client_cli.add_commands(parser.add_subparsers(dest="command"))
+    client_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         "batch l.csv --out d --voice af_heart --loudness -16 --trim-silence 0.2 --channels 2 --words --no-qa".split()
     )

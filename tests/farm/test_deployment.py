@@ -23,6 +23,7 @@ import pytest
 import yaml
 from flask.testing import FlaskClient
 
+from shared import config
 from shared.config import Settings
 from shared.queue import engine_queue, redis_priority
 from voicefarm.cli import build_parser
@@ -44,15 +45,8 @@ OUTSIDE_ENV = {
 
 
 def setting_env_names() -> set[str]:
-    """Every environment variable the settings object reads."""
-    names: set[str] = set()
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    for name, info in Settings.model_fields.items():
-        names.add(f"{prefix}{name}".upper())
-        alias = info.validation_alias
-        for choice in getattr(alias, "choices", []) or ([alias] if isinstance(alias, str) else []):
-            names.add(str(choice).upper())
-    return names
+    """Every environment variable the settings read: the farm's (nested groups' flat names too) and the client's."""
+    return config.setting_env_names() | config.ClientSettings.env_names()
 
 
 def load_yaml(path: Path) -> Any:

@@ -11,7 +11,7 @@ import pytest
 
 import voicefarm.ops.doctor as doctor
 import voicefarm.ops.workers
-from shared.config import Settings
+from shared.config import CosyVoiceSettings, Settings
 from tests.worker.test_cosyvoice_engine import make_model_dir, upstream  # noqa: F401  (fixture)
 from voicefarm.cli import main
 
@@ -21,7 +21,7 @@ def lines(found: list[doctor.Finding]) -> str:
 
 
 def cosyvoice(tmp_path: Path, model_dir: Path) -> Settings:
-    return Settings(engine="cosyvoice", cosyvoice_model_dir=model_dir, data_dir=tmp_path / "var")
+    return Settings(engine="cosyvoice", cosyvoice=CosyVoiceSettings(model_dir=model_dir), data_dir=tmp_path / "var")
 
 
 def test_missing_model_and_upstream_each_say_how_to_fix(

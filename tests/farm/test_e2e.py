@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 import soundfile as sf
-from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
 from tests.support.asr import error_rate, transcribe
-from tests.support.fixtures import new_api_key
-from voicefarm.ops import services
+from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -35,58 +27,7 @@ CASES = [
 ]
 
 
-@dataclass
-class Farm:
-    url: str
-    key: str
-    logs: Path
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def _env(settings: Settings, port: int) -> dict[str, str]:
-    return os.environ | {
-        "DATABASE_URL": settings.database_url,
-        "BROKER_URL": settings.broker_url,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
-        "VOICEFARM_S3_BUCKET": settings.s3_bucket,
-        "VOICEFARM_DATA_DIR": str(settings.data_dir),
-        "VOICEFARM_PORT": str(port),
-        "VOICEFARM_API_WORKERS": "1",
-    }
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture
-def farm(farm_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Iterator[Farm]:
-    port = services.free_port()
-    env = _env(farm_settings, port)
-    cli = [sys.executable, "-m", "voicefarm.cli"]
-    procs = [
-        services.spawn([*cli, "api"], env=env, log_path=tmp_path / "api.log"),
-        services.spawn([*cli, "worker", "--cpu", "1"], env=env, log_path=tmp_path / "worker.log"),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not services.wait_until(lambda: _ready(url), 180):
-            logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
-            pytest.fail(f"farm not ready in 180 s:\n{logs}")
-        yield Farm(url, new_api_key(sessions, "e2e"), tmp_path)
-    finally:
-        for proc in procs:
-            services.terminate(proc, 20)
-
-
-def wait_for(farm: Farm, job_id: str, timeout: float = 240) -> dict:
+def wait_for(farm: LiveFarm, job_id: str, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = requests.get(f"{farm.url}/v1/jobs/{job_id}", headers=farm.headers(), timeout=10).json()
@@ -96,18 +37,18 @@ def wait_for(farm: Farm, job_id: str, timeout: float = 240) -> dict:
     pytest.fail(f"job {job_id} still {job['status']} after {timeout} s")
 
 
-def test_three_languages_are_spoken_stored_and_reported(farm: Farm) -> None:
+def test_three_languages_are_spoken_stored_and_reported(live_farm: LiveFarm) -> None:  # noqa: F811
     submitted = {}
     for language, text in CASES:
         response = requests.post(
-            f"{farm.url}/v1/jobs", json={"text": text, "format": "flac"}, headers=farm.headers(), timeout=10
+            f"{live_farm.url}/v1/jobs", json={"text": text, "format": "flac"}, headers=live_farm.headers(), timeout=10
         )
         assert response.status_code == 202, response.text
         assert response.json()["language"] == language
         submitted[language] = (response.json()["id"], text)
 
     for language, (job_id, text) in submitted.items():
-        job = wait_for(farm, job_id)
+        job = wait_for(live_farm, job_id)
         assert job["status"] == "succeeded", job
         assert job["attempts"] == 1 and job["progress"] == 1
         assert job["started_at"] and job["finished_at"] >= job["started_at"] >= job["created_at"]
@@ -115,7 +56,7 @@ def test_three_languages_are_spoken_stored_and_reported(farm: Farm) -> None:
         # The presigned URL is fetched straight from S3, without the API key.
         direct = requests.get(result["url"], timeout=10)
         assert direct.status_code == 200
-        proxied = requests.get(f"{farm.url}/v1/jobs/{job_id}/audio", headers=farm.headers(), timeout=10)
+        proxied = requests.get(f"{live_farm.url}/v1/jobs/{job_id}/audio", headers=live_farm.headers(), timeout=10)
         assert proxied.status_code == 200 and proxied.content == direct.content
         assert hashlib.sha256(direct.content).hexdigest() == result["sha256"]
         assert len(direct.content) == result["bytes"]
@@ -127,18 +68,20 @@ def test_three_languages_are_spoken_stored_and_reported(farm: Farm) -> None:
         print(f"{language}: error rate {rate_:.3f}; heard {heard!r}")
         assert rate_ < MAX_ERROR_RATE, f"{language}: heard {heard!r} for {text!r}"
 
-    workers = requests.get(f"{farm.url}/readyz", timeout=5).json()
+    workers = requests.get(f"{live_farm.url}/readyz", timeout=5).json()
     assert workers["checks"]["workers"] == "ok"
-    listed = requests.get(f"{farm.url}/v1/workers", headers=farm.headers(), timeout=5).json()["workers"]
+    listed = requests.get(f"{live_farm.url}/v1/workers", headers=live_farm.headers(), timeout=5).json()["workers"]
     assert len(listed) == 1 and listed[0]["jobs_done"] >= 3 and listed[0]["mean_rtf"] > 0
     # API keys are never written to the logs.
-    for log in farm.logs.glob("*.log"):
-        assert farm.key not in log.read_text(errors="replace")
+    for log in live_farm.logs.glob("*.log"):
+        assert live_farm.key not in log.read_text(errors="replace")
 
 
-def test_tampered_presigned_url_is_refused(farm: Farm) -> None:
-    response = requests.post(f"{farm.url}/v1/jobs", json={"text": "Short."}, headers=farm.headers(), timeout=10)
-    job = wait_for(farm, response.json()["id"])
+def test_tampered_presigned_url_is_refused(live_farm: LiveFarm) -> None:  # noqa: F811
+    response = requests.post(
+        f"{live_farm.url}/v1/jobs", json={"text": "Short."}, headers=live_farm.headers(), timeout=10
+    )
+    job = wait_for(live_farm, response.json()["id"])
     url = job["result"]["url"]
     assert requests.get(url, timeout=10).status_code == 200
     tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.engines import create_engine
+from shared.config import CosyVoiceSettings, Settings
+from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
 from worker.engines.cosyvoice import INSTRUCTIONS, CosyVoiceEngine, decode_profile
 
@@ -77,8 +79,8 @@ def model_of(engine: CosyVoiceEngine) -> Any:
 
 def test_capabilities_need_neither_upstream_nor_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     _forget_upstream()
-    monkeypatch.setenv("VOICEFARM_COSYVOICE_MODEL_DIR", "/nonexistent/Fun-CosyVoice3-0.5B")
-    engine = create_engine("cosyvoice")
+    settings = Settings(cosyvoice=CosyVoiceSettings(model_dir=Path("/nonexistent/Fun-CosyVoice3-0.5B")))
+    engine = create_engine("cosyvoice", **engine_options("cosyvoice", settings))
     caps = engine.capabilities
     assert isinstance(engine, CosyVoiceEngine) and isinstance(engine, Engine)
     assert caps.name == "cosyvoice" and caps.sample_rate == 24000 and caps.max_segment_chars == 200
@@ -86,7 +88,15 @@ def test_capabilities_need_neither_upstream_nor_torch(monkeypatch: pytest.Monkey
     assert {"zh", "en", "ja"} <= set(caps.languages)
     assert caps.stock_voices == () and caps.default_voices == {}
     assert "请用四川话表达。" in caps.instructions and len(caps.instructions) == len(INSTRUCTIONS)
-    assert "cosyvoice" not in sys.modules and "torch" not in sys.modules
+    assert "cosyvoice" not in sys.modules
+    # Other tests of the session may have imported torch already: whether the adapter does is asked afresh.
+    probe = (
+        "import sys; from worker.engines import create_engine; "
+        "create_engine('cosyvoice', model_dir='/nonexistent/Fun-CosyVoice3-0.5B').capabilities; "
+        "print('torch' in sys.modules, 'cosyvoice' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["False", "False"], found.stdout + found.stderr
 
 
 def test_instruction_catalogue() -> None:
@@ -103,19 +113,22 @@ def test_instruction_catalogue() -> None:
     assert len({item["id"] for item in INSTRUCTIONS}) == len(INSTRUCTIONS)
 
 
-def test_options_from_kwargs_then_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_options_from_settings_then_keywords(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VOICEFARM_COSYVOICE_MODEL_DIR", str(tmp_path / "env-model"))
     monkeypatch.setenv("VOICEFARM_COSYVOICE_LOAD_TRT", "1")
     monkeypatch.setenv("VOICEFARM_DATA_DIR", str(tmp_path / "data"))
-    engine = CosyVoiceEngine()
+    engine = CosyVoiceEngine(Settings(worker_name="cosyvoice-gpu1@test"))  # the environment reaches it as settings
     assert engine.model_dir == tmp_path / "env-model" and engine.load_trt and engine.data_dir == tmp_path / "data"
-    engine = CosyVoiceEngine(model_dir=tmp_path / "kw-model", load_trt=False)
+    assert engine.worker_name == "cosyvoice-gpu1@test" and not engine.fp16
+    engine = CosyVoiceEngine(Settings(), model_dir=tmp_path / "kw-model", load_trt=False)
     assert engine.model_dir == tmp_path / "kw-model" and not engine.load_trt
-    monkeypatch.delenv("VOICEFARM_COSYVOICE_MODEL_DIR")
-    assert CosyVoiceEngine().model_dir == Path("models/Fun-CosyVoice3-0.5B")
+    # The engine never reads the environment itself: without settings it has their defaults.
+    engine = CosyVoiceEngine()
+    assert engine.model_dir == Path("models/Fun-CosyVoice3-0.5B") and not engine.load_trt
+    assert engine.data_dir == Path("var") and engine.worker_name.startswith("pid")
     monkeypatch.setenv("VOICEFARM_COSYVOICE_FP16", "maybe")
-    with pytest.raises(ValueError, match="VOICEFARM_COSYVOICE_FP16"):
-        CosyVoiceEngine()
+    with pytest.raises(ValueError, match="cosyvoice.fp16"):
+        Settings()
 
 
 def test_pasted_upstream_wrapping_is_not_doubled(upstream: ModuleType, tmp_path: Path) -> None:

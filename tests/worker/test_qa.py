@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import qa, tenants
 from shared.audio.codecs import encode
-from shared.config import Settings
+from shared.config import Settings, TestingSettings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.jobs import state as jobs
 from shared.models import Job, Tenant, utcnow
@@ -313,7 +313,9 @@ def test_a_truncated_first_take_is_retaken_and_passes(farm_settings: Settings, s
     from worker.qa.step import run_check
     from worker.synthesis import run_synthesis
 
-    settings = farm_settings.model_copy(update={"worker_name": "qa-test", "test_take_defect": "truncate@1"})
+    settings = farm_settings.model_copy(
+        update={"worker_name": "qa-test", "testing": TestingSettings(take_defect="truncate@1")}
+    )
     ctx = WorkerContext.build(settings)
     sent: list[str] = []
     ctx.send_check = sent.append

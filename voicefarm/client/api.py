@@ -1,6 +1,6 @@
 """A typed Python client for the voicefarm API.
 
-    from voicefarm.client.api import Client
+    from voicefarm.client import Client
     client = Client.from_env()              # VOICEFARM_API_URL, VOICEFARM_API_KEY or $VOICEFARM_DATA_DIR/api_key
     job = client.wait_job(client.submit_job("Hello there.", voice="af_heart", seed=7)["id"])
     client.download(job, "hello.wav")
@@ -24,6 +24,8 @@ from typing import Any, TypedDict
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from shared.config import client_settings
 
 DEFAULT_URL = "http://127.0.0.1:7860"
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -96,10 +98,11 @@ class ApiError(Exception):
 
 def find_key(data_dir: str | os.PathLike[str] | None = None) -> str:
     """VOICEFARM_API_KEY, else the key file `voicefarm up` writes: $VOICEFARM_DATA_DIR/api_key (default var/)."""
-    key = os.environ.get("VOICEFARM_API_KEY", "").strip()
+    env = client_settings()
+    key = env.api_key.strip()
     if key:
         return key
-    path = Path(data_dir or os.environ.get("VOICEFARM_DATA_DIR") or "var") / "api_key"
+    path = Path(data_dir or env.data_path) / "api_key"
     try:
         return path.read_text().strip()
     except OSError:
@@ -128,7 +131,7 @@ def retrying_session(retries: int = 6, backoff_s: float = 0.5) -> requests.Sessi
 
 class Client:
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0, retries: int = 6):
-        self.url = (url or os.environ.get("VOICEFARM_API_URL") or DEFAULT_URL).rstrip("/")
+        self.url = (url or client_settings().api_url or DEFAULT_URL).rstrip("/")
         self.key = key if key is not None else find_key()
         self.timeout = timeout
         self.http = retrying_session(retries)

@@ -14,7 +14,6 @@ start to finish of the job over the seconds of audio it made.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import client_settings
 from voicefarm.client.api import ApiError, Client, JobView, ManifestLine
 
 METRIC = {"en": "WER"}  # every other language: CER
@@ -278,7 +278,7 @@ def table(scored: list[Scored]) -> str:
 
 def run(client: Client, root: Path, *, json_path: Path | None, seed: int, quiet: bool) -> int:
     """The command: 0 when every line was synthesized and scored, 1 when some failed, 2 for a set it cannot read."""
-    cache_dir = Path(os.environ.get("VOICEFARM_DATA_DIR") or "var") / "cache"
+    cache_dir = client_settings().data_path / "cache"
     try:
         load_set(root)  # refuse a broken set before anything is cloned
     except (ValueError, KeyError, OSError) as exc:

@@ -23,7 +23,7 @@ from typing import Literal
 from shared.config import Settings
 
 Status = Literal["ok", "warn", "FAIL"]
-INSTALL = "build the worker environment with infra/cosyvoice/install.sh (docs/cosyvoice.md)"
+INSTALL = "build the worker environment with infra/cosyvoice/install.sh (docs/operations/cosyvoice-gpu.md)"
 # Upstream's inference imports, with the distribution that provides each (checked one by one for a clear line).
 UPSTREAM_MODULES = (
     ("torch", "torch"), ("torchaudio", "torchaudio"), ("torchcodec", "torchcodec"), ("onnxruntime", None),
@@ -114,9 +114,11 @@ def check_model_dir(model_dir: Path) -> tuple[list[Finding], int | None]:
     from worker.engines.cosyvoice import model_version
 
     if not model_dir.is_dir():
-        return [Finding("FAIL", "model dir", f"{model_dir} does not exist",
-                        "download Fun-CosyVoice3-0.5B-2512 (or CosyVoice2-0.5B) there, or point "
-                        "VOICEFARM_COSYVOICE_MODEL_DIR at it (docs/cosyvoice.md, section 2)")], None  # fmt: skip
+        fix = (
+            "download Fun-CosyVoice3-0.5B-2512 (or CosyVoice2-0.5B) there, or point "
+            "VOICEFARM_COSYVOICE_MODEL_DIR at it (docs/operations/cosyvoice-gpu.md, section 2)"
+        )
+        return [Finding("FAIL", "model dir", f"{model_dir} does not exist", fix)], None
     version = model_version(model_dir)
     if version not in GENERATIONS:
         what = "a CosyVoice 1 model (cosyvoice.yaml)" if version == 1 else "no cosyvoice3.yaml or cosyvoice2.yaml"
@@ -191,9 +193,7 @@ def check_first_load(settings: Settings, measure: bool) -> Finding:
         return Finding("ok", "first load", "not measured (`voicefarm doctor --load` times one load here)")
     from worker.engines.cosyvoice import CosyVoiceEngine
 
-    engine = CosyVoiceEngine(model_dir=settings.cosyvoice_model_dir, data_dir=settings.data_dir,
-                             worker_name="doctor", load_trt=settings.cosyvoice_load_trt,
-                             load_vllm=settings.cosyvoice_load_vllm, fp16=settings.cosyvoice_fp16)  # fmt: skip
+    engine = CosyVoiceEngine(settings, worker_name="doctor")
     started = time.perf_counter()
     try:
         engine.load()
@@ -217,7 +217,7 @@ def diagnose(settings: Settings, *, per_gpu: int = 1, load: bool = False) -> lis
     found = [Finding("ok", "engine", settings.engine)]
     if settings.engine != "cosyvoice":
         return [*found, Finding("ok", "engine checks", f"{settings.engine} has none beyond the farm's install")]
-    model, version = check_model_dir(settings.cosyvoice_model_dir)
+    model, version = check_model_dir(settings.cosyvoice.model_dir)
     found += model
     found += check_imports()
     found += check_gpus(settings, per_gpu)

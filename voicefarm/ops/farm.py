@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -149,7 +148,9 @@ def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPos
 
 def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     """Our environment plus the resolved settings, under both the conventional and the VOICEFARM_ names."""
-    env = dict(os.environ)
+    from shared.config import environment
+
+    env = environment()
     pairs = {
         ("BROKER_URL", "VOICEFARM_BROKER_URL"): settings.broker_url,
         ("S3_ENDPOINT_URL", "VOICEFARM_S3_ENDPOINT_URL"): settings.s3_endpoint_url,

@@ -71,7 +71,9 @@ def start(token: str) -> subprocess.Popen[bytes]:
     """Start the reaper of `token`; it acts when the returned process's stdin closes."""
     # Unmarked (no tree's sweep kills a reaper before it has swept), in its own session (a terminal's Ctrl-C
     # does not reach it), and not dying with its parent: outliving it is the point.
-    env = {name: value for name, value in os.environ.items() if not name.startswith(MARKER_PREFIX)}
+    from shared.config import environment
+
+    env = {name: value for name, value in environment().items() if not name.startswith(MARKER_PREFIX)}
     return subprocess.Popen(
         [sys.executable, "-m", "voicefarm.ops.reaper", token],
         stdin=subprocess.PIPE,

@@ -13,7 +13,6 @@ tree is left, however deep and in whatever session.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -140,7 +139,9 @@ class Supervisor:
         return proc.returncode
 
     def _env(self, env: dict[str, str] | None, *, reaped: bool) -> dict[str, str]:
-        env = dict(os.environ if env is None else env)
+        from shared.config import environment
+
+        env = environment() if env is None else dict(env)
         if reaped and sys.platform.startswith("linux"):
             if self._reaper is None:
                 self._reaper = reaper.start(self._token)

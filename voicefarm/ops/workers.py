@@ -2,13 +2,12 @@
 one per CPU slot.
 
 Each process runs concurrency 1 and keeps its engine resident; the supervisor restarts any that dies. A 0.5B
-CosyVoice uses a few GiB of a card, so `--per-gpu N` can run N of them on each GPU (docs/cosyvoice.md).
+CosyVoice uses a few GiB of a card, so `--per-gpu N` can run N of them on each GPU (docs/operations/cosyvoice-gpu.md).
 """
 
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import signal
 import socket
@@ -17,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from shared.config import Settings
+from shared.config import Settings, environment
 from shared.queue import engine_queue
 from voicefarm.ops.supervisor import ChildSpec, Supervisor
 
@@ -60,7 +59,7 @@ def plan_workers(
     if per_gpu < 1:
         raise SystemExit(f"--per-gpu takes a number of worker processes per GPU, at least 1 (got {per_gpu})")
     host = host or socket.gethostname()
-    env = dict(os.environ if base_env is None else base_env)
+    env = environment() if base_env is None else dict(base_env)
     cpu_ids = cpu_slots if cpu_slots is not None else list(range(cpu))
     copies = [""] if per_gpu == 1 else [f"-{k}" for k in range(per_gpu)]
     slots = [(f"gpu{g}{k}", g, "cuda") for g in gpus for k in copies] + [(f"cpu{i}", "", "cpu") for i in cpu_ids]

@@ -1,4 +1,7 @@
-"""Engine registry: names map to adapters, imported lazily so the worker never pulls heavy code at import."""
+"""Engine registry: names map to adapters, imported lazily so the worker never pulls heavy code at import.
+
+Every engine takes the settings in its constructor (`KokoroEngine(settings)`, `CosyVoiceEngine(settings)`) and reads
+its own group of them (`settings.kokoro`, `settings.cosyvoice`); no engine reads the environment."""
 
 from __future__ import annotations
 
@@ -19,19 +22,8 @@ def engine_names() -> list[str]:
 
 
 def engine_options(name: str, settings: Settings) -> dict[str, object]:
-    """Constructor arguments for an engine, from the settings."""
-    if name == "kokoro":
-        return {"threads": settings.engine_threads or None}
-    if name == "cosyvoice":
-        return {
-            "model_dir": settings.cosyvoice_model_dir,
-            "data_dir": settings.data_dir,
-            "worker_name": settings.worker_name or None,
-            "load_trt": settings.cosyvoice_load_trt,
-            "load_vllm": settings.cosyvoice_load_vllm,
-            "fp16": settings.cosyvoice_fp16,
-        }
-    return {}
+    """Constructor arguments for an engine: the settings, which every engine takes (and reads its group of)."""
+    return {"settings": settings} if name in _REGISTRY else {}
 
 
 def create_engine(name: str, **options: object) -> Engine:

@@ -1,10 +1,10 @@
 """The `cosyvoice` engine: upstream CosyVoice2 / Fun-CosyVoice3 (FunAudioLLM) behind the `Engine` protocol.
 
-Upstream is installed beside the farm (docs/cosyvoice.md) and imported only in `load()`: the API process reads
-`capabilities` without torch or upstream.
+Upstream is installed beside the farm (docs/operations/cosyvoice-gpu.md) and imported only in `load()`: the API process
+reads `capabilities` without torch or upstream.
 * Read-only models: upstream's first load may write TensorRT plans and a `vllm/` export into the directory it loads
   from, so a worker never hands it `models/` but a private view: symlinks to the model files under
-  `$VOICEFARM_DATA_DIR/engine-cache/cosyvoice/<worker>/models/`, where such artefacts land (kept across restarts of
+  `<data dir>/engine-cache/cosyvoice/<worker>/models/`, where such artefacts land (kept across restarts of
   a worker slot, rebuilt when the model files change, flock-ed so two live processes never share one).
 * Profiles are JSON: the reference (float32 PCM at up to 24 kHz, the rate of upstream's prompt features), its
   transcript and a speaker id hashed from both. Each process writes the clip once as the wav path upstream takes as
@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 
 from shared.audio.codecs import resample
+from shared.config import CosyVoiceSettings, Settings
 from shared.engines.cosyvoice import (  # the catalogue is data in shared/
     INSTRUCTIONS,
     LANGUAGES,
@@ -52,7 +53,7 @@ from shared.text.lexicon import arpabet
 from shared.text.lexicon import find as find_terms
 from worker.engines.base import Capabilities, Mode, Synthesis, VoiceProfile, check_segment
 
-DEFAULT_MODEL_DIR = "models/Fun-CosyVoice3-0.5B"
+DEFAULT_MODEL_DIR = str(CosyVoiceSettings().model_dir)
 SYSTEM_PROMPT, END_OF_PROMPT = "You are a helpful assistant.", "<|endofprompt|>"
 PROFILE_FORMAT = "voicefarm.cosyvoice.profile/1"
 MAX_REFERENCE_S = 30.0  # upstream's speech tokenizer refuses longer prompts
@@ -60,7 +61,7 @@ INSTALL_HINT = (
     "upstream CosyVoice is not importable. Run cosyvoice workers in the environment infra/cosyvoice/install.sh "
     "builds: clone FunAudioLLM/CosyVoice at ace7c47f with its third_party/Matcha-TTS submodule, then "
     "`infra/cosyvoice/install.sh --gpu VENV CLONE`, which puts both on the import path (as PYTHONPATH would); "
-    "`voicefarm doctor` says what is missing (docs/cosyvoice.md)"
+    "`voicefarm doctor` says what is missing (docs/operations/cosyvoice-gpu.md)"
 )
 _WRAPPING = re.compile(r"^\s*you are a helpful assistant\.?\s*|<\|endofprompt\|>", re.IGNORECASE)
 
@@ -171,13 +172,6 @@ def private_model_view(model_dir: Path, root: Path) -> Path:
     return view
 
 
-def _flag(value: bool | None, env: str) -> bool:
-    raw = os.environ.get(env, "").strip().lower() if value is None else str(value).lower()
-    if raw not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
-        raise ValueError(f"{env} must be a boolean (1/0, true/false), got {raw!r}")
-    return raw in ("1", "true", "yes", "on")
-
-
 def _collect(chunks: Iterable[dict[str, Any]]) -> np.ndarray:
     """Join `{'tts_speech': tensor[1, T]}` chunks: torch tensors, numpy arrays or anything with .cpu().numpy()."""
     parts = []
@@ -198,6 +192,8 @@ class CosyVoiceEngine:
 
     def __init__(
         self,
+        settings: Settings | None = None,
+        *,
         model_dir: str | os.PathLike[str] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         worker_name: str | None = None,
@@ -206,13 +202,15 @@ class CosyVoiceEngine:
         fp16: bool | None = None,
         max_cached_speakers: int = 256,
     ) -> None:
-        env = os.environ.get
-        self.model_dir = Path(model_dir or env("VOICEFARM_COSYVOICE_MODEL_DIR") or DEFAULT_MODEL_DIR)
-        self.data_dir = Path(data_dir or env("VOICEFARM_DATA_DIR") or "var")
-        self.worker_name = worker_name or env("VOICEFARM_WORKER_NAME") or f"pid{os.getpid()}"
-        self.load_trt = _flag(load_trt, "VOICEFARM_COSYVOICE_LOAD_TRT")
-        self.load_vllm = _flag(load_vllm, "VOICEFARM_COSYVOICE_LOAD_VLLM")
-        self.fp16 = _flag(fp16, "VOICEFARM_COSYVOICE_FP16")
+        """The model dir and flags come from `settings.cosyvoice`, the engine cache's place and slot from the data
+        dir and the worker's name; a keyword given overrides its setting. Without settings: their defaults."""
+        group = settings.cosyvoice if settings is not None else CosyVoiceSettings()
+        self.model_dir = Path(model_dir or group.model_dir)
+        self.data_dir = Path(data_dir or (settings.data_dir if settings is not None else "var"))
+        self.worker_name = worker_name or (settings.worker_name if settings is not None else "") or f"pid{os.getpid()}"
+        self.load_trt = group.load_trt if load_trt is None else bool(load_trt)
+        self.load_vllm = group.load_vllm if load_vllm is None else bool(load_vllm)
+        self.fp16 = group.fp16 if fp16 is None else bool(fp16)
         self.max_cached_speakers = max(1, max_cached_speakers)
         # The API host may hold no model: assume the default generation.
         self.version = version if (version := model_version(self.model_dir)) in LANGUAGES else 3

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, worker_init
 from sqlalchemy.exc import OperationalError
 
 from shared import logs
@@ -28,6 +28,7 @@ from worker.evaluators.asr import Transcriber
 from worker.evaluators.similarity import shared_encoder
 from worker.niceness import run_below_the_api
 from worker.notify import job_finished
+from worker.pool import PerProcess
 from worker.qa.step import CheckContext, run_check
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,7 @@ def create_qa_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = make_celery(settings)
     app.conf.task_default_queue = QA_QUEUE
-    holder: dict[str, CheckContext] = {}
-
-    def context() -> CheckContext:
-        # One per pool process, built after the fork: no database connection or model shared between processes.
-        if "ctx" not in holder:
-            holder["ctx"] = build_context(settings, app)
-        return holder["ctx"]
+    context = PerProcess(lambda: build_context(settings, app))
 
     @setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -77,11 +72,6 @@ def create_qa_app(settings: Settings | None = None) -> Celery:
     @worker_init.connect(weak=False)
     def _below_the_api(**_: Any) -> None:
         run_below_the_api(settings.worker_nice)
-
-    @worker_process_init.connect(weak=False)
-    def _build(**_: Any) -> None:
-        holder.clear()
-        context()
 
     @app.task(
         name=QA_TASK,

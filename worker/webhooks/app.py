@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +18,7 @@ from shared.db import make_engine, make_session_factory
 from shared.errors import Unavailable
 from shared.queue import BATCH_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, make_celery
 from shared.storage import Storage
+from worker.pool import PerProcess
 from worker.webhooks.deliver import WebhookFailed, deliver_batch_webhook, deliver_webhook
 
 
@@ -43,18 +43,7 @@ def create_webhook_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = make_celery(settings)
     app.conf.task_default_queue = WEBHOOK_QUEUE
-    holder: dict[str, WebhookContext] = {}
-
-    def context() -> WebhookContext:
-        # One per pool process, built after the fork so no database connection is shared between processes.
-        if "ctx" not in holder:
-            holder["ctx"] = WebhookContext.build(settings)
-        return holder["ctx"]
-
-    @worker_process_init.connect(weak=False)
-    def _build(**_: Any) -> None:
-        holder.clear()
-        context()
+    context = PerProcess(lambda: WebhookContext.build(settings))
 
     # The deliveries table caps attempts per event; Celery's own limit only bounds re-sends during a database
     # outage, when attempts cannot even be claimed.

@@ -94,64 +94,72 @@ class Resources(Protocol):
 def deliver_webhook(ctx: Resources, job_id: str, *, resolve: Resolver = resolve_host) -> str:
     """One attempt at a job's webhook: 'delivered', 'refused', 'undeliverable' or 'skipped'; raises
     `WebhookFailed` when another attempt may succeed."""
-    with ctx.sessions() as session:
-        url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
-    if not url:
-        return "skipped"
-    attempt = deliveries.claim_attempt(
-        ctx.sessions, job_id, ctx.settings.webhook_max_attempts, _host_of(url), in_flight_s=_in_flight_s(ctx.settings)
-    )
-    if attempt is None:
-        return "skipped"
-
-    def body() -> dict[str, Any]:
-        assert attempt.job is not None
-        job = attempt.job
-        return {
-            "id": attempt.event_id,
-            "event": attempt.event,
-            "created_at": job.finished_at.isoformat() if job.finished_at else None,
-            "job": job_view(job, ctx.storage, ctx.settings.presign_expiry_s),
-        }
-
-    return _deliver(ctx, attempt, url, body, resolve, f"job {job_id}")
+    return _deliver_event(ctx, Job, job_id, _job_event, resolve)
 
 
 def deliver_batch_webhook(ctx: Resources, batch_id: str, *, resolve: Resolver = resolve_host) -> str:
     """One attempt at a finished batch's final event (`batch.completed` or `batch.canceled`), as for jobs. The
     body holds the batch view (counts, audio seconds) and presigned links to its manifest, stored afresh for
     each attempt so the line URLs in it are fresh too."""
+    return _deliver_event(ctx, Batch, batch_id, _batch_event, resolve)
+
+
+def _job_event(ctx: Resources, attempt: deliveries.Attempt) -> dict[str, Any]:
+    assert attempt.job is not None
+    job = attempt.job
+    return {
+        "id": attempt.event_id,
+        "event": attempt.event,
+        "created_at": job.finished_at.isoformat() if job.finished_at else None,
+        "job": job_view(job, ctx.storage, ctx.settings.presign_expiry_s),
+    }
+
+
+def _batch_event(ctx: Resources, attempt: deliveries.Attempt) -> dict[str, Any]:
+    assert attempt.batch is not None
+    batch, expiry_s = attempt.batch, ctx.settings.presign_expiry_s
     with ctx.sessions() as session:
-        url = session.scalar(select(Batch.webhook_url).where(Batch.id == batch_id))
+        view = batches.view(batch, batches.progress(session, [batch.id])[batch.id])
+        manifest = batches.store_manifest(session, ctx.storage, batch, expiry_s)
+    view["manifest"] = {
+        "url": manifest["json"],
+        "csv_url": manifest["csv"],
+        "expires_at": datetime.fromtimestamp(time.time() + expiry_s, UTC).isoformat(),
+        "api_path": f"/v1/batches/{batch.id}/manifest",
+    }
+    return {
+        "id": attempt.event_id,
+        "event": attempt.event,
+        "created_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        "completion": batch.completions,
+        "batch": view,
+    }
+
+
+def _deliver_event(
+    ctx: Resources,
+    model: deliveries.Subject,
+    subject_id: str,
+    make_body: Callable[[Resources, deliveries.Attempt], dict[str, Any]],
+    resolve: Resolver,
+) -> str:
+    """Claim the next attempt at the job's or batch's event, if one is owed, and make it."""
+    with ctx.sessions() as session:
+        url = session.scalar(select(model.webhook_url).where(model.id == subject_id))
     if not url:
         return "skipped"
-    attempt = deliveries.claim_batch_attempt(
-        ctx.sessions, batch_id, ctx.settings.webhook_max_attempts, _host_of(url), in_flight_s=_in_flight_s(ctx.settings)
+    attempt = deliveries.claim_attempt(
+        ctx.sessions,
+        model,
+        subject_id,
+        ctx.settings.webhook_max_attempts,
+        _host_of(url),
+        in_flight_s=_in_flight_s(ctx.settings),
     )
     if attempt is None:
         return "skipped"
-
-    def body() -> dict[str, Any]:
-        assert attempt.batch is not None
-        batch, expiry_s = attempt.batch, ctx.settings.presign_expiry_s
-        with ctx.sessions() as session:
-            view = batches.view(batch, batches.progress(session, [batch.id])[batch.id])
-            manifest = batches.store_manifest(session, ctx.storage, batch, expiry_s)
-        view["manifest"] = {
-            "url": manifest["json"],
-            "csv_url": manifest["csv"],
-            "expires_at": datetime.fromtimestamp(time.time() + expiry_s, UTC).isoformat(),
-            "api_path": f"/v1/batches/{batch.id}/manifest",
-        }
-        return {
-            "id": attempt.event_id,
-            "event": attempt.event,
-            "created_at": batch.finished_at.isoformat() if batch.finished_at else None,
-            "completion": batch.completions,
-            "batch": view,
-        }
-
-    return _deliver(ctx, attempt, url, body, resolve, f"batch {batch_id}")
+    subject = f"{'job' if model is Job else 'batch'} {subject_id}"
+    return _deliver(ctx, attempt, url, lambda: make_body(ctx, attempt), resolve, subject)
 
 
 def _in_flight_s(settings: Settings) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import Settings
 from shared.engines.kokoro import DEFAULT_VOICES, MAX_SEGMENT_CHARS, MAX_SPEED, MIN_SPEED, MODES, STOCK_VOICES
 from shared.engines.kokoro import NAME as ENGINE_NAME
 from shared.text.lexicon import Entry as LexiconEntry
@@ -98,8 +99,15 @@ class KokoroEngine:
         instructions=HONOURED,
     )
 
-    def __init__(self, threads: int | None = None, warm_languages: tuple[str, ...] = LANGUAGES) -> None:
-        self._threads = threads
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        threads: int | None = None,
+        warm_languages: tuple[str, ...] = LANGUAGES,
+    ) -> None:
+        """Intra-op threads: `threads`, else `settings.kokoro.threads`, else (0 or no settings) every core."""
+        self._threads = threads or (settings.kokoro.threads if settings is not None else 0) or None
         self._warm_languages = warm_languages
         self._lock = threading.Lock()
         self._model: KokoroModel | None = None

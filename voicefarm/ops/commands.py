@@ -1,0 +1,112 @@
+"""The farm's processes as `voicefarm` commands: up, migrate, api, worker, webhook-worker, qa-worker.
+
+`register(sub)` adds each command's parser and its handler (`args.handler(args)` runs it; it returns the exit code).
+Every handler reads the settings itself, so a command that is not run reads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+from shared.config import Settings, load_settings
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser("up", help="run the whole farm on this machine with embedded services (what ./run.sh does)")
+    up.set_defaults(handler=handle_up)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=handle_migrate)
+    api = sub.add_parser("api", help="serve the API with gunicorn")
+    api.add_argument("--workers", type=int, help="gunicorn worker processes (default: VOICEFARM_API_WORKERS or 2)")
+    api.set_defaults(handler=handle_api)
+    worker = sub.add_parser("worker", help="start synthesis workers")
+    worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
+    worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
+    worker.add_argument("--per-gpu", type=int, default=1, metavar="N", help="processes pinned to each GPU (default 1)")
+    worker.set_defaults(handler=handle_worker)
+
+    hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
+    hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
+    hooks.set_defaults(handler=handle_webhook_worker)
+
+    qa = sub.add_parser("qa-worker", help="the QA gate's checks: Whisper and a speaker encoder on their own queue")
+    qa.add_argument("--concurrency", type=int, help="check processes (default: VOICEFARM_QA_CONCURRENCY, 1)")
+    qa.set_defaults(handler=handle_qa_worker)
+
+
+def handle_up(args: argparse.Namespace) -> int:
+    from voicefarm.ops.farm import run_farm
+
+    return run_farm(load_settings())
+
+
+def handle_migrate(args: argparse.Namespace) -> int:
+    from shared.db import migrate
+
+    migrate(load_settings().resolved_database_url())
+    print("database is at the latest migration")
+    return 0
+
+
+def handle_api(args: argparse.Namespace) -> int:
+    # Migrations run before serving, so a new release never answers on an old schema.
+    from shared.db import migrate
+    from shared.storage import Storage
+
+    settings = load_settings()
+    migrate(settings.resolved_database_url())
+    Storage.from_settings(settings).ensure_bucket()
+    return _exec_api(settings, args.workers or settings.api_workers)
+
+
+def handle_worker(args: argparse.Namespace) -> int:
+    from voicefarm.ops.workers import run_workers
+
+    return run_workers(load_settings(), gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
+
+
+def handle_webhook_worker(args: argparse.Namespace) -> int:
+    from shared.queue import WEBHOOK_QUEUE
+
+    settings = load_settings()
+    concurrency = args.concurrency or settings.webhook_concurrency
+    return _exec_celery_pool("worker.webhooks.main", WEBHOOK_QUEUE, concurrency, hostname="webhooks")
+
+
+def handle_qa_worker(args: argparse.Namespace) -> int:
+    from shared.queue import QA_QUEUE
+
+    settings = load_settings()
+    return _exec_celery_pool("worker.qa.main", QA_QUEUE, args.concurrency or settings.qa_concurrency)
+
+
+def _exec_celery_pool(module: str, queue: str, concurrency: int, *, hostname: str | None = None) -> int:
+    """Become a Celery prefork pool of `module` on `queue`, named `<hostname or queue>-<pid>@<host>`."""
+    argv = [
+        sys.executable, "-m", "celery", "-A", module, "worker",
+        "--queues", queue,
+        "--concurrency", str(max(1, concurrency)),
+        "--pool", "prefork",
+        "--hostname", f"{hostname or queue}-{os.getpid()}@{socket.gethostname()}",
+        "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+def _exec_api(settings: Settings, workers: int) -> int:
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.host}:{settings.port}",
+        "--workers", str(workers),
+        "--threads", "4",
+        "--timeout", "60",
+        # Within the time `voicefarm up` gives the API to stop (Settings.stop_budget).
+        "--graceful-timeout", str(int(settings.stop_budget(2))),
+        "--access-logfile", "-",
+        "producer.wsgi:app",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
