@@ -370,3 +370,64 @@ def test_stream_groups_merge_units_after_short_silences() -> None:
 
 def np_ones(seconds: float, rate: int) -> np.ndarray:
     return np.ones(int(seconds * rate), dtype=np.float32)
+
+
+class _Engine:
+    """A stand-in engine: a tone as long as the text, at the asked speed, so rendering runs without a model."""
+
+    def __init__(self) -> None:
+        from shared.engines import catalogue
+
+        self.capabilities = catalogue("kokoro").capabilities
+        self.calls: list[tuple[str, str, str, float, list[str]]] = []
+
+    def synthesize(self, text: str, *, voice: str, language: str, speed: float, lexicon: list, **_: object) -> object:
+        from worker.engines.base import Synthesis
+
+        self.calls.append((text, voice, language, speed, [e.term for e in lexicon]))
+        n = int(0.05 * len(text) / speed * 24000)
+        return Synthesis(audio=np.full(n, 0.5, dtype=np.float32), sample_rate=24000)
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.engine = _Engine()
+        self.published: list[tuple[int, int, np.ndarray]] = []
+
+    def segment_done(self, attempt: object, index: int, count: int, audio: np.ndarray) -> None:
+        self.published.append((index, count, audio))
+
+    def progress(self, attempt: object, fraction: float) -> None:
+        pass
+
+
+def test_render_speaks_each_piece_as_marked_and_streams_what_it_stores() -> None:
+    from shared.audio.streaming import SEGMENT_PAUSE_S
+    from worker.ssml_render import render
+    from worker.synthesis import JobSpec
+
+    document = (
+        '<speak><break time="300ms"/>Hello there. <prosody rate="x-fast" volume="+30dB">Quick!</prosody>'
+        '<break time="100ms"/><voice name="jm_kumo">Hi <phoneme alphabet="ipa" ph="ˈtʃɪkən">pecan</phoneme>.</voice>'
+        '<break time="1s"/><lang xml:lang="ja-JP">はい</lang><break time="2s"/></speak>'
+    )
+    options = {"text_format": "ssml", "ssml": document}
+    spec = JobSpec("j1", "t1", "", "jf_alpha", "clone", None, "en", 1.5, "wav", None, None, options)
+    ctx = _Ctx()
+    plan = plan_for(parse_ssml(document, "en", "jf_alpha"), options, 200)
+    take = render(ctx, spec, object(), plan, spec.speed)  # type: ignore[arg-type]
+    assert [call[:4] for call in ctx.engine.calls] == [
+        ("Hello there.", "jf_alpha", "en", 1.5),
+        ("Quick!", "jf_alpha", "en", 2.0),  # 1.5 x 1.5 held at 2.0
+        ("Hi pecan.", "jm_kumo", "en", 1.5),
+        ("はい", "jf_alpha", "ja", 1.5),
+    ]
+    assert ctx.engine.calls[2][4] == ["pecan"]
+    assert any("spoke at 2" in w for w in take.warnings) and any("+12 dB" in w or "clip" in w for w in take.warnings)
+    assert float(np.max(np.abs(take.audios[1]))) <= 0.99 + 1e-6
+    stored, _starts = plan.join(take.audios, 24000)
+    # The stream: its segments with the encoder's pause between them are the stored audio, sample for sample.
+    assert [(index, count) for index, count, _a in ctx.published] == [(0, 3), (1, 3), (2, 3)]
+    pause = np.zeros(int(round(SEGMENT_PAUSE_S * 24000)), dtype=np.float32)
+    parts = [a for _i, _c, audio in ctx.published for a in (pause, audio)][1:]
+    assert np.array_equal(np.concatenate(parts), stored)
