@@ -25,12 +25,12 @@ from shared.text.normalization import normalize_for_speech
 from shared.text.split import split_text
 from shared.text.ssml import Break, Speech, SsmlDocument, parse_ssml
 from worker.alignment import script_words
+from worker.takes import Take
 
 if TYPE_CHECKING:
     from shared.jobs.state import Attempt
     from worker.context import WorkerContext
-    from worker.engines.base import VoiceProfile
-    from worker.synthesis import JobSpec, Take
+    from worker.engines.base import Synthesis, VoiceProfile
 
 # A gain that would push a piece past this peak is held down to it.
 PEAK = 0.99
@@ -214,19 +214,19 @@ def _gain(audio: np.ndarray, speech: Speech, warnings: list[str]) -> np.ndarray:
 
 def render(
     ctx: WorkerContext,
-    spec: JobSpec,
+    spec: Any,
     attempt: Attempt,
     plan: Plan,
     speed: float,
+    voice_of: Callable[[str], str | VoiceProfile],
+    speak: Callable[[WorkerContext, str, str | VoiceProfile, Any], Synthesis],
     *,
     steps: int = 1,
     first_step: int = 0,
 ) -> Take:
-    """Speak every unit at `speed` times its piece's rate; progress as worker.synthesis._render reports it."""
-    from worker.synthesis import Take, _resolve_voice, _speak_whole
-
+    """Speak every unit at `speed` times its piece's rate with `speak` (worker/synthesis.py's, given here so this
+    module does not import it); progress as worker.synthesis._render reports it."""
     take = Take(warnings=list(plan.document.warnings))
-    voices: dict[str, str | VoiceProfile] = {}
     low, high = ctx.engine.capabilities.speed_range
     rate = ctx.engine.capabilities.sample_rate
     job_entries = [entry.to_dict() for entry in lexicon.job_entries(spec.options)]
@@ -236,8 +236,6 @@ def render(
     for i, unit in enumerate(plan.units):
         piece = unit.speech
         name = piece.voice or spec.voice
-        if name not in voices:
-            voices[name] = _resolve_voice(ctx, replace(spec, voice=name))
         wanted = speed * piece.rate
         spoken = min(max(wanted, low), high)
         if abs(spoken - wanted) > 1e-6:
@@ -245,7 +243,7 @@ def render(
         options = dict(spec.options or {})
         options["lexicon"] = [entry.to_dict() for entry in piece.lexicon] + job_entries
         unit_spec = replace(spec, voice=name, language=piece.language, speed=round(spoken, 3), options=options)
-        out = _speak_whole(ctx, unit.said, voices[name], unit_spec)
+        out = speak(ctx, unit.said, voice_of(name), unit_spec)
         audio = _gain(out.audio, piece, take.warnings)
         streamed += _stream_part(plan, i, groups, audio, rate)
         if i + 1 == count or groups[i + 1] != groups[i]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
-
-import numpy as np
 
 from shared import voices
 from shared.audio import mastering
@@ -24,6 +24,7 @@ from worker.attempts import run_job
 from worker.context import WorkerContext
 from worker.engines.base import Synthesis, VoiceProfile
 from worker.finisher import Pending, attempt_key
+from worker.takes import Take
 
 log = logging.getLogger(__name__)
 # Pause between segments: close to a sentence break in read speech.
@@ -77,6 +78,11 @@ def _resolve_voice(ctx: WorkerContext, spec: JobSpec) -> str | VoiceProfile:
     return ctx.profile(key)
 
 
+def _voices(ctx: WorkerContext, spec: JobSpec) -> Callable[[str], str | VoiceProfile]:
+    """Each voice an SSML document names, resolved once (a cloned voice's profile is loaded once)."""
+    return cache(lambda name: _resolve_voice(ctx, replace(spec, voice=name)))
+
+
 def _speak(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec: JobSpec) -> Synthesis:
     """One segment; anything the engine raises besides a refusal of the input is an engine failure."""
     try:
@@ -118,22 +124,6 @@ def _speak_whole(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec:
         warnings=list(dict.fromkeys(w for out in outs for w in out.warnings)),
         similarity=sum(s * n for s, n in measured) / sum(n for _, n in measured) if measured else None,
     )
-
-
-@dataclass
-class Take:
-    """Every segment of a line, synthesized once at one speed."""
-
-    audios: list[np.ndarray] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    similarities: list[tuple[float, int]] = field(default_factory=list)
-    similarity_basis: str | None = None
-    words: list[list[dict[str, Any]] | None] = field(default_factory=list)  # each segment's engine word times
-
-    def similarity(self) -> float | None:
-        if not self.similarities:
-            return None
-        return round(sum(s * n for s, n in self.similarities) / sum(n for _, n in self.similarities), 4)
 
 
 def _render(
@@ -184,7 +174,7 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         take = _render(ctx, spec, attempt, said, voice, spec.speed, steps=steps)
         audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
     else:
-        take = ssml_render.render(ctx, spec, attempt, plan, spec.speed, steps=steps)
+        take = ssml_render.render(ctx, spec, attempt, plan, spec.speed, _voices(ctx, spec), _speak_whole, steps=steps)
         audio, starts = plan.join(take.audios, rate)
     if options.target_duration_s:
         # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
@@ -197,7 +187,9 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
                 take = _render(ctx, spec, attempt, said, voice, speed, steps=2, first_step=1)
                 audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
             else:
-                take = ssml_render.render(ctx, spec, attempt, plan, speed, steps=2, first_step=1)
+                take = ssml_render.render(
+                    ctx, spec, attempt, plan, speed, _voices(ctx, spec), _speak_whole, steps=2, first_step=1
+                )
                 audio, starts = plan.join(take.audios, rate)
     compute_s = time.perf_counter() - started
     post_started = time.perf_counter()

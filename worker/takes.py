@@ -9,7 +9,10 @@ instead of completing it, and the engine goes on to its next job (worker/qa/step
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from shared.audio.codecs import encode
 from worker.finisher import Pending
@@ -87,3 +90,19 @@ def _with_defect(p: Pending, defect: str) -> Pending:
     r.update(duration_s=round(damaged.duration_s, 3), bytes=len(damaged.data), sha256=damaged.sha256)
     r["test_defect"] = defect
     return dataclasses.replace(p, data=damaged.data)
+
+
+@dataclass
+class Take:
+    """Every segment of a line, synthesized once at one speed."""
+
+    audios: list[np.ndarray] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    similarities: list[tuple[float, int]] = field(default_factory=list)
+    similarity_basis: str | None = None
+    words: list[list[dict[str, Any]] | None] = field(default_factory=list)  # each segment's engine word times
+
+    def similarity(self) -> float | None:
+        if not self.similarities:
+            return None
+        return round(sum(s * n for s, n in self.similarities) / sum(n for _, n in self.similarities), 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.models import Job, WebhookDelivery
+from shared.models import Batch, Job, WebhookDelivery
 from shared.storage import Storage
 
 
@@ -36,13 +36,7 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
     if job.batch_id is not None:
         view["batch"] = {"id": job.batch_id, "line_id": job.line_id, "take": job.take}
     if job.webhook_url:
-        view["webhook"] = {
-            "url": job.webhook_url,
-            "attempts": job.webhook_attempts,
-            "delivered_at": iso(job.webhook_delivered_at),
-            "error": job.webhook_error,
-            "gave_up_at": iso(job.webhook_gave_up_at),
-        }
+        view["webhook"] = {"url": job.webhook_url, **webhook_view(job)}
     if job.status == "failed":
         view["error"] = {"code": job.error_code, "message": job.error_message}
     if job.status == "succeeded" and job.result:
@@ -51,6 +45,16 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
             result["url"] = storage.presigned_url(job.result["key"], expiry_s)
         view["result"] = result
     return view
+
+
+def webhook_view(subject: Job | Batch) -> dict[str, Any]:
+    """Where a job's or a batch's webhook event stands: its attempts so far and how they ended."""
+    return {
+        "attempts": subject.webhook_attempts,
+        "delivered_at": iso(subject.webhook_delivered_at),
+        "error": subject.webhook_error,
+        "gave_up_at": iso(subject.webhook_gave_up_at),
+    }
 
 
 def delivery_view(row: WebhookDelivery) -> dict[str, Any]:

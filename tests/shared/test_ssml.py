@@ -404,7 +404,7 @@ class _Ctx:
 def test_render_speaks_each_piece_as_marked_and_streams_what_it_stores() -> None:
     from shared.audio.streaming import SEGMENT_PAUSE_S
     from worker.ssml_render import render
-    from worker.synthesis import JobSpec
+    from worker.synthesis import JobSpec, _speak_whole
 
     document = (
         '<speak><break time="300ms"/>Hello there. <prosody rate="x-fast" volume="+30dB">Quick!</prosody>'
@@ -415,7 +415,7 @@ def test_render_speaks_each_piece_as_marked_and_streams_what_it_stores() -> None
     spec = JobSpec("j1", "t1", "", "jf_alpha", "clone", None, "en", 1.5, "wav", None, None, options)
     ctx = _Ctx()
     plan = plan_for(parse_ssml(document, "en", "jf_alpha"), options, 200)
-    take = render(ctx, spec, object(), plan, spec.speed)  # type: ignore[arg-type]
+    take = render(ctx, spec, object(), plan, spec.speed, lambda name: name, _speak_whole)  # type: ignore[arg-type]
     assert [call[:4] for call in ctx.engine.calls] == [
         ("Hello there.", "jf_alpha", "en", 1.5),
         ("Quick!", "jf_alpha", "en", 2.0),  # 1.5 x 1.5 held at 2.0
