@@ -14,10 +14,12 @@ from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
 from producer.api.lexicon import bp as lexicon_bp
 from producer.api.metrics import bp as metrics_bp
+from producer.api.review import bp as review_bp
 from producer.api.speech import bp as speech_bp
 from producer.api.voices import bp as voices_bp
 from producer.api.webhooks import bp as webhooks_bp
 from producer.errors import register_error_handlers
+from producer.intake import init_intake
 from producer.limits import init_cors, init_limits
 from producer.openapi import openapi_document
 from producer.resources import Farm, farm
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     init_cors(app, settings.cors_origins)
     init_limits(app, settings.broker_url, settings.rate_limit_per_minute)
+    init_intake(app)  # each endpoint's body cap, checked before any body is read; depth-checked JSON
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(catalog_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(review_bp)  # the review queue and decisions, and the page at /batches/<id>/review
     app.register_blueprint(speech_bp)
     app.register_blueprint(lexicon_bp)
     app.register_blueprint(metrics_bp)

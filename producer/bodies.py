@@ -245,6 +245,15 @@ class BatchUpload(BaseModel):
     file: bytes = Field(json_schema_extra={"format": "binary"})
 
 
+class ReviewCounts(BaseModel):
+    """A batch's flagged lines (the QA gate's needs_review, current takes) and the decisions on them."""
+
+    flagged: int
+    pending: int
+    approved: int
+    rejected: int
+
+
 class BatchWebhook(BaseModel):
     event: str | None
     attempts: int
@@ -272,6 +281,9 @@ class BatchView(_Open):
     canceled_at: str | None
     finished_at: str | None
     webhook: BatchWebhook | None = None
+    # Lines the QA gate flagged that wait for a person's decision, and the decisions so far.
+    pending_reviews: int = 0
+    reviews: ReviewCounts | None = None
 
 
 class BatchCanceled(BatchView):
@@ -302,6 +314,8 @@ class ManifestLine(BaseModel):
     error_message: str | None
     qa: Literal["passed", "needs_review"] | None
     qa_takes: int | None  # how many takes the QA gate checked
+    # A person's decision on a flagged line (POST /v1/batches/{id}/lines/{line_id}/review); null when none.
+    review: Literal["approved", "rejected"] | None = None
 
 
 class Manifest(BaseModel):
@@ -315,6 +329,62 @@ class BatchTake(JobView):
     batch_id: str
     line_id: str
     take: int
+
+
+class ReviewDecision(BaseModel):
+    """`POST /v1/batches/{id}/lines/{line_id}/review`: a decision on a line the QA gate flagged."""
+
+    decision: Literal["approved", "rejected"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class ReviewBy(BaseModel):
+    key_id: str | None
+    label: str | None
+
+
+class LineDecision(BaseModel):
+    decision: Literal["approved", "rejected"]
+    note: str | None
+    by: ReviewBy
+    at: str | None
+
+
+class ReviewLine(BaseModel):
+    """A line as the review queue shows it (shared/batches/review.py `line_view`): the script, the normalised
+    text that was spoken, what the recogniser heard, the kept take's checks (`{value, threshold, bound, pass}`),
+    its takes, where to hear it (a presigned URL, or the job's audio path with the API key) and the decision."""
+
+    line_id: str
+    line_no: int | None
+    job_id: str
+    take: int  # the line's take: a re-render makes the next one
+    status: str
+    text: str
+    normalized_text: str | None
+    heard: str | None
+    language: str
+    voice: str
+    seed: int | None
+    speed: float
+    qa: Literal["passed", "needs_review"] | None
+    qa_takes: int | None  # how many takes the QA gate checked for this one
+    kept_take: int | None
+    checks: dict[str, dict[str, Any]]
+    failed_checks: list[str]
+    history: list[dict[str, Any]]
+    duration_s: float | None
+    format: str
+    audio_url: str | None
+    audio_path: str | None
+    review: LineDecision | None
+
+
+class ReviewQueue(BaseModel):
+    batch_id: str
+    name: str
+    reviews: ReviewCounts
+    lines: list[ReviewLine]
 
 
 class BatchDeliveries(BaseModel):

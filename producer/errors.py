@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -50,7 +50,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        limit = getattr(request, "body_cap", None) or request.max_content_length  # the endpoint's (producer/intake.py)
         return error_response("payload_too_large", f"the request body is larger than the {limit}-byte limit", 413)
 
     @app.errorhandler(HTTPException)

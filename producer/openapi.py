@@ -55,7 +55,8 @@ _LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE})
 _IDEMPOTENCY_KEY = Query("Idempotency-Key", {"type": "string", "maxLength": 200}, "header")
 BATCH_EVENTS = (
     "With a `webhook_url`, the batch sends one signed event each time it finishes (every current line final): "
-    "`batch.completed`, or `batch.canceled` for a canceled batch once its running lines are done. Body: "
+    "`batch.completed`, or `batch.canceled` for a canceled batch once its running lines are done; then "
+    "`batch.reviewed` when a review decision leaves it no line the QA gate flagged without one. Body: "
     "`{id, event, created_at, completion, batch}`, where `batch` is the batch view plus `manifest: {url, "
     "csv_url, expires_at, api_path}` (presigned links to the manifest as it stood). The event id is the same "
     "on every attempt; a re-render reopens the batch and its next completion is a new event. Headers, "
@@ -66,6 +67,13 @@ RERENDER = (
     "overrides included, over the defaults it was made with) and its engine, voice and language; the changed "
     "fields win, and a field set to null goes back to the farm's default. A finished batch is open again until "
     "the new take is final."
+)
+REVIEW = (
+    "A line needs a decision when its current take succeeded with the QA gate's verdict needs_review and none is "
+    "recorded. A decision names the calling key and the time, shows in the manifest's `review` column and in the "
+    "batch's `pending_reviews`; a re-render makes a new take that goes through the gate again, with no decision. "
+    "The decision that leaves a finished batch none pending sends `batch.reviewed`. 409 `review_not_needed`: the "
+    "line's current take was not flagged."
 )
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/healthz", "Liveness", b.Health, auth=False, errors=()),
@@ -108,6 +116,13 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", "/v1/batches/{batch_id}/lines/{line_id}",
        "Re-render one line with changed fields; manifest and archive then name the new take", b.BatchTake, 202,
        body=b.BatchLine, errors=(400, 401, 404, 409, 413, 422, 429, 503), description=RERENDER),
+    Op("get", "/v1/batches/{batch_id}/review",
+       "The lines the QA gate flagged that wait for a decision (?all=true: every current line)", b.ReviewQueue,
+       errors=(400, 401, 404, 429, 503), params=(Query("all", {"type": "string", "enum": ["true", "false"]}),),
+       description=REVIEW),
+    Op("post", "/v1/batches/{batch_id}/lines/{line_id}/review",
+       "Approve or reject a flagged line's current take", b.ReviewLine, body=b.ReviewDecision,
+       errors=(400, 401, 404, 409, 429, 503), description=REVIEW),
     Op("get", "/v1/batches/{batch_id}/webhook-deliveries",
        "Every delivery attempt of the batch's webhook events, oldest first", b.BatchDeliveries,
        errors=(401, 404, 429, 503)),
@@ -144,7 +159,7 @@ def _schemas() -> dict[str, Any]:
     models = {op.answer for op in OPERATIONS if op.answer} | {op.body for op in OPERATIONS if op.body}
     models |= {op.form for op in OPERATIONS if op.form} | {b.Error}
     models |= {x["model"] for op in OPERATIONS for x in op.extra.values() if "model" in x}
-    requests = (JobRequest, SpeechRequest, LexiconPut, b.BatchRequest, b.BatchLine)
+    requests = (JobRequest, SpeechRequest, LexiconPut, b.BatchRequest, b.BatchLine, b.ReviewDecision)
     mode = dict.fromkeys(requests, "validation")
     pairs = [(m, mode.get(m, "serialization")) for m in sorted(models, key=lambda m: m.__name__)]
     _, doc = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]

@@ -1,5 +1,10 @@
-"""WSGI entry point for gunicorn: `gunicorn producer.wsgi:app`."""
+"""WSGI entry point for gunicorn: `gunicorn producer.wsgi:app`. It refuses to serve without a secret key
+(shared/secrets.py), as `voicefarm api` does before it starts gunicorn."""
 
 from producer.app import create_app
+from shared.config import load_settings
+from shared.secrets import require_secret_key
 
-app = create_app()
+settings = load_settings()
+require_secret_key(settings)
+app = create_app(settings)

@@ -16,6 +16,7 @@ keyword too (`Settings(cosyvoice_model_dir=...)`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -93,6 +94,12 @@ class TestingSettings(BaseModel):
         description="The finisher's thread waits this long before each upload, so a test can stop a worker while it "
         "holds a finish (worker/finisher.py).",
     )
+    qa_check_delay_s: float = Field(
+        default=0.0,
+        validation_alias="VOICEFARM_TEST_QA_CHECK_DELAY_S",
+        description="A QA check waits this long (holding its take) before it checks, so a test can make it run past "
+        "its time limit (worker/qa/step.py).",
+    )
 
 
 _GROUPS: dict[str, type[BaseModel]] = {
@@ -146,6 +153,19 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="The address the API listens on.")
     port: int = Field(default=7860, description="The port the API listens on.")
     api_workers: int = Field(default=2, description="gunicorn worker processes of `voicefarm api`.")
+    api_threads: int = Field(
+        default=16,
+        ge=2,
+        description="gunicorn threads of each `voicefarm api` worker process (gthread): each request holds one while "
+        "it is answered, a synchronous speech request until its answer ends.",
+    )
+    api_reserved_threads: int = Field(
+        default=4,
+        ge=1,
+        description="Threads of each API process that synchronous speech requests never take: speech streams are "
+        "capped at api_threads - api_reserved_threads per process (past it 503 server_busy), so health checks and "
+        "every other request always find a thread.",
+    )
 
     database_url: str = Field(
         default="",
@@ -210,10 +230,38 @@ class Settings(BaseSettings):
         default=20 * 1024 * 1024, description="Bytes of a reference clip upload (API boundary)."
     )
     rate_limit_per_minute: int = Field(default=6000, description="Requests per minute per API key (0: unlimited).")
+    auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Failed authentications (401) per minute from one client address; past it the address's "
+        "requests to /v1 and /metrics are refused (429 too_many_auth_failures) until the minute ends, before any "
+        "key is looked up (0: unlimited).",
+    )
+    trusted_proxies: list[str] = Field(
+        default=[],
+        description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client address "
+        "for the per-address limits; empty: the connecting address is the client, whatever the header says.",
+    )
+    max_streams_per_tenant: int = Field(
+        default=4,
+        ge=0,
+        description="Open synchronous speech requests (POST /v1/audio/speech) per tenant across every API process; "
+        "past it 429 too_many_streams (0: unlimited).",
+    )
+    speech_start_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a synchronous speech request waits for a worker to start its job; then it answers 503 "
+        "workers_busy and the job is canceled.",
+    )
     max_queued_per_tenant: int = Field(default=10000, description="Queued jobs per tenant (0: unlimited).")
     max_batch_lines: int = Field(default=10000, description="Lines per batch (POST /v1/batches).")
     max_batch_bytes: int = Field(default=32 * 1024 * 1024, description="A batch's body or upload size.")
     max_queued_batch_lines_per_tenant: int = Field(default=50000, description="Queued batch lines per tenant.")
+    max_voices_per_tenant: int = Field(
+        default=1000,
+        description="Cloned voices a tenant may hold (POST /v1/voices answers 403 voice_limit beyond; 0: unlimited).",
+    )
     batch_window_per_worker: int = Field(
         default=2,
         description="The scheduler keeps at most this many of a tenant's batch lines in the broker per live worker.",
@@ -278,6 +326,23 @@ class Settings(BaseSettings):
         default=1,
         description="QA workers (`voicefarm qa-worker`): processes, each with its own Whisper and speaker encoder.",
     )
+    qa_check_time_base_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A QA check's soft time limit is this plus qa_check_time_per_audio_s per second of the take "
+        "(hard limit 30 s later), set per check when it is sent (shared/queue.py check_time_limits).",
+    )
+    qa_check_time_per_audio_s: float = Field(
+        default=4.0,
+        ge=0,
+        description="Seconds of a QA check's time limit per second of the take it checks.",
+    )
+    max_check_lapses: int = Field(
+        default=3,
+        ge=1,
+        description="A take whose QA check lost its lease this many times (its QA worker died, froze or ran past "
+        "its time limit) is not checked again: the job ends needs_review (reason check_lapsed).",
+    )
     job_lease_s: int = Field(
         default=60,
         description="A running job's lease is renewed by its worker's heartbeat; when it lapses the worker is "
@@ -289,6 +354,30 @@ class Settings(BaseSettings):
     )
     reconcile_interval_s: float = Field(default=15.0, description="Seconds between the reconciler's passes.")
     cpu_workers: int = Field(default=1, description="The one-machine farm (`voicefarm up`): its CPU worker processes.")
+    farm_id: str = Field(
+        default="",
+        description="This farm's identity, claimed on its broker (the Redis key `voicefarm:owner`) and its bucket "
+        "(the object `.voicefarm-owner`) so that two farms never share them by accident (shared/identity.py). Empty: "
+        "the `farm_id` file in the data dir (written by `voicefarm up`), else the one stored in the database "
+        "(made by `voicefarm migrate`).",
+    )
+    secret_key: str = Field(
+        default="",
+        description="Fernet keys (comma-separated; the first encrypts, every one decrypts) that encrypt the webhook "
+        "signing secrets stored in the database (shared/secrets.py). Empty: the `secret_key` file in the data dir, "
+        "which `voicefarm up` makes; `voicefarm api` refuses to start with neither.",
+    )
+    metrics_token: str = Field(
+        default="",
+        description="A bearer token that may read GET /metrics besides operator keys (for Prometheus); empty: "
+        "operator keys only.",
+    )
+    metrics_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds each API process reuses the figures of GET /metrics and the checks of GET /readyz "
+        "(0: computed on every request).",
+    )
     stop_timeout_s: float = Field(
         default=30.0,
         description="How long a stop of `voicefarm up` may take: every process is gone stop_timeout_s after "
@@ -323,6 +412,35 @@ class Settings(BaseSettings):
             data[group] = nested
         return data
 
+    @model_validator(mode="after")
+    def _moved_services(self) -> Settings:
+        """A broker or S3 endpoint that `voicefarm up` moved to a port of its own (another farm held the one the
+        settings name, voicefarm/ops/farm.py) is recorded in the data dir: every command on that data dir whose
+        settings name the old URL (the default, or the same setting as the farm's) gets the new one, as it finds
+        the embedded PostgreSQL there."""
+        for name, (moved_from, moved_to) in recorded_endpoints(self.data_dir).items():
+            if getattr(self, name, None) == moved_from:
+                setattr(self, name, moved_to)
+        return self
+
+    @model_validator(mode="after")
+    def _threads_left_for_the_api(self) -> Settings:
+        if self.api_reserved_threads >= self.api_threads:
+            raise ValueError(
+                f"api_reserved_threads ({self.api_reserved_threads}) must be below api_threads ({self.api_threads}): "
+                "speech streams get the difference"
+            )
+        return self
+
+    def secret_keys(self) -> list[str]:
+        """The Fernet keys of `secret_key` (the first encrypts), else those of the data dir's `secret_key` file
+        (`voicefarm up` writes it); none when neither is there."""
+        raw = self.secret_key
+        path = self.data_dir / SECRET_KEY_FILE
+        if not raw.strip() and path.is_file():
+            raw = path.read_text()
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
     def stop_budget(self, depth: int) -> float:
         """Seconds a process `depth` layers below `voicefarm up` has to stop: `up` itself (0); what it runs (1:
         `voicefarm worker`, gunicorn's master); below that (2: a Celery worker, gunicorn's graceful timeout); a
@@ -344,6 +462,26 @@ class Settings(BaseSettings):
 
 
 _STOP_MARGIN_S = 4.0
+# Files in the data dir: the embedded farm's secret key, and the services `voicefarm up` moved to ports of their own.
+SECRET_KEY_FILE = "secret_key"
+ENDPOINTS_FILE = "endpoints.json"
+
+
+def recorded_endpoints(data_dir: Path) -> dict[str, tuple[str, str]]:
+    """The services `voicefarm up` moved in this data dir: setting name -> (the URL it moved from, the one it moved
+    to); empty when it moved nothing."""
+    path = data_dir / ENDPOINTS_FILE
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {
+        name: (str(pair[0]), str(pair[1]))
+        for name, pair in found.items()
+        if name in ("broker_url", "s3_endpoint_url") and isinstance(pair, list) and len(pair) == 2
+    }
 
 
 def embedded_postgres_socket_dir(data_dir: Path) -> Path:
@@ -396,13 +534,25 @@ class ClientSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore")
 
-    api_url: str = Field(default="", description="The farm's API; empty means the local farm (http://127.0.0.1:7860).")
+    api_url: str = Field(
+        default="", description="The farm's API; empty means the local farm, at VOICEFARM_HOST:VOICEFARM_PORT."
+    )
+    host: str = Field(default="127.0.0.1", description="The local farm's API address (as `./run.sh` uses it).")
+    port: int = Field(default=7860, description="The local farm's API port (as `./run.sh` uses it).")
     api_key: str = Field(default="", description="The API key; empty means the key file under the data dir.")
     data_dir: str = Field(default="", description="The local farm's data dir (its api_key, caches); empty: var.")
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir or "var")
+
+    @property
+    def url(self) -> str:
+        """VOICEFARM_API_URL, else the farm that `./run.sh` starts with the same VOICEFARM_HOST and _PORT."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     @classmethod
     def env_names(cls) -> set[str]:

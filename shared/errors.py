@@ -53,6 +53,13 @@ class Unauthorized(Permanent):
     status = 401
 
 
+class Forbidden(Permanent):
+    """The credentials are valid but do not reach this resource (a plain key on an operator endpoint)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(Permanent):
     code = "not_found"
     status = 404

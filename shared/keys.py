@@ -17,7 +17,7 @@ def new_key() -> str:
 
 
 def new_webhook_secret() -> str:
-    """A key's webhook signing secret; the farm keeps it to sign with, so it is stored as it is."""
+    """A key's webhook signing secret; the farm keeps it to sign with, stored encrypted (shared/secrets.py)."""
     return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 

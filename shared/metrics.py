@@ -2,30 +2,40 @@
 
 Nothing is counted in a process's memory, so any gunicorn worker answers a scrape with the same figures:
 * gauges are read at scrape time from their source of truth: jobs by status, kind and engine, failed jobs by
-  error code, live workers by engine, webhook deliveries by outcome (PostgreSQL), queue depth per queue (Redis);
+  error code, live workers by engine, webhook deliveries by outcome (PostgreSQL), queue depth per queue (Redis:
+  one pipelined LLEN per list of each known queue, never a scan of the keyspace);
+* messages a worker received for a job its database does not know (another farm's, on a shared broker) are
+  counted in Redis by the worker;
 * latency and real-time-factor histograms are observed once per finished job by the worker that finished it,
   into Redis hashes (one per histogram; fields `<engine>|<bucket>`, `<engine>|sum`, `<engine>|count`), which the
   collector turns into Prometheus histograms.
+A scrape's page is kept for `VOICEFARM_METRICS_CACHE_S` by each API process (`ScrapeCache`), so scrapes closer
+together than that cost the database and Redis nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import redis
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.engines import fleet
+from shared.engines import engine_names, fleet
 from shared.models import Job, WebhookDelivery
+from shared.queue import QA_QUEUE, WEBHOOK_QUEUE, engine_queue, queue_keys
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PREFIX = "voicefarm:metrics"
+UNKNOWN_JOBS_KEY = f"{PREFIX}:unknown_jobs"
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "queue_wait_seconds": ("time from submission to a worker starting the job", _SECONDS),
@@ -103,16 +113,24 @@ class FarmCollector(Collector):
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("voicefarm_queue_depth", "messages waiting in the broker", labels=["queue"])
-        totals: dict[str, int] = {}
-        # kombu keeps one Redis list per priority step: "<queue>" and "<queue>\x06\x16<step>".
-        for pattern in ("engine.*", "webhooks*", "qa*"):  # synthesis, webhook deliveries, the QA gate's checks
-            for key in self.redis.scan_iter(match=pattern, count=500):
-                name = key.decode(errors="replace").split("\x06\x16")[0]
-                if self.redis.type(key) == b"list":
-                    totals[name] = totals.get(name, 0) + int(self.redis.llen(key))  # type: ignore[arg-type]
-        for name, n in sorted(totals.items()):
-            depth.add_metric([name], n)
+        # Every queue the farm sends to: each engine's, webhook deliveries, the QA gate's checks. kombu keeps one
+        # Redis list per priority step of each (shared.queue.queue_keys): one pipelined LLEN per list.
+        names = [engine_queue(engine) for engine in engine_names()] + [WEBHOOK_QUEUE, QA_QUEUE]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            for key in queue_keys(name):
+                pipe.llen(key)
+        lengths = pipe.execute()
+        per_queue = len(queue_keys(""))
+        for i, name in enumerate(names):
+            depth.add_metric([name], sum(int(n) for n in lengths[i * per_queue : (i + 1) * per_queue]))
         yield depth
+        unknown = CounterMetricFamily(
+            "voicefarm_unknown_job_messages",
+            "messages workers received for a job this farm's database does not know (another farm on the broker?)",
+        )
+        unknown.add_metric([], float(self.redis.get(UNKNOWN_JOBS_KEY) or 0))  # type: ignore[arg-type]
+        yield unknown
 
     def _histograms(self) -> Iterator[Metric]:
         for name, (doc, buckets) in HISTOGRAMS.items():
@@ -137,3 +155,30 @@ class JobObserver:
             observe_job(self._redis, job)
         except redis.RedisError:
             log.warning("job %s: latency not observed (broker unavailable)", job.id)
+
+    def unknown_job(self) -> None:
+        """Count a message for a job this farm's database does not know."""
+        try:
+            self._redis.incr(UNKNOWN_JOBS_KEY)
+        except redis.RedisError:
+            log.warning("an unknown job's message not counted (broker unavailable)")
+
+
+class ScrapeCache:
+    """A page (or any answer) kept for `ttl_s` seconds in this process: the first caller within the TTL computes
+    it, the others wait for it and share it. Per process: gunicorn runs few workers, so a farm computes its figures
+    at most (processes) times per TTL."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self._clock = ttl_s, clock
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._expires = float("-inf")
+
+    def get(self, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if self._clock() >= self._expires:
+                value = compute()
+                self._value, self._expires = value, self._clock() + self.ttl_s
+            result: T = self._value
+            return result

@@ -101,6 +101,7 @@ class Batch(Base):
     # Set in the transaction that gives the last open line a final state (shared/jobs/settle.py); a re-render
     # clears it. Each time it is set `completions` counts up: the sequence number of the batch's final event,
     # `finished_event` (batch.completed or batch.canceled), which the webhook columns below track as for jobs.
+    # A review decision that leaves a finished batch no flagged line undecided counts it up too: batch.reviewed.
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     finished_event: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -185,6 +186,13 @@ class Job(Base):
     check_lapses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The stored object this job's result names, which a cache hit shares with the job that made it.
     object_key: Mapped[str | None] = mapped_column(String(512), default=None, index=True)
+    # A person's decision on a batch line the QA gate flagged (needs_review): "approved", "rejected" or NULL
+    # (none yet), with its note, the API key that made it and when. Written by shared/batches/review.py only; a
+    # re-render is a new row (take n+1), so a new take starts with no decision.
+    review: Mapped[str | None] = mapped_column(String(16), default=None)
+    review_note: Mapped[str | None] = mapped_column(Text, default=None)
+    reviewed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class WebhookDelivery(Base):
@@ -265,3 +273,13 @@ class LexiconEntry(Base):
     alphabet: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FarmIdentity(Base):
+    """The farm's identity (shared/farm.py) where neither VOICEFARM_FARM_ID nor a data dir names it: one row,
+    written by `voicefarm migrate`, so that every process of a farm on the same database claims the same id."""
+
+    __tablename__ = "farm_identity"
+
+    farm_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

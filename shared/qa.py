@@ -73,3 +73,44 @@ def thresholds(tenant: dict[str, Any] | None, job: dict[str, Any] | None) -> dic
 def check_tenant_settings(values: dict[str, Any]) -> dict[str, Any]:
     """Validate a tenant's thresholds as a request's are validated; raises pydantic's ValidationError."""
     return QaOptions.model_validate(values).overrides()
+
+
+# A take whose check kept losing its lease (shared/jobs/state.py `end_lapsed_checks`): kept unchecked, for review.
+CHECK_LAPSED = "check_lapsed"
+
+
+def lapsed_verdict(
+    take: dict[str, Any], takes: list[dict[str, Any]], lapses: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The result and take history of a job whose waiting take (`take`, the result the synthesis worker stored)
+    could not be checked: its check lost its lease `lapses` times. The take is kept, `result.qa` says
+    `needs_review` with `reason: check_lapsed`, in the shape worker/qa/step.py gives a line none of whose takes
+    passed, so the manifest, the review queue and the webhook treat both alike."""
+    details = take.get("qa_take") or {}
+    number = len(takes) + 1
+    record = {
+        "take": number,
+        "seed": details.get("seed"),
+        "speed": details.get("speed"),
+        "worker": details.get("worker"),
+        "stored_at": details.get("stored_at"),
+        "key": take.get("key"),
+        "passed": None,
+        "reason": CHECK_LAPSED,
+        "check_lapses": lapses,
+    }
+    history = [*takes, record]
+    summary = {
+        "passed": False,
+        "needs_review": True,
+        "reason": CHECK_LAPSED,
+        "check_lapses": lapses,
+        "takes": number,
+        "kept_take": number,
+        "checks": {},
+        "transcript": None,
+        "check_s": round(sum(float(t.get("check_s") or 0.0) for t in takes), 3),
+        "history": [{k: t.get(k) for k in ("take", "passed", "seed", "speed")} for t in history],
+    }
+    result = {k: v for k, v in take.items() if k != "qa_take"} | {"qa": summary}
+    return result, history

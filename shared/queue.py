@@ -6,6 +6,7 @@ This module imports no engine code: the producer sends tasks by name and never l
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,11 +72,11 @@ def queue_keys(queue: str) -> list[str]:
 
 
 def visibility_timeout_s(settings: Settings) -> int:
-    """Longer than the longest hard time limit a job can get, unless a test set it shorter."""
+    """Longer than the longest hard time limit a job or a QA check can get, unless a test set it shorter."""
     if settings.broker_visibility_timeout_s:
         return settings.broker_visibility_timeout_s
     longest = max(time_limits("clone", 0)[1], time_limits("synthesize", settings.max_text_chars)[1])
-    return int(longest) + 300
+    return int(max(longest, CheckLimits.from_settings(settings).longest()[1])) + 300
 
 
 def _restore_sweep(settings: Settings) -> dict[str, int]:
@@ -102,6 +103,41 @@ def time_limits(kind: str, text_chars: int) -> tuple[float, float]:
     return soft, soft + 60.0
 
 
+@dataclass(frozen=True)
+class CheckLimits:
+    """A QA check's time limits grow with the take it checks: soft `base_s + per_audio_s x duration`, capped at
+    `cap_s` (so that the broker's visibility timeout covers the longest), hard 30 s later."""
+
+    base_s: float = 120.0
+    per_audio_s: float = 4.0
+    cap_s: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckLimits:
+        return cls(
+            settings.qa_check_time_base_s,
+            settings.qa_check_time_per_audio_s,
+            max(settings.qa_check_time_base_s, time_limits("synthesize", settings.max_text_chars)[0]),
+        )
+
+    def for_take(self, duration_s: float) -> tuple[float, float]:
+        soft = min(self.cap_s, self.base_s + self.per_audio_s * max(0.0, duration_s))
+        return round(soft, 3), round(soft + 30.0, 3)
+
+    def longest(self) -> tuple[float, float]:
+        return self.cap_s, self.cap_s + 30.0
+
+
+def fair_priority(priority: int, ahead: int) -> int:
+    """The priority to send an interactive job at, given how many of its tenant's interactive jobs are queued or
+    running (`ahead`): one step lower per doubling (0 ahead: as asked; 1: -1; 2-3: -2; 4-7: -3; ...), never
+    below 1, so a tenant's burst goes behind other tenants' first jobs yet stays ahead of every batch line (0).
+    A job asked at 0 or 1 is sent as asked."""
+    if priority <= 1:
+        return priority
+    return max(1, priority - ahead.bit_length())
+
+
 def enqueue_job(app: Celery, job_id: str, kind: str, engine: str, priority: int, text_chars: int = 0) -> None:
     """Send a job's task; the job row must already be committed."""
     soft, hard = time_limits(kind, text_chars)
@@ -125,8 +161,12 @@ def try_enqueue(
     sessions: sessionmaker[Session] | None = None,
 ) -> bool:
     """Enqueue, but treat a broker outage as survivable: the row is committed, so the reconciler sends the task
-    once the broker is back. With `sessions`, a send that worked is recorded on the job (`sent_at`), which is how
-    the reconciler tells a job whose send failed from one the broker holds. Returns whether the send succeeded."""
+    once the broker is back. With `sessions`, the job is an interactive one sent at its fair priority
+    (`fair_priority`: lower the more of its tenant's jobs wait or run), and a send that worked is recorded on the
+    job (`sent_at`), which is how the reconciler tells a job whose send failed from one the broker holds. Returns
+    whether the send succeeded."""
+    if sessions is not None:
+        priority = send_priority(sessions, job_id, priority)
     try:
         enqueue_job(app, job_id, kind, engine, priority, text_chars)
     except Exception:  # kombu raises several connection error types; all mean "not sent"
@@ -141,6 +181,17 @@ def try_enqueue(
     return True
 
 
+def send_priority(sessions: sessionmaker[Session], job_id: str, priority: int) -> int:
+    """The fair priority of an interactive job's send now; as asked when the database cannot say (the send still
+    goes out: fairness is not worth a lost send)."""
+    try:
+        with sessions() as session:
+            return fair_priority(priority, jobs.interactive_ahead(session, job_id))
+    except Exception:
+        log.warning("could not count the jobs ahead of job %s; sending it at priority %d", job_id, priority)
+        return priority
+
+
 def enqueue_webhook(app: Celery, job_id: str) -> None:
     """Send a finished job's webhook delivery to the webhook workers."""
     app.send_task(WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)
@@ -151,6 +202,10 @@ def enqueue_batch_webhook(app: Celery, batch_id: str) -> None:
     app.send_task(BATCH_WEBHOOK_TASK, args=[batch_id], queue=WEBHOOK_QUEUE)
 
 
-def enqueue_check(app: Celery, job_id: str) -> None:
-    """Send a stored take's check to the QA workers."""
-    app.send_task(QA_TASK, args=[job_id], queue=QA_QUEUE)
+def enqueue_check(app: Celery, job_id: str, limits: tuple[float, float] | None = None) -> None:
+    """Send a stored take's check to the QA workers, with its own (soft, hard) time limits (`CheckLimits`:
+    they grow with the take); without them the task's defaults apply."""
+    if limits is None:
+        app.send_task(QA_TASK, args=[job_id], queue=QA_QUEUE)
+        return
+    app.send_task(QA_TASK, args=[job_id], queue=QA_QUEUE, soft_time_limit=limits[0], time_limit=limits[1])

@@ -90,6 +90,14 @@ class Storage:
             body: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             return body
 
+    def open(self, key: str, chunk_bytes: int = 256 * 1024) -> StoredObject:
+        """An object to stream: fetched chunk by chunk as it is read, never whole in memory. A missing object or
+        an unreachable storage raises here, before the first byte; the caller closes it (iterating to the end
+        does too)."""
+        with _unavailable_on_error():
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        return StoredObject(response["Body"], int(response.get("ContentLength") or 0), chunk_bytes)
+
     def exists(self, key: str) -> bool:
         with _unavailable_on_error():
             try:
@@ -125,6 +133,23 @@ class Storage:
     def ping(self) -> None:
         with _unavailable_on_error():
             self._client.head_bucket(Bucket=self.bucket)
+
+
+class StoredObject:
+    """An object's body as it streams from storage: iterate for its chunks, `length` is its size in bytes."""
+
+    def __init__(self, body: Any, length: int, chunk_bytes: int) -> None:
+        self._body, self.length, self._chunk = body, length, chunk_bytes
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            with _unavailable_on_error():
+                yield from self._body.iter_chunks(self._chunk)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._body.close()
 
 
 @contextmanager

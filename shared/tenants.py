@@ -1,13 +1,19 @@
-"""Tenants and their API keys: create, list, revoke. Only the key's digest is ever stored."""
+"""Tenants and their API keys: create, list, revoke; key roles; webhook secrets sealed at rest. Only the key's
+digest is ever stored."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
-from shared.keys import hash_key, key_label, new_key
+from shared.keys import hash_key, key_label, new_key, new_webhook_secret
 from shared.models import ApiKey, Tenant, utcnow
+from shared.secrets import SecretBox
+
+# A key's role: "plain" keys use the API; "operator" keys also read the operator endpoints (GET /metrics).
+PLAIN, OPERATOR = "plain", "operator"
+ROLES = (PLAIN, OPERATOR)
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
@@ -19,11 +25,19 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_key(session: Session, tenant_name: str, name: str = "") -> tuple[ApiKey, str]:
-    """Returns the row and the plaintext key, which is shown once and never stored."""
+def create_key(
+    session: Session, tenant_name: str, name: str = "", *, role: str = PLAIN, secrets: SecretBox | None = None
+) -> tuple[ApiKey, str]:
+    """Returns the row and the plaintext key, which is shown once and never stored. With `secrets` (the farm's
+    keys), the key's webhook signing secret is stored encrypted (`secrets.open(row.webhook_secret)` reads it);
+    without, as it is (tests; such rows keep working and `voicefarm keys reencrypt` encrypts them)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown key role {role!r}; known: {', '.join(ROLES)}")
     tenant = get_or_create_tenant(session, tenant_name)
     plaintext = new_key()
-    row = ApiKey(tenant_id=tenant.id, key_hash=hash_key(plaintext), label=key_label(plaintext), name=name)
+    row = ApiKey(tenant_id=tenant.id, key_hash=hash_key(plaintext), label=key_label(plaintext), name=name, role=role)
+    if secrets is not None:
+        row.webhook_secret = secrets.seal(new_webhook_secret())
     session.add(row)
     session.flush()
     return row, plaintext
@@ -44,5 +58,28 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
 
 
 def key_is_valid(session: Session, plaintext: str) -> bool:
+    return find_key(session, plaintext) is not None
+
+
+def find_key(session: Session, plaintext: str) -> ApiKey | None:
+    """The active key row of a plaintext key; None when unknown or revoked."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
-    return row is not None and row.revoked_at is None
+    return row if row is not None and row.revoked_at is None else None
+
+
+def reencrypt_secrets(session: Session, secrets: SecretBox, page: int = 500) -> int:
+    """Rewrite every stored webhook secret under the first key (plaintext ones encrypted); returns how many rows
+    changed. Page by page, so a large key table is never held in memory at once."""
+    changed, after = 0, ""
+    while True:
+        rows = session.execute(
+            select(ApiKey.id, ApiKey.webhook_secret).where(ApiKey.id > after).order_by(ApiKey.id).limit(page)
+        ).all()
+        for key_id, stored in rows:
+            resealed = secrets.reseal(stored)
+            if resealed != stored:
+                session.execute(update(ApiKey).where(ApiKey.id == key_id).values(webhook_secret=resealed))
+                changed += 1
+        if len(rows) < page:
+            return changed
+        after = rows[-1][0]

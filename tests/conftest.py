@@ -12,6 +12,7 @@ Services start lazily: a run that never asks for PostgreSQL never starts it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import os
@@ -28,6 +29,12 @@ import pytest
 from voicefarm.ops import services
 
 pytest_plugins = ["tests.support.fixtures"]
+
+# One farm for the whole session: every process the tests start (and every Settings they build) shares a farm id,
+# so the claims on the session's broker and buckets agree (shared/identity.py), and a secret key, which the API
+# wants (shared/secrets.py). Tests of other farms (tests/farm/test_two_farms.py, `voicefarm up`) drop both.
+os.environ.setdefault("VOICEFARM_FARM_ID", "farm-tests-" + uuid.uuid4().hex[:8])
+os.environ.setdefault("VOICEFARM_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ import sys
 from voicefarm.client import commands as client_commands
 from voicefarm.ops import commands as farm_commands
 from voicefarm.ops import keys as key_commands
+from voicefarm.ops import tenants as tenant_commands
 from voicefarm.ops import upkeep as upkeep_commands
 
 # Each family of commands registers its parsers and handlers, in this order (the order of `voicefarm --help`):
-# the farm's processes; looking after it (qa-thresholds, doctor, reconcile); API keys; the API's clients.
-FAMILIES = (farm_commands, upkeep_commands, key_commands, client_commands)
+# the farm's processes; looking after it (qa-thresholds, doctor, reconcile); API keys; tenants' entitlements; the
+# API's clients.
+FAMILIES = (farm_commands, upkeep_commands, key_commands, tenant_commands, client_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared import logs, voices
@@ -24,6 +25,8 @@ from shared.models import Job
 from worker.context import AttemptOver, WorkerContext
 
 log = logging.getLogger(__name__)
+# The outcome of a message whose job id this farm's database does not know.
+UNKNOWN = "unknown_job"
 Work = Callable[[WorkerContext, Job, jobs.Attempt], str]
 
 
@@ -45,6 +48,15 @@ def run_job(ctx: WorkerContext, job_id: str, work: Work) -> str:
     except DBAPIError as exc:
         raise Unavailable("the job database is unavailable") from exc
     if claimed is None:
+        if not _known(ctx, job_id):
+            # Acked all the same (the job is not ours to run), but never silently: a farm sharing this broker
+            # loses the message, and its reconciler sends it again (shared/reconcile.py).
+            log.warning(
+                "job %s is not in this farm's database: a message of another farm sharing this broker? Give each "
+                "farm a broker of its own (BROKER_URL); see shared/identity.py",
+                job_id,
+            )
+            return UNKNOWN
         log.info("job %s is finished or held by a live attempt; nothing to do", job_id)
         return "skipped"
     job, attempt = claimed
@@ -52,6 +64,15 @@ def run_job(ctx: WorkerContext, job_id: str, work: Work) -> str:
         outcome = _run(ctx, job, attempt, work)
         log.info("%s job %s: %s", job.kind, job_id, outcome)
         return outcome
+
+
+def _known(ctx: WorkerContext, job_id: str) -> bool:
+    """Whether the job is in this farm's database (an outage counts as known: it was a skip, not a stranger)."""
+    try:
+        with ctx.sessions() as session:
+            return session.scalar(select(Job.id).where(Job.id == job_id)) is not None
+    except DBAPIError:
+        return True
 
 
 def _run(ctx: WorkerContext, job: Job, attempt: jobs.Attempt, work: Work) -> str:

@@ -22,7 +22,8 @@ from shared.errors import Transient
 from shared.jobs import state as jobs
 from shared.metrics import JobObserver
 from shared.models import Job
-from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, enqueue_check, make_celery
+from shared.queue import CLONE_TASK, SYNTHESIZE_TASK, CheckLimits, enqueue_check, make_celery
+from worker.attempts import UNKNOWN
 from worker.cloning import run_clone
 from worker.context import WorkerContext
 from worker.niceness import run_below_the_api
@@ -86,6 +87,8 @@ def create_worker_app() -> Celery:
         def task(self: Task, job_id: str) -> str:
             with logs.log_context(job_id=job_id):  # the claim adds the tenant and batch (worker/attempts.py)
                 outcome = fn(context(), job_id)
+            if outcome == UNKNOWN:
+                observer.unknown_job()  # /metrics: voicefarm_unknown_job_messages_total
             context().crash_point("before_ack")
             return outcome
 
@@ -95,12 +98,13 @@ def create_worker_app() -> Celery:
 
 
 def _send_check(app: Celery, ctx: WorkerContext, job_id: str) -> None:
-    """A take waits for the QA pool: send its check, and for a batch line let the scheduler send the next line
-    now, so the engine does not idle while the take is checked."""
-    enqueue_check(app, job_id)
+    """A take waits for the QA pool: send its check, with time limits for the take's duration, and for a batch
+    line let the scheduler send the next line now, so the engine does not idle while the take is checked."""
     with ctx.sessions() as session:
         job = session.get(Job, job_id)
         batch_line = job is not None and job.batch_id is not None
+        duration_s = float(((job.result or {}) if job is not None else {}).get("duration_s") or 0.0)
+    enqueue_check(app, job_id, CheckLimits.from_settings(ctx.settings).for_take(duration_s))
     if batch_line:
         scheduler.safe_top_up(ctx.sessions, app, ctx.settings.batch_window_per_worker, ctx.settings.worker_live_s)
 

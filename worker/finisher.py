@@ -36,6 +36,7 @@ from shared.config import Settings
 from shared.db import transaction
 from shared.engines import fleet
 from shared.errors import Permanent, Transient, Unavailable
+from shared.jobs import objects
 from shared.jobs import state as jobs
 from shared.storage import Storage
 
@@ -189,10 +190,9 @@ class Finisher:
         return "failed"
 
     def _drop_other_attempts(self, p: Pending) -> None:
-        # Earlier attempts that died after their upload left an object that no result names.
-        for key in self.ctx.storage.list_keys(job_prefix(p.tenant_id, p.attempt.job_id)):
-            if key != p.key:
-                self.ctx.storage.delete(key)
+        # Earlier attempts that died after their upload left an object that no result names (and no job: checked).
+        others = [k for k in self.ctx.storage.list_keys(job_prefix(p.tenant_id, p.attempt.job_id)) if k != p.key]
+        objects.delete_unreferenced(self.ctx.sessions, self.ctx.storage, others)
 
     def _best_effort(self, fn: Any, what: str) -> None:
         try:

@@ -4,24 +4,26 @@ zip of the audio, cancel, re-render one line, and list the attempts at the batch
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.orm import Session
 from zipstream import ZIP_STORED, ZipStream
 
 from producer.auth import authenticate
+from producer.intake import job_body_bytes
 from producer.resources import Farm, farm
-from shared import voices
+from shared import jsonbody, voices
 from shared.audio import subtitles
 from shared.batches import lines as batch_lines
+from shared.batches import reader as batch_reader
 from shared.batches import service as batches
 from shared.batches.lines import DEFAULT_FIELDS, EngineInfo, Line
 from shared.batches.scheduler import safe_top_up
 from shared.batches.service import manifest_csv, manifest_rows
+from shared.config import Settings
 from shared.engines import Capabilities
 from shared.errors import BadRequest, PayloadTooLarge, VoicefarmError
 from shared.jobs.idempotency import request_hash
@@ -43,15 +45,12 @@ def submit() -> tuple[Response, int]:
     resources = farm()
     settings = resources.settings
     key = _idempotency_key()
-    if request.content_length is not None and request.content_length > settings.max_batch_bytes:
-        raise PayloadTooLarge(
-            f"the batch is {request.content_length} bytes; the limit is max_batch_bytes={settings.max_batch_bytes}",
-            code="batch_body_too_large",
-        )
-    request.max_content_length = settings.max_batch_bytes
-    with resources.sessions() as session, session.begin():
+    # A body over max_batch_bytes was refused unread (producer/intake.py, 413 batch_body_too_large). The key is
+    # known before a byte of the body is read, and the body is read outside any transaction.
+    with resources.sessions() as session:
         tenant_id = authenticate(session)
-        rows, defaults, meta = _read_body(settings.max_batch_lines)
+    rows, defaults, meta = _read_body(settings)
+    with resources.sessions() as session, session.begin():
         lines = batch_lines.validate(
             rows,
             defaults,
@@ -110,30 +109,30 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _read_body(max_lines: int) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """(rows, defaults, {name, webhook_url}) from JSON, a multipart upload, or a raw CSV/JSONL body."""
+def _read_body(settings: Settings) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(rows, defaults, {name, webhook_url}) from JSON, a multipart upload, or a raw CSV/JSONL body, each read as
+    a stream and refused (413 batch_too_large) at line max_batch_lines + 1 (shared/batches/reader.py)."""
     mimetype = request.mimetype
+    max_lines, line_chars = settings.max_batch_lines, job_body_bytes(settings)
     if mimetype == "application/json":
-        payload = request.get_json(silent=True)
-        if not isinstance(payload, dict) or not isinstance(payload.get("lines"), list):
-            raise BadRequest('the body must be a JSON object with a "lines" array', code="invalid_json")
-        unknown = sorted(set(payload) - {"lines", "defaults", "name", "webhook_url"})
+        rows, payload = batch_reader.read_json(request.stream, max_lines, line_chars)
+        unknown = sorted(set(payload) - {"defaults", "name", "webhook_url"})
         if unknown:
             raise BadRequest(f"unknown fields: {', '.join(unknown)}", code="invalid_request")
-        rows, meta = payload["lines"], {"name": payload.get("name"), "webhook_url": payload.get("webhook_url")}
+        meta = {"name": payload.get("name"), "webhook_url": payload.get("webhook_url")}
         defaults = batch_lines.check_defaults(payload.get("defaults"))
     elif mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None:
             raise BadRequest("send the lines as multipart field 'file' (CSV or JSONL)", code="missing_file")
         name = (upload.filename or "").lower()
-        rows = _parse(upload.read(), "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv")
+        rows = _parse(upload.stream, "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv", settings)
         form = request.form
         defaults = _form_defaults(form.get("defaults"))
         defaults |= batch_lines.check_defaults({k: form[k] for k in DEFAULT_FIELDS if form.get(k)})
         meta = {"name": form.get("name"), "webhook_url": form.get("webhook_url")}
     elif mimetype in ("text/csv", "application/jsonl", "application/x-ndjson", "application/x-jsonlines"):
-        rows = _parse(request.get_data(), "csv" if mimetype == "text/csv" else "jsonl")
+        rows = _parse(request.stream, "csv" if mimetype == "text/csv" else "jsonl", settings)
         defaults = batch_lines.check_defaults({k: v for k in DEFAULT_FIELDS if (v := request.args.get(k))})
         meta = {"name": request.args.get("name"), "webhook_url": request.args.get("webhook_url")}
     else:
@@ -151,8 +150,9 @@ def _read_body(max_lines: int) -> tuple[list[Any], dict[str, Any], dict[str, Any
     return rows, defaults, meta
 
 
-def _parse(data: bytes, kind: str) -> list[dict[str, Any]]:
-    rows, problems = batch_lines.parse_jsonl(data) if kind == "jsonl" else batch_lines.parse_csv(data)
+def _parse(stream: IO[bytes], kind: str, settings: Settings) -> list[dict[str, Any]]:
+    read = batch_reader.read_jsonl if kind == "jsonl" else batch_reader.read_csv
+    rows, problems = read(stream, settings.max_batch_lines, job_body_bytes(settings))
     if problems:
         raise batch_lines.InvalidLines(f"the {kind.upper()} file cannot be read", details={"lines": problems})
     return rows
@@ -162,7 +162,7 @@ def _form_defaults(raw: str | None) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
+        value = jsonbody.loads(raw)
     except ValueError:
         raise BadRequest("defaults must be a JSON object", code="invalid_defaults") from None
     return batch_lines.check_defaults(value)
@@ -266,7 +266,8 @@ def manifest(batch_id: str) -> Response:
 @bp.get("/<batch_id>/archive")
 def archive(batch_id: str) -> Response:
     """A zip streamed as it is built: one object is fetched at a time, nothing is assembled in memory or on disk.
-    Audio is stored uncompressed (it does not compress); the manifest names each file."""
+    Audio is stored uncompressed (it does not compress); the manifest names each file, each name unique in the
+    zip whatever the line ids (shared/batches/service.py `file_stems`)."""
     resources = farm()
     with resources.sessions() as session:
         batch = batches.get_batch(session, authenticate(session), batch_id)
@@ -299,7 +300,8 @@ def archive(batch_id: str) -> Response:
 
 
 def _object(storage: Storage, key: str) -> Iterator[bytes]:
-    yield storage.get(key)  # fetched only when the zip reaches this file
+    # Opened only when the zip reaches this file, and streamed through chunk by chunk.
+    yield from storage.open(key)
 
 
 @bp.post("/<batch_id>/lines/<line_id>")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import func, select, text
 
 from producer.resources import farm
 from shared.engines import fleet
 from shared.jobs import state as jobs
+from shared.metrics import ScrapeCache
 from shared.models import Job, utcnow
 
 bp = Blueprint("health", __name__)
@@ -24,6 +26,15 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    """Cheap to call often: each process answers from its last check for `VOICEFARM_METRICS_CACHE_S`."""
+    cache: ScrapeCache | None = current_app.extensions.get("voicefarm.readyz_cache")
+    if cache is None:
+        cache = current_app.extensions["voicefarm.readyz_cache"] = ScrapeCache(farm().settings.metrics_cache_s)
+    body, status = cache.get(_readiness)
+    return jsonify(body), status
+
+
+def _readiness() -> tuple[dict[str, Any], int]:
     resources = farm()
     checks: dict[str, str] = {}
 
@@ -77,4 +88,4 @@ def readyz() -> tuple[Response, int]:
             "is `voicefarm qa-worker` running, and are there enough of them?"
         )
     body = {"status": "ready" if ready else "unavailable", "checks": checks, "warnings": warnings}
-    return jsonify(body), 200 if ready else 503
+    return body, 200 if ready else 503

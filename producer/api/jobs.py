@@ -13,10 +13,10 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import voices
+from shared import admission, voices
 from shared.audio import subtitles
 from shared.audio.codecs import CONTENT_TYPES, EXTENSIONS
-from shared.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from shared.errors import BadRequest, Conflict, NotFound
 from shared.jobs import dedup
 from shared.jobs import state as jobs
 from shared.jobs.idempotency import request_hash
@@ -24,7 +24,7 @@ from shared.jobs.views import job_view
 from shared.models import Job
 from shared.pages import id_cursor, page_limit
 from shared.queue import enqueue_webhook, try_enqueue
-from shared.schemas import MAX_JSON_BYTES_PER_CHAR, JobRequest, check_text_length
+from shared.schemas import JobRequest, check_text_length
 from shared.text import lexicon
 from shared.text.language import detect_language
 from shared.webhooks.targets import check_webhook_url
@@ -32,8 +32,6 @@ from shared.webhooks.targets import check_webhook_url
 log = logging.getLogger(__name__)
 SUBTITLE_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-# Room in a job body for everything but the text (voice, instruct, webhook URL, options), escaped at worst.
-_BODY_OVERHEAD_BYTES = 64 * 1024
 
 
 @bp.post("")
@@ -45,26 +43,25 @@ def submit() -> tuple[Response, int]:
             "Idempotency-Key must be at most 200 printable ASCII characters", code="invalid_idempotency_key"
         )
     max_chars = resources.settings.max_text_chars
-    # A body that cannot hold a text within the limit is refused before it is read, let alone parsed.
-    max_body = max_chars * MAX_JSON_BYTES_PER_CHAR + _BODY_OVERHEAD_BYTES
-    if request.content_length is not None and request.content_length > max_body:
-        raise PayloadTooLarge(
-            f"the body is {request.content_length} bytes; a job body is at most {max_body}", code="body_too_large"
-        )
-    request.max_content_length = max_body
-    with resources.sessions() as session, session.begin():
+    # A body that cannot hold a text within the limit was refused unread (producer/intake.py, 413 body_too_large);
+    # this one is read only once its key is known, and outside any transaction.
+    with resources.sessions() as session:
         tenant_id = authenticate(session)
-        payload = request.get_json(silent=True)
-        if not isinstance(payload, dict):
-            raise BadRequest("the body must be a JSON object", code="invalid_json")
-        # Length first: validation, control-character scans and language detection all walk the text.
-        check_text_length(payload, max_chars)
-        req = JobRequest.model_validate(payload)
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    # Length first: validation, control-character scans and language detection all walk the text.
+    check_text_length(payload, max_chars)
+    req = JobRequest.model_validate(payload)
+    with resources.sessions() as session, session.begin():
+        admission.check_priority(session, tenant_id, req.priority)  # above 5 only for an entitled tenant
         fields = _job_fields(resources, session, tenant_id, req)
         fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
         # A reused key is compared by the whole request as validated, defaults filled in.
         digest = request_hash("synthesize", req.model_dump(mode="json")) if key else None
         if key is None or not jobs.idempotent_match(session, tenant_id, key):
+            # Under the tenant's admission lock until the commit: counted and inserted atomically (a job the cache
+            # answers counts too).
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
         job, created = jobs.create_job(
             session, tenant_id=tenant_id, idempotency_key=key, request_hash=digest, api_key_id=g.api_key_id, **fields
@@ -172,14 +169,21 @@ def subtitles_file(job_id: str) -> Response:
 
 @bp.get("/<job_id>/audio")
 def audio(job_id: str) -> Response | WerkzeugResponse:
+    """The job's audio streamed from storage as it is read (never whole in the API's memory), or with
+    `redirect=1` a redirect to a presigned URL. A job answered from the cache streams the object it shares."""
     resources = farm()
     job = _finished_audio_job(job_id)
     assert job.result is not None
     key = job.result["key"]
     if request.args.get("redirect") in ("1", "true"):
         return redirect(resources.storage.presigned_url(key, resources.settings.presign_expiry_s))
-    data = resources.storage.get(key)
-    response = Response(data, mimetype=CONTENT_TYPES.get(job.format, "application/octet-stream"))
+    stored = resources.storage.open(key)
+    response = Response(
+        iter(stored), mimetype=CONTENT_TYPES.get(job.format, "application/octet-stream"), direct_passthrough=True
+    )
+    response.call_on_close(stored.close)
+    if stored.length:
+        response.content_length = stored.length
     response.headers["Content-Disposition"] = (
         f'attachment; filename="{job.id}.{EXTENSIONS.get(job.format, job.format)}"'
     )

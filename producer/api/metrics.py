@@ -1,12 +1,15 @@
-"""`GET /metrics`: the farm's Prometheus metrics (shared/metrics.py), the same from every API process."""
+"""`GET /metrics`: the farm's Prometheus metrics (shared/metrics.py), the same from every API process. For
+operators only (an operator key, or `VOICEFARM_METRICS_TOKEN`); each process keeps a page for
+`VOICEFARM_METRICS_CACHE_S`."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from producer.auth import authorize_operator
 from producer.resources import farm
-from shared.metrics import FarmCollector
+from shared.metrics import FarmCollector, ScrapeCache
 
 bp = Blueprint("metrics", __name__)
 
@@ -21,6 +24,17 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
+def _cache() -> ScrapeCache:
+    cache: ScrapeCache | None = current_app.extensions.get("voicefarm.metrics_cache")
+    if cache is None:
+        cache = ScrapeCache(farm().settings.metrics_cache_s)
+        current_app.extensions["voicefarm.metrics_cache"] = cache
+    return cache
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    resources = farm()
+    authorize_operator(resources.sessions, resources.settings.metrics_token)
+    page = _cache().get(lambda: generate_latest(_registry()))
+    return Response(page, mimetype=CONTENT_TYPE_LATEST)

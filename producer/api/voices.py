@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.orm import Session
 
 from producer.auth import authenticate
+from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import voices
+from shared import admission, voices
 from shared.audio.reference import inspect_upload
 from shared.db import transaction
-from shared.errors import BadRequest
+from shared.errors import BadRequest, VoicefarmError
 from shared.jobs import state as jobs
 from shared.jobs.views import iso
-from shared.models import Voice, new_id
+from shared.models import Job, Voice, new_id
 from shared.queue import try_enqueue
 from shared.schemas import clean_text
 
@@ -26,8 +28,11 @@ MAX_NAME_CHARS = 200
 @bp.post("")
 def create() -> tuple[Response, int]:
     resources = farm()
+    settings = resources.settings
     with resources.sessions() as session:
         tenant_id = authenticate(session)
+        # Early, before anything is read or stored; counted again under the tenant's lock below.
+        admission.check_voice_count(session, tenant_id, settings.max_voices_per_tenant)
     upload = request.files.get("audio")
     if upload is None:
         raise BadRequest("send the reference clip as multipart field 'audio'", code="missing_audio")
@@ -60,33 +65,59 @@ def create() -> tuple[Response, int]:
     resources.storage.put(voices.upload_key(tenant_id, voice_id), data)
     if second_data is not None:
         resources.storage.put(voices.second_clip_key(tenant_id, voice_id), second_data)
-    with transaction(resources.sessions) as session:
-        voice = Voice(
-            id=voice_id,
-            tenant_id=tenant_id,
-            name=name,
-            engine=caps.name,
-            language=language,
-            transcript=transcript,
-            upload_key=voices.upload_key(tenant_id, voice_id),
-            duration_s=round(clip.duration_s, 3),
-            details={"second_clip_s": second_s} if second_s is not None else None,
-        )
-        session.add(voice)
-        job, _ = jobs.create_job(
-            session,
-            tenant_id=tenant_id,
-            idempotency_key=None,
-            kind="clone",
-            engine=caps.name,
-            text=transcript or "",
-            voice=voice_id,
-            mode="clone",
-            language=language or "",
-            priority=7,
-        )
+    try:
+        with transaction(resources.sessions) as session:
+            # The clone job counts against the queue depth like any single job, and the voice against the cap,
+            # both under the tenant's admission lock (taken by check_queue_depth) until the commit.
+            check_queue_depth(session, tenant_id, settings.max_queued_per_tenant)
+            admission.lock_tenant(session, tenant_id)
+            admission.check_voice_count(session, tenant_id, settings.max_voices_per_tenant)
+            voice, job = _insert(session, tenant_id, voice_id, caps.name, name, language, transcript, clip, second_s)
+    except VoicefarmError:
+        for key in resources.storage.list_keys(voices.voice_prefix(tenant_id, voice_id)):
+            resources.storage.delete(key)  # refused: the clip stored above belongs to no voice
+        raise
     try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority, sessions=resources.sessions)
     return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
+
+
+def _insert(
+    session: Session,
+    tenant_id: str,
+    voice_id: str,
+    engine: str,
+    name: str,
+    language: str | None,
+    transcript: str | None,
+    clip: Any,
+    second_s: float | None,
+) -> tuple[Voice, Job]:
+    """The voice's row and its clone job's."""
+    voice = Voice(
+        id=voice_id,
+        tenant_id=tenant_id,
+        name=name,
+        engine=engine,
+        language=language,
+        transcript=transcript,
+        upload_key=voices.upload_key(tenant_id, voice_id),
+        duration_s=round(clip.duration_s, 3),
+        details={"second_clip_s": second_s} if second_s is not None else None,
+    )
+    session.add(voice)
+    job, _ = jobs.create_job(
+        session,
+        tenant_id=tenant_id,
+        idempotency_key=None,
+        kind="clone",
+        engine=engine,
+        text=transcript or "",
+        voice=voice_id,
+        mode="clone",
+        language=language or "",
+        priority=7,
+    )
+    return voice, job
 
 
 def _second_clip_seconds(data: bytes) -> float:

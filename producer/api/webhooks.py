@@ -11,6 +11,7 @@ from shared.jobs import state as jobs
 from shared.jobs.views import delivery_view
 from shared.keys import new_webhook_secret
 from shared.models import ApiKey, Job
+from shared.secrets import SecretBox
 from shared.webhooks import deliveries
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
@@ -30,7 +31,8 @@ def secret() -> Response:
     """The calling key's signing secret: it signs the webhooks of every job this key submits."""
     with farm().sessions() as session:
         authenticate(session)
-        value = session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == g.api_key_id))
+        stored = session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == g.api_key_id))
+    value = SecretBox.from_settings(farm().settings).open(stored) if stored else stored  # stored encrypted
     return jsonify({"key_id": g.api_key_id, "secret": value, **SIGNING})
 
 
@@ -38,9 +40,10 @@ def secret() -> Response:
 def rotate() -> Response:
     """A new signing secret for the calling key; attempts from now on are signed with it."""
     value = new_webhook_secret()
+    sealed = SecretBox.from_settings(farm().settings).seal(value)  # stored encrypted (shared/secrets.py)
     with farm().sessions() as session, session.begin():
         authenticate(session)
-        session.execute(update(ApiKey).where(ApiKey.id == g.api_key_id).values(webhook_secret=value))
+        session.execute(update(ApiKey).where(ApiKey.id == g.api_key_id).values(webhook_secret=sealed))
     return jsonify({"key_id": g.api_key_id, "secret": value, **SIGNING})
 
 

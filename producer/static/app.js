@@ -164,7 +164,8 @@ $("clone").addEventListener("click", async () => {
 
 // --- speaking -------------------------------------------------------------------------------------------------
 $("speak").addEventListener("click", async () => {
-  const body = { text: $("text").value, format: $("format").value, priority: 9 };
+  // The default priority (5): single jobs go ahead of batch lines anyway, and more is an entitlement of the tenant.
+  const body = { text: $("text").value, format: $("format").value };
   if ($("voice").value) body.voice = $("voice").value;
   if (mode === "instruct") {
     const instruct = $("instruct-text").value.trim() || $("instruction").value;
@@ -214,7 +215,19 @@ async function refreshLists() {
     }
     if (!$("panel-batches").hidden) {
       const page = await api("/v1/batches?limit=20");
-      $("batches").replaceChildren(...page.batches.map((b) => cells([b.id, b.name, b.status, b.lines, `${Math.round(b.progress * 100)}%`])));
+      $("batches").replaceChildren(...page.batches.map((b) => {
+        const row = cells([b.id, b.name, b.status, b.lines, `${Math.round(b.progress * 100)}%`]);
+        // The lines the QA gate flagged: their review page (templates/review.html).
+        const flagged = b.reviews?.flagged || 0;
+        const link = Object.assign(document.createElement("a"), {
+          href: `/batches/${b.id}/review`,
+          textContent: flagged ? `${b.pending_reviews} of ${flagged} to review` : "review",
+        });
+        const cell = document.createElement("td");
+        cell.append(link);
+        row.append(cell);
+        return row;
+      }));
     }
   } catch (err) {
     /* shown next time something is submitted */

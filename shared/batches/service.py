@@ -13,8 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,25 +21,26 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import pages
+from shared import admission, pages
 from shared.audio.codecs import EXTENSIONS
+from shared.batches import review
 from shared.batches.lines import Line
 from shared.config import Settings
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.jobs import dedup
 from shared.jobs import settle as batch_state
 from shared.jobs import state as jobs
-from shared.jobs.views import iso
+from shared.jobs.views import iso, webhook_view
 from shared.models import Batch, Job, new_id, utcnow
 from shared.queue import BATCH_PRIORITY
 from shared.storage import Storage
 from shared.text import lexicon
 
-COPY_THREADS = 8
+LOOKUP_THREADS = 8
 CHUNK = 500
 MANIFEST_COLUMNS = (
     "line_id", "job_id", "take", "status", "file", "url", "format", "duration_s", "sha256", "attempts", "cached",
-    "error_code", "error_message", "qa", "qa_takes",
+    "error_code", "error_message", "qa", "qa_takes", "review",
 )  # fmt: skip
 
 
@@ -106,14 +106,23 @@ def create_batch(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> tuple[Batch, bool]:
-    """Create a batch and its lines; with a used idempotency key, the batch it made (409 for another request)."""
+    """Create a batch and its lines; with a used idempotency key, the batch it made (409 for another request).
+    The lines' rows (lexicon snapshots, dedup keys) and their cache answers are worked out first; then, under the
+    tenant's admission lock (shared/admission.py), the backlog is counted, every line included (those the cache
+    answers too), and the batch inserted: concurrent batches of a tenant never overshoot its backlog."""
     if idempotency_key:
         existing = _by_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _same_request(existing, request_hash), False
+    new_batch_id = new_id()
+    rows = line_rows(session, settings, tenant_id, api_key_id, new_batch_id, lines)
+    cached = answer_from_cache(session, storage, tenant_id, rows) if settings.dedup_cache else {}
+    admission.lock_tenant(session, tenant_id)
+    if idempotency_key and (existing := _by_key(session, tenant_id, idempotency_key)) is not None:
+        return _same_request(existing, request_hash), False  # a concurrent request with the key committed first
     check_backlog(session, tenant_id, len(lines), settings.max_queued_batch_lines_per_tenant)
     values = {
-        "id": new_id(),
+        "id": new_batch_id,
         "tenant_id": tenant_id,
         "api_key_id": api_key_id,
         "status": "active",
@@ -133,8 +142,6 @@ def create_batch(
                 "a request with this Idempotency-Key is in progress; retry it", code="idempotency_key_in_use"
             )
         return _same_request(existing, request_hash), False
-    rows = line_rows(session, settings, tenant_id, api_key_id, batch_id, lines)
-    cached = answer_from_cache(session, storage, tenant_id, rows) if settings.dedup_cache else {}
     for start in range(0, len(rows), CHUNK * 4):
         jobs.create_lines(session, rows[start : start + CHUNK * 4], cached)
     batch = session.get(Batch, batch_id)
@@ -165,6 +172,7 @@ def line_rows(
     lines = list(lines)
     lexicon.attach(session, tenant_id, (line.fields for line in lines))  # snapshot: part of each line's dedup key
     profiles = dedup.profile_keys(session, tenant_id, {str(line.fields["voice"]) for line in lines})
+    tenant_qa = dedup.tenant_thresholds(session, tenant_id)  # a gated line's verdict depends on them
     return [
         {
             **line.fields,
@@ -177,7 +185,7 @@ def line_rows(
             "take": take,
             "request": line.request,
             "priority": priority,
-            "cache_key": dedup.cache_key(settings, line.fields, profiles[str(line.fields["voice"])]),
+            "cache_key": dedup.cache_key(settings, line.fields, profiles[str(line.fields["voice"])], tenant_qa),
         }
         for line in lines
     ]
@@ -186,7 +194,8 @@ def line_rows(
 def answer_from_cache(
     session: Session, storage: Storage, tenant_id: str, rows: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Results for the rows whose audio is stored already (copied to each row's own key), by row id."""
+    """Results for the rows whose audio is stored already, by row id: each names its source's object, shared,
+    not copied (one HEAD request per distinct object checks that it is there)."""
     keys = {str(row["cache_key"]) for row in rows}
     found: dict[str, Job] = {}
     ordered = sorted(keys)
@@ -195,9 +204,8 @@ def answer_from_cache(
     hits = [(row, found[row["cache_key"]]) for row in rows if row["cache_key"] in found]
     if not hits:
         return {}
-    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
-        results = pool.map(lambda hit: dedup.copy_result(storage, hit[1], hit[0]["id"], tenant_id), hits)
-        return {row["id"]: result for (row, _), result in zip(hits, results, strict=True) if result is not None}
+    present = dedup.stored(storage, {source.id: source for _, source in hits}.values(), LOOKUP_THREADS)
+    return {row["id"]: dedup.shared_result(source) for row, source in hits if source.id in present}
 
 
 @dataclass
@@ -206,6 +214,8 @@ class Progress:
     audio_s: float
     first_started: datetime | None
     last_finished: datetime | None
+    # Flagged lines (the QA gate's needs_review) and the decisions on them (shared/batches/review.py).
+    reviews: review.Counts = field(default_factory=review.Counts)
 
     @property
     def total(self) -> int:
@@ -244,6 +254,8 @@ def progress(session: Session, batch_ids: list[str]) -> dict[str, Progress]:
         if finished is not None and status != "canceled":
             finished = _aware(finished)
             p.last_finished = finished if p.last_finished is None else max(p.last_finished, finished)
+    for batch_id, reviews in review.counts(session, batch_ids).items():
+        found[batch_id].reviews = reviews
     return found
 
 
@@ -285,6 +297,9 @@ def rerender(
     """A new take of one line (sent at interactive priority by the caller); the old take is retired."""
     if batch.status == "canceled":
         raise Conflict(f"batch {batch.id} is canceled", code="batch_canceled")
+    # A new take is a new queued line: it counts against the backlog like a batch's lines, atomically.
+    admission.lock_tenant(session, batch.tenant_id)
+    check_backlog(session, batch.tenant_id, 1, settings.max_queued_batch_lines_per_tenant)
     if not jobs.replace_line(session, old.id, old.take):
         raise Conflict(f"line {line.id!r} is being re-rendered by another request; retry", code="line_busy")
     # Open again until the new take is final; one answered from the cache finishes it again at once.
@@ -319,6 +334,9 @@ def view(batch: Batch, p: Progress) -> dict[str, Any]:
         "done": remaining == 0,
         "lines": total,
         "counts": p.counts,
+        # Lines the QA gate flagged that wait for a person's decision (GET /v1/batches/{id}/review).
+        "pending_reviews": p.reviews.pending,
+        "reviews": p.reviews.view(),
         "progress": round(done / total, 4) if total else 1.0,
         "audio_seconds": round(p.audio_s, 3),
         "lines_per_second": round(rate, 4) if rate else None,
@@ -330,13 +348,7 @@ def view(batch: Batch, p: Progress) -> dict[str, Any]:
         "finished_at": iso(batch.finished_at),
     }
     if batch.webhook_url:
-        shown["webhook"] = {
-            "event": batch.finished_event,
-            "attempts": batch.webhook_attempts,
-            "delivered_at": iso(batch.webhook_delivered_at),
-            "error": batch.webhook_error,
-            "gave_up_at": iso(batch.webhook_gave_up_at),
-        }
+        shown["webhook"] = {"event": batch.finished_event, **webhook_view(batch)}
     return shown
 
 
@@ -344,8 +356,36 @@ def extension(fmt: str) -> str:
     return EXTENSIONS.get(fmt, fmt)
 
 
+# File name stems a line may not have in a batch's manifest and archive: the archive's own files (`batch.<srt|vtt>`,
+# `manifest.csv`) and names Windows will not extract.
+RESERVED_STEMS = frozenset(
+    {"batch", "manifest", "con", "prn", "aux", "nul"} | {f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10)}
+)
+
+
+def file_stems(lines: list[Job]) -> dict[str, str]:
+    """Each line's file name stem (by job id), unique in its archive whatever the line ids: the line id itself,
+    unless it is hidden or `.`/`..` (leading dots dropped, `line` if nothing is left), reserved (RESERVED_STEMS),
+    or the same as an earlier line's but for case (archives are unpacked on case-insensitive file systems too);
+    those get `~N` added, the first N free. A line id cannot hold `~`, so such a name never meets a line's own."""
+    taken: set[str] = set()
+    stems: dict[str, str] = {}
+    for job in lines:
+        stem = str(job.line_id or job.id)
+        if stem.startswith(".") or stem.casefold() in RESERVED_STEMS or stem.casefold() in taken:
+            base = stem.lstrip(".") or "line"
+            number = 1
+            while f"{base}~{number}".casefold() in taken:
+                number += 1
+            stem = f"{base}~{number}"
+        taken.add(stem.casefold())
+        stems[job.id] = stem
+    return stems
+
+
 def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool = True) -> list[dict[str, Any]]:
     rows = []
+    stems = file_stems(lines)
     for job in lines:
         result = job.result or {}
         ok = job.status == "succeeded" and bool(result.get("key"))
@@ -355,7 +395,7 @@ def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool 
                 "job_id": job.id,
                 "take": job.take,
                 "status": job.status,
-                "file": f"{job.line_id}.{extension(result.get('format') or job.format)}" if ok else None,
+                "file": f"{stems[job.id]}.{extension(result.get('format') or job.format)}" if ok else None,
                 "url": storage.presigned_url(result["key"], expiry_s) if ok and urls else None,
                 "format": result.get("format") or job.format,
                 "duration_s": result.get("duration_s"),
@@ -367,6 +407,8 @@ def manifest_rows(lines: list[Job], storage: Storage, expiry_s: int, urls: bool 
                 # The QA gate (shared/qa.py): "passed", or "needs_review" for a line none of whose takes passed.
                 "qa": _qa_verdict(result.get("qa")),
                 "qa_takes": (result.get("qa") or {}).get("takes"),
+                # A person's decision on a flagged line: "approved", "rejected", or empty (none, or not flagged).
+                "review": job.review,
             }
         )
     return rows

@@ -4,7 +4,8 @@ shared/jobs/state.py calls `settle` right after every statement that gives batch
 shared/batches/service.py calls `reopen` when a re-render adds an open line. A batch is finished when none of its
 current lines (`replaced` is false) is open (queued, running, or any other state short of final); finishing sets
 `finished_at`, counts up `completions` and names the final event (`batch.canceled` for a canceled batch, else
-`batch.completed`), whose webhook is then owed.
+`batch.completed`), whose webhook is then owed. A review decision that leaves a finished batch no line waiting
+for one owes `batch.reviewed` the same way (`reviewed`).
 
 Race-free: the batch row is locked (SELECT ... FOR UPDATE) before its lines are counted, so of two transactions
 finishing the last two lines at once, the second waits for the first to commit, then counts afresh (READ
@@ -16,6 +17,7 @@ second transaction's statements all come after the first's commit anyway.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
@@ -56,6 +58,34 @@ def settle(session: Session, batch_ids: Iterable[str | None]) -> list[str]:
         )
         finished.append(batch_id)
     return finished
+
+
+def reviewed(session: Session, batch_id: str, pending: Any) -> bool:
+    """A review decision took a line out of the pending ones (shared/batches/review.py): when the batch is finished
+    and `pending` (a clause on its current lines: flagged, no decision yet) finds none left, the batch's next event
+    is `batch.reviewed`, owed as a final event is (a new completion, its own attempts). Locks the batch row first,
+    like `settle`, so of two decisions on the last two pending lines exactly one owes the event. Returns whether
+    this call owed it."""
+    finished = session.scalar(
+        select(Batch.id).where(Batch.id == batch_id, Batch.finished_at.is_not(None)).with_for_update()
+    )
+    if finished is None:
+        return False  # still running: its `batch.completed` comes when it finishes
+    if session.scalar(select(exists().where(Job.batch_id == batch_id, Job.replaced.is_(False), pending))):
+        return False
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            completions=Batch.completions + 1,
+            finished_event="batch.reviewed",
+            webhook_attempts=0,
+            webhook_delivered_at=None,
+            webhook_error=None,
+            webhook_gave_up_at=None,
+        )
+    )
+    return True
 
 
 def reopen(session: Session, batch_id: str) -> None:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from shared import pages
+from shared import pages, qa
 from shared.errors import Conflict, NotFound
 from shared.jobs import idempotency
 from shared.jobs import settle as batch_state
@@ -214,7 +214,10 @@ def release(session: Session, attempt: Attempt) -> bool:
 
 
 def complete(session: Session, attempt: Attempt, result: dict[str, Any]) -> bool:
-    return _finish(session, _held(attempt), status="succeeded", result=result, progress=1.0)
+    """The attempt succeeded with `result`; `object_key` names the object it stored (shared/jobs/objects.py)."""
+    return _finish(
+        session, _held(attempt), status="succeeded", result=result, progress=1.0, object_key=result.get("key")
+    )
 
 
 def fail(session: Session, attempt: Attempt, code: str, message: str) -> bool:
@@ -268,6 +271,13 @@ def unsent(session: Session, older_than_s: float, limit: int) -> list[Job]:
     return list(session.scalars(query.order_by(Job.priority.desc(), Job.created_at).limit(limit)))
 
 
+def sent_before(session: Session, cutoff: datetime, limit: int) -> list[Job]:
+    """Queued jobs whose last send is older than `cutoff` (the reconciler checks that the broker still holds them),
+    the longest-waiting first."""
+    query = select(Job).where(Job.status == "queued", Job.sent_at.is_not(None), Job.sent_at < cutoff)
+    return list(session.scalars(query.order_by(Job.sent_at).limit(limit)))
+
+
 def queued_page(session: Session, after: tuple[datetime, str] | None, limit: int) -> list[Job]:
     """Queued jobs in creation order, from a cursor: for re-sending a backlog the broker lost, page by page.
     Batch lines the scheduler never sent stay in the database, where the scheduler sends them in turn."""
@@ -309,7 +319,14 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
     cached = cached or {}
     now = utcnow()
     values = [
-        {"status": "succeeded", "result": cached[row["id"]], "progress": 1.0, "finished_at": now, **row}
+        {
+            "status": "succeeded",
+            "result": cached[row["id"]],
+            "object_key": cached[row["id"]].get("key"),
+            "progress": 1.0,
+            "finished_at": now,
+            **row,
+        }
         if row["id"] in cached
         else {"status": "queued", **row}
         for row in rows
@@ -321,12 +338,20 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
 
 def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bool:
     """Answer a queued job from a stored result (no attempt ran: `attempts` stays 0); False when it is not queued.
-    The job's loaded row is refreshed by the same statement."""
+    The result names the source's object, which the job now shares (`object_key`). The job's loaded row is
+    refreshed by the same statement."""
     now = utcnow()
     done = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
-        .values(status="succeeded", result=result, progress=1.0, finished_at=now, lease_expires_at=None)
+        .values(
+            status="succeeded",
+            result=result,
+            object_key=result.get("key"),
+            progress=1.0,
+            finished_at=now,
+            lease_expires_at=None,
+        )
         .returning(Job),
         execution_options={"populate_existing": True},
     )
@@ -381,6 +406,7 @@ def to_checking(session: Session, attempt: Attempt, result: dict[str, Any], leas
             progress=1.0,
             worker=None,
             lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+            check_lapses=0,  # a new take: its check starts with no lapse
         )
     )
     return _rowcount(result_) == 1
@@ -404,7 +430,7 @@ def pass_check(
     """The gate is done: the job succeeds with the kept take's result (which says whether it passed). Only the QA
     worker holding the check may write it."""
     held = _checking(job_id, number) & (Job.worker == worker)
-    return _finish(session, held, status="succeeded", result=result, qa_takes=takes)
+    return _finish(session, held, status="succeeded", result=result, qa_takes=takes, object_key=result.get("key"))
 
 
 def retake(session: Session, job_id: str, number: int, worker: str, takes: list[dict[str, Any]]) -> bool:
@@ -437,7 +463,9 @@ def lapsed_checks(session: Session, lease_s: float, limit: int = 500, *, queue_e
     """Checks to send again, their lease renewed here and their ids returned, for one re-send each: held by a QA
     worker whose lease lapsed (it died or froze), and, when the QA queue is empty (`queue_empty`), never taken
     with their lease lapsed (the message was lost: it cannot be waiting in line). While the queue holds messages a
-    waiting take is most likely among them, and a re-send would only be a duplicate."""
+    waiting take is most likely among them, and a re-send would only be a duplicate. A held check that lapsed
+    counts in `check_lapses` (a lost message does not: no check ran); `end_lapsed_checks` ends a take whose
+    checks keep lapsing, so a check that can never finish is not re-sent forever."""
     now = utcnow()
     lapsed = (Job.status == CHECKING) & (Job.lease_expires_at < now)
     if not queue_empty:
@@ -447,7 +475,71 @@ def lapsed_checks(session: Session, lease_s: float, limit: int = 500, *, queue_e
             update(Job)
             .where(Job.id.in_(select(Job.id).where(lapsed).limit(limit).scalar_subquery()))
             .where(lapsed)
-            .values(lease_expires_at=now + timedelta(seconds=lease_s), worker=None)
+            .values(
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                worker=None,
+                # SET reads the row as it was: a check some QA worker held lost its lease once more.
+                check_lapses=Job.check_lapses + case((Job.worker.is_not(None), 1), else_=0),
+            )
             .returning(Job.id)
         ).all()
     )
+
+
+def end_lapsed_checks(session: Session, max_lapses: int, limit: int = 500) -> list[str]:
+    """Takes whose check lost its lease for the `max_lapses`-th time (its QA worker died, froze or ran past its time
+    limit on every try): the job succeeds with that take, unchecked, `result.qa` saying `needs_review` with reason
+    `check_lapsed` (shared/qa.py `lapsed_verdict`), instead of being re-sent again. Each write is fenced on the
+    take's attempt, its holder and its lapsed lease, so a QA worker that renews its hold meanwhile keeps it.
+    Returns the ids of the jobs ended."""
+    now = utcnow()
+    lapsed = (
+        (Job.status == CHECKING)
+        & (Job.lease_expires_at < now)
+        & Job.worker.is_not(None)
+        & (Job.check_lapses + 1 >= max_lapses)
+    )
+    ended = []
+    for job in session.scalars(select(Job).where(lapsed).limit(limit)).all():
+        if job.result is None:
+            continue
+        lapses = job.check_lapses + 1
+        result, takes = qa.lapsed_verdict(job.result, list(job.qa_takes or []), lapses)
+        fence = _checking(job.id, job.attempts) & (Job.worker == job.worker) & (Job.lease_expires_at < now)
+        if _finish(
+            session,
+            fence,
+            status="succeeded",
+            result=result,
+            qa_takes=takes,
+            check_lapses=lapses,
+            worker=None,
+            object_key=result.get("key"),
+        ):
+            ended.append(job.id)
+    return ended
+
+
+def take_durations(session: Session, job_ids: list[str]) -> dict[str, float]:
+    """The duration of each waiting take (its check's time limit grows with it, shared/queue.py)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.result).where(Job.id.in_(job_ids), Job.status == CHECKING)).all()
+    return {str(job_id): float((result or {}).get("duration_s") or 0.0) for job_id, result in rows}
+
+
+# --- fair sends (shared/queue.py `try_enqueue`): a tenant's own backlog of interactive jobs lowers its next send ---
+
+
+def interactive_ahead(session: Session, job_id: str, cap: int = 256) -> int:
+    """How many other interactive jobs (sent at their own priority: single jobs, clone jobs, re-renders) of this
+    job's tenant are queued or running, counted up to `cap`."""
+    tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+    interactive = Job.batch_id.is_(None) | (Job.priority > 0)
+    ahead = (
+        select(Job.id)
+        .where(Job.tenant_id == tenant, Job.status.in_(("queued", "running")), interactive, Job.id != job_id)
+        .limit(cap)
+        .subquery()
+    )
+    return int(session.scalar(select(func.count()).select_from(ahead)) or 0)

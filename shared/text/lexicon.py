@@ -18,16 +18,17 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+import ahocorasick
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import pages
+from shared import admission, pages
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import LexiconEntry, utcnow
 from shared.text.language import detect_language
@@ -282,7 +283,124 @@ def occurs(term: str, text: str) -> bool:
         return term in text
     if term.casefold() not in text.casefold():
         return False
-    return re.search(rf"(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])", text, re.IGNORECASE) is not None
+    return _occurs_pattern(term).search(text) is not None
+
+
+@lru_cache(maxsize=65536)
+def _occurs_pattern(term: str) -> re.Pattern[str]:
+    # The whole pattern case-insensitive: the word boundaries too (they then also take K, ſ, ı and İ for letters).
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+@lru_cache(maxsize=65536)
+def _find_pattern(term: str) -> re.Pattern[str]:
+    # Only the term case-insensitive: the boundaries are ASCII letters and digits.
+    return re.compile(rf"(?<![A-Za-z0-9])(?i:{re.escape(term)})(?![A-Za-z0-9])")
+
+
+class _Fold(dict[int, str]):
+    """Code point -> the one character standing for its case class as Python's `re.IGNORECASE` matches: its simple
+    lower case (`_sre.unicode_tolower`), and the smallest of the extra cases `re` treats alike (i and ı, s and ſ,
+    k and K, ...). One character for one, so a folded text keeps every offset; filled as characters come."""
+
+    def __missing__(self, point: int) -> str:
+        lower = _tolower(point)
+        folded = chr(min((lower, *_EXTRA_CASES.get(lower, ()))))
+        self[point] = folded
+        return folded
+
+
+try:
+    from _sre import unicode_tolower as _tolower  # what `re` itself compares with
+except ImportError:  # pragma: no cover - not CPython
+
+    def _tolower(point: int) -> int:
+        lower = chr(point).lower()
+        return ord(lower) if len(lower) == 1 else point
+
+
+try:
+    from re._casefix import _EXTRA_CASES
+except ImportError:  # pragma: no cover - another Python
+    _EXTRA_CASES = {}
+_FOLD = _Fold()
+
+
+def fold(text: str) -> str:
+    """`text` with each character replaced by its case class's (`_Fold`): as long as `text`, and two strings
+    `re.IGNORECASE` matches fold alike."""
+    return text.translate(_FOLD)
+
+
+class Matcher:
+    """Entries' terms in one Aho–Corasick automaton (pyahocorasick), built once, then one pass per text.
+
+    The automaton holds each term case-folded (`fold`), so one pass over a folded text finds every place where
+    some term may match; each such place is then checked with the exact rule (`occurs` for a snapshot, `find`'s
+    for engines): a Latin term with its whole-word, case-insensitive pattern at that offset, any other term
+    character for character. So the matches are exactly those of the per-term regular expressions, found in
+    O(text + places) instead of O(terms x text)."""
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self.entries = list(entries)
+        self.terms = sorted({e.term for e in self.entries}, key=len, reverse=True)
+        self._automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+        by_key: dict[str, list[str]] = {}
+        for term in self.terms:
+            by_key.setdefault(fold(term), []).append(term)
+        for key, terms in by_key.items():
+            self._automaton.add_word(key, (len(key), tuple(terms)))
+        if by_key:
+            self._automaton.make_automaton()
+
+    def _places(self, text: str) -> Iterator[tuple[int, str]]:
+        """(start, term) wherever a term's folded form is in the folded text, in no particular order."""
+        if not self.terms or not text:
+            return
+        for end, (length, terms) in self._automaton.iter(fold(text)):
+            start = end - length + 1
+            for term in terms:
+                yield start, term
+
+    def occurring(self, text: str) -> set[str]:
+        """The terms that occur in `text` by `occurs`' rule."""
+        found: set[str] = set()
+        folded_text: str | None = None
+        for start, term in self._places(text):
+            if term in found:
+                continue
+            if not _latin(term):
+                if text.startswith(term, start):
+                    found.add(term)
+                continue
+            if folded_text is None:
+                folded_text = text.casefold()
+            if term.casefold() in folded_text and _occurs_pattern(term).match(text, start):
+                found.add(term)
+        return found
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where terms match by `find`'s rule: leftmost first, the longest valid term at each place, never
+        overlapping (what one alternation of every term, longest first, finds with `re.finditer`)."""
+        longest: dict[int, int] = {}
+        for start, term in self._places(text):
+            size = len(term)
+            if size <= longest.get(start, 0):
+                continue
+            valid = _find_pattern(term).match(text, start) if _latin(term) else text.startswith(term, start)
+            if valid:
+                longest[start] = size
+        spans, position = [], 0
+        for start in sorted(longest):
+            if start >= position:
+                spans.append((start, start + longest[start]))
+                position = start + longest[start]
+        return spans
+
+
+@lru_cache(maxsize=256)
+def _matcher(entries: tuple[Entry, ...]) -> Matcher:
+    return Matcher(entries)
 
 
 def find(text: str, entries: Sequence[Entry]) -> list[tuple[int, int, Entry]]:
@@ -294,15 +412,14 @@ def find(text: str, entries: Sequence[Entry]) -> list[tuple[int, int, Entry]]:
     for entry in sorted(entries, key=lambda e: e.source != "job"):
         by_term.setdefault(entry.term, entry)
         by_term.setdefault(entry.term.casefold(), entry)
-    terms = sorted({e.term for e in entries}, key=len, reverse=True)
-    alternatives = "|".join(
-        rf"(?<![A-Za-z0-9])(?i:{re.escape(t)})(?![A-Za-z0-9])" if _latin(t) else re.escape(t) for t in terms
-    )
+    matcher = _matcher(tuple(entries))
     spans = []
-    for match in re.finditer(alternatives, text):
-        found = match.group()
-        entry = by_term.get(found) or by_term[found.casefold()]
-        spans.append((match.start(), match.end(), entry))
+    for start, end in matcher.spans(text):
+        found = text[start:end]
+        named = by_term.get(found) or by_term.get(found.casefold())
+        if named is None:  # matched through a case pair casefold() does not share (ı for i): the term's own entry
+            named = next(by_term[t] for t in matcher.terms if len(t) == end - start and fold(t) == fold(found))
+        spans.append((start, end, named))
     return spans
 
 
@@ -339,10 +456,13 @@ def get_entry(session: Session, tenant_id: str, language: str, term: str) -> Lex
 
 
 def put_entry(session: Session, tenant_id: str, entry: Entry) -> tuple[LexiconEntry, bool]:
-    """Create or replace the tenant's entry for (language, term); whether it was created."""
+    """Create or replace the tenant's entry for (language, term); whether it was created. A new entry is counted
+    against MAX_TENANT_ENTRIES under the tenant's lexicon lock (shared/admission.py), held to the commit, so
+    concurrent puts never overshoot the cap."""
     try:
         row = get_entry(session, tenant_id, entry.language, entry.term)
     except NotFound:
+        admission.lock_tenant(session, tenant_id, admission.LEXICON)
         count = session.scalar(select(func.count()).where(LexiconEntry.tenant_id == tenant_id)) or 0
         if count >= MAX_TENANT_ENTRIES:
             raise Conflict(
@@ -390,18 +510,37 @@ def check_entry(term: str, language: str, pronunciation: str = "", alphabet: str
 
 
 # -- snapshots at submit -----------------------------------------------------------------------------------------
+def tenant_entries(session: Session, tenant_id: str, languages: Iterable[str]) -> list[Entry]:
+    """The tenant's entries of these languages (one query; at most MAX_TENANT_ENTRIES)."""
+    return [
+        Entry(r.term, r.language, r.pronunciation, r.alphabet)
+        for r in session.execute(
+            select(LexiconEntry.term, LexiconEntry.language, LexiconEntry.pronunciation, LexiconEntry.alphabet).where(
+                LexiconEntry.tenant_id == tenant_id, LexiconEntry.language.in_(sorted(set(languages)))
+            )
+        )
+    ]
+
+
 def attach(session: Session, tenant_id: str, rows: Iterable[dict[str, Any]]) -> None:
     """Put the lexicon a job speaks with into each row's `options`: its own entries (`lexicon` of the request)
     and the tenant's entries of its language, or English ones, that occur in its text. Idempotent: a re-render
-    takes a fresh snapshot of the tenant's entries."""
+    takes a fresh snapshot of the tenant's entries. One query reads the tenant's entries; then one automaton
+    (`Matcher`) is built for the whole call and each text is matched in one pass, with no database work: the
+    cost is the entries once plus the texts, not entries x lines. Callers attach before they take the tenant's
+    admission lock or write anything (shared/batches/service.py)."""
     rows = list(rows)
     languages = {str(row["language"]) for row in rows} | {"en"}
-    tenant = [
-        Entry(r.term, r.language, r.pronunciation, r.alphabet)
-        for r in session.scalars(
-            select(LexiconEntry).where(LexiconEntry.tenant_id == tenant_id, LexiconEntry.language.in_(languages))
-        )
-    ]
+    tenant = tenant_entries(session, tenant_id, languages)
+    attach_entries(tenant, rows)
+
+
+def attach_entries(tenant: Sequence[Entry], rows: Iterable[dict[str, Any]]) -> None:
+    """`attach` once the tenant's entries are read: pure computation over the rows."""
+    matcher = Matcher(tenant)
+    by_term: dict[str, list[Entry]] = {}
+    for entry in tenant:
+        by_term.setdefault(entry.term, []).append(entry)
     for row in rows:
         options = dict(row.get("options") or {})
         own = [e for e in job_entries(options) if e.source == "job"]
@@ -410,8 +549,9 @@ def attach(session: Session, tenant_id: str, rows: Iterable[dict[str, Any]]) -> 
         mine = {(e.language, e.term) for e in own}
         found = [
             e
-            for e in tenant
-            if e.language in (language, "en") and (e.language, e.term) not in mine and occurs(e.term, text)
+            for term in matcher.occurring(text)
+            for e in by_term[term]
+            if e.language in (language, "en") and (e.language, e.term) not in mine
         ]
         snapshot = sorted(own + found, key=lambda e: (e.source, e.language, e.term))
         if snapshot:

@@ -27,7 +27,7 @@ from shared.models import ApiKey, Batch, Job, WebhookDelivery, utcnow
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c3c1e-51a4-4a8e-9d0e-5b1f0b7f2a10")
 SIGNATURE_VERSION = "v1"
-BATCH_EVENTS = ("batch.completed", "batch.canceled")
+BATCH_EVENTS = ("batch.completed", "batch.canceled", "batch.reviewed")
 
 
 def event_id(job_id: str, status: str) -> str:

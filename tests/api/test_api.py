@@ -53,7 +53,7 @@ def test_language_is_detected_when_absent(client: FlaskClient, api_key: str, tex
 
 
 def test_get_and_list(client: FlaskClient, api_key: str) -> None:
-    ids = [submit(client, api_key, {"text": f"line {i}", "priority": 9})[1]["id"] for i in range(3)]
+    ids = [submit(client, api_key, {"text": f"line {i}", "priority": 3})[1]["id"] for i in range(3)]
     response = client.get(f"/v1/jobs/{ids[0]}", headers=auth(api_key))
     assert response.status_code == 200 and response.get_json()["id"] == ids[0]
     page = client.get("/v1/jobs?limit=2", headers=auth(api_key)).get_json()

@@ -109,7 +109,7 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
     ("format", {"format": "flac"}),
     ("sample-rate", {"sample_rate": 16000}),
     ("seed", {"seed": 7}),
-    ("priority", {"priority": 8}),
+    ("priority", {"priority": 3}),  # above 5 is refused before: an entitlement (tests/api/test_admission.py)
     ("webhook", {"webhook_url": "https://93.184.216.34/hook"}),
 ]
 

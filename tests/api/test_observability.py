@@ -24,7 +24,7 @@ from shared.db import transaction
 from shared.jobs import state as jobs
 from shared.logs import JsonFormatter
 from shared.models import Job, Worker, utcnow
-from tests.support.fixtures import auth
+from tests.support.fixtures import auth, new_api_key
 from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
 from voicefarm.ops import services
 
@@ -66,7 +66,8 @@ def test_metrics_come_from_the_farm_not_the_process(
         metrics.observe_job(client_redis, finished)
         metrics.observe_job(client_redis, finished)  # observed once however often the worker reports it
 
-    page = client.get("/metrics")
+    operator = auth(new_api_key(sessions, "ops", role=tenants.OPERATOR))  # /metrics is for operators
+    page = client.get("/metrics", headers=operator)
     assert page.status_code == 200 and page.content_type.startswith("text/plain")
     got = samples(page.get_data(as_text=True))
     kokoro = (("engine", "kokoro"),)
@@ -82,7 +83,8 @@ def test_metrics_come_from_the_farm_not_the_process(
     assert got[("voicefarm_queue_wait_seconds_sum", kokoro)] == pytest.approx(1.0, abs=0.01)
     assert got[("voicefarm_real_time_factor_bucket", (("engine", "kokoro"), ("le", "0.5")))] == 1
     # A second API process (another app) answers the same figures: nothing is counted in process memory.
-    assert samples(create_app(farm_settings).test_client().get("/metrics").get_data(as_text=True)) == got
+    again = create_app(farm_settings).test_client().get("/metrics", headers=operator)
+    assert samples(again.get_data(as_text=True)) == got
 
 
 def test_logs_are_json_lines_with_request_ids(app: Flask, client: FlaskClient, api_key: str) -> None:
@@ -107,7 +109,10 @@ def test_logs_are_json_lines_with_request_ids(app: Flask, client: FlaskClient, a
 
 
 @pytest.mark.slow
-def test_flower_and_prometheus_read_a_running_farm(live_farm: LiveFarm) -> None:  # noqa: F811
+def test_flower_and_prometheus_read_a_running_farm(
+    live_farm: LiveFarm,  # noqa: F811
+    sessions: sessionmaker[Session],
+) -> None:
     port = services.free_port()
     env = live_farm.env | {"FLOWER_UNAUTHENTICATED_API": "true"}
     flower = services.spawn(
@@ -149,7 +154,8 @@ def test_flower_and_prometheus_read_a_running_farm(live_farm: LiveFarm) -> None:
         about = [x for x in lines if x.get("job_id") == job["id"]]
         assert about and all(x.get("tenant_id") for x in about), lines[-5:]
         # Prometheus' view of the same farm, from both gunicorn processes in turn.
-        pages = [samples(requests.get(f"{live_farm.url}/metrics", timeout=10).text) for _ in range(4)]
+        operator = auth(new_api_key(sessions, "ops", role=tenants.OPERATOR))
+        pages = [samples(requests.get(f"{live_farm.url}/metrics", headers=operator, timeout=10).text) for _ in range(4)]
         kokoro = (("engine", "kokoro"),)
         assert all(p[("voicefarm_end_to_end_seconds_count", kokoro)] >= 1 for p in pages)
         assert all(p[("voicefarm_live_workers", kokoro)] == 1 for p in pages)

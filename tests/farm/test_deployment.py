@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 import yaml
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared import config
+from shared import config, tenants
 from shared.config import Settings
 from shared.queue import engine_queue, redis_priority
+from tests.support.fixtures import auth, new_api_key
 from voicefarm.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,7 +258,7 @@ def test_keda_watches_the_lists_kombu_fills() -> None:
 # --- endpoints -----------------------------------------------------------------------------------------------
 
 
-def test_health_endpoints_and_proxied_paths_answer(client: FlaskClient) -> None:
+def test_health_endpoints_and_proxied_paths_answer(client: FlaskClient, sessions: sessionmaker[Session]) -> None:
     paths: set[str] = set()
     for doc in compose_files().values():
         for spec in doc["services"].values():
@@ -272,7 +274,10 @@ def test_health_endpoints_and_proxied_paths_answer(client: FlaskClient) -> None:
     routes = {rule.rule for rule in client.application.url_map.iter_rules()}
     for path in sorted(paths):
         assert path in routes, f"{path} is used by a deployment file but is no route"
-        if path != "/v1/audio/speech":
+        if path == "/metrics":  # for operators: nothing for a passer-by, the page for an operator key
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers=auth(new_api_key(sessions, "ops", tenants.OPERATOR))).status_code == 200
+        elif path != "/v1/audio/speech":
             assert client.get(path).status_code in (200, 503), path  # /readyz: 503 with no worker here
     # Streaming passes through nginx unbuffered.
     speech = nginx[nginx.index("location = /v1/audio/speech") :].split("}")[0]
@@ -283,10 +288,11 @@ def test_health_endpoints_and_proxied_paths_answer(client: FlaskClient) -> None:
         assert any(target.startswith(m.split(":")[1]) for m in mounts.split()), target
 
 
-def test_grafana_plots_metrics_that_exist(client: FlaskClient) -> None:
+def test_grafana_plots_metrics_that_exist(client: FlaskClient, sessions: sessionmaker[Session]) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    exported = {f.name for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))}
+    page = client.get("/metrics", headers=auth(new_api_key(sessions, "ops", tenants.OPERATOR))).get_data(as_text=True)
+    exported = {f.name for f in text_string_to_metric_families(page)}
     dashboard = json.loads((INFRA / "grafana" / "voicefarm-dashboard.json").read_text())
     used = {
         re.sub(r"_(bucket|count|sum)$", "", name)

@@ -46,7 +46,7 @@ LONG_TEXT = " ".join(
 class UpFarm:
     """`voicefarm up` in a data dir of its own, its services on free loopback ports."""
 
-    def __init__(self, cpu_workers: int) -> None:
+    def __init__(self, cpu_workers: int, **overrides: str) -> None:
         # Not under pytest's tmp dir: as root, PostgreSQL runs as its own OS user, which must reach the data dir.
         self.data_dir = Path(tempfile.mkdtemp(prefix="vf-up-"))
         self.data_dir.chmod(0o755)
@@ -65,6 +65,7 @@ class UpFarm:
             "VOICEFARM_RECONCILE_INTERVAL_S": "2",
             "PYTHONUNBUFFERED": "1",
         }
+        self.env |= overrides  # a test's own (tests/farm/test_two_farms.py: two farms naming one broker port)
         self.log_path = self.data_dir / "up.log"
         self.proc = self._spawn("up", VOICEFARM_CPU_WORKERS=str(cpu_workers))
         self.others: list[subprocess.Popen[bytes]] = []
@@ -135,11 +136,11 @@ class UpFarm:
 
 
 @pytest.fixture
-def up_farm() -> Iterator[Callable[[int], UpFarm]]:
+def up_farm() -> Iterator[Callable[..., UpFarm]]:
     farms: list[UpFarm] = []
 
-    def start(cpu_workers: int) -> UpFarm:
-        farms.append(UpFarm(cpu_workers))
+    def start(cpu_workers: int, **env: str) -> UpFarm:
+        farms.append(UpFarm(cpu_workers, **env))
         return farms[-1]
 
     yield start

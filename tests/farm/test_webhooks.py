@@ -38,6 +38,7 @@ from shared.jobs import state as jobs
 from shared.models import Batch, Job, WebhookDelivery, utcnow
 from shared.queue import enqueue_webhook, make_celery
 from shared.reconcile import Reconciler
+from shared.secrets import SecretBox, is_sealed
 from shared.storage import Storage
 from shared.webhooks import deliveries
 from shared.webhooks.targets import check_webhook_url, resolve_target
@@ -322,6 +323,34 @@ def test_delivery_is_signed_and_verifiable_with_the_readme_snippet(
     # Rotation: the old secret no longer verifies what is signed next.
     rotated = client.post("/v1/webhook-secret/rotate", headers=auth(key.plaintext)).get_json()
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != key.secret
+
+
+def test_a_secret_stored_encrypted_still_signs_what_the_receiver_verifies(
+    farm_settings: Settings, sessions: sessionmaker[Session], receivers: list[Receiver]
+) -> None:
+    """The column holds a Fernet token, never the secret (shared/secrets.py); the webhook worker opens it to sign,
+    and the receiver verifies with the secret the API shows."""
+    box = SecretBox.from_settings(farm_settings)
+    with transaction(sessions) as session:
+        row, plaintext = tenants.create_key(session, "sealed-hooks", secrets=box)
+        sealed = Key(row.tenant_id, row.id, plaintext, row.webhook_secret)
+    client = create_app(farm_settings).test_client()
+    secret = client.get("/v1/webhook-secret", headers=auth(plaintext)).get_json()["secret"]
+    assert secret.startswith("whsec_") and secret not in sealed.secret and is_sealed(sealed.secret)
+    receiver = start(receivers)
+    ctx = ctx_for(farm_settings, webhook_allow_private=True)
+    assert deliver_webhook(ctx, finished_job(sessions, sealed, receiver.url)) == "delivered"
+    verify = readme_verifier()
+    assert verify(secret, receiver.received[0].headers, receiver.received[0].body)
+    rotated = client.post("/v1/webhook-secret/rotate", headers=auth(plaintext)).get_json()["secret"]
+    assert deliver_webhook(ctx, finished_job(sessions, sealed, receiver.url)) == "delivered"
+    assert verify(rotated, receiver.received[1].headers, receiver.received[1].body)
+    assert not verify(secret, receiver.received[1].headers, receiver.received[1].body)
+    # A webhook worker without the key cannot sign: the attempt fails (and is retried), nothing is sent.
+    keyless = ctx_for(farm_settings, webhook_allow_private=True, secret_key="", data_dir=farm_settings.data_dir / "x")
+    with pytest.raises(WebhookFailed):
+        deliver_webhook(keyless, finished_job(sessions, sealed, receiver.url))
+    assert len(receiver.received) == 2
 
 
 def readme_verifier() -> Any:

@@ -165,3 +165,18 @@ def test_engines_take_their_settings_from_the_constructor(
     kokoro = KokoroEngine(Settings(kokoro=KokoroSettings(threads=3)))  # not loaded: no model needed
     assert kokoro._threads == 3 and KokoroEngine(Settings(), threads=1)._threads == 1
     assert KokoroEngine()._threads is None  # every core
+
+
+def test_client_commands_find_the_farm_that_run_sh_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`VOICEFARM_PORT=7870 ./run.sh` serves on 7870, so `VOICEFARM_PORT=7870 ./run.sh batch` must talk to 7870."""
+    for name in ("VOICEFARM_API_URL", "VOICEFARM_HOST", "VOICEFARM_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert client_settings().url == "http://127.0.0.1:7860"
+    monkeypatch.setenv("VOICEFARM_PORT", "7870")
+    assert client_settings().url == "http://127.0.0.1:7870"
+    monkeypatch.setenv("VOICEFARM_HOST", "0.0.0.0")  # listening everywhere: reach it on loopback
+    assert client_settings().url == "http://127.0.0.1:7870"
+    monkeypatch.setenv("VOICEFARM_HOST", "198.18.0.1")
+    assert client_settings().url == "http://198.18.0.1:7870"
+    monkeypatch.setenv("VOICEFARM_API_URL", "https://farm.example/")
+    assert client_settings().url == "https://farm.example"

@@ -1,5 +1,6 @@
-"""The reconciler against real PostgreSQL and Redis: unsent jobs, dead workers, stale unacked messages, a broker
-that lost its data, quarantine, and a bounded amount of Redis work per pass."""
+"""The reconciler against real PostgreSQL and Redis: unsent jobs, dead workers, stale unacked messages, messages the
+broker lost (or another farm's worker took), a broker that lost its data (one marker per farm), quarantine, and a
+bounded amount of Redis work per pass."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import tenants
 from shared.config import Settings
 from shared.db import transaction
+from shared.identity import OWNER_KEY
 from shared.jobs import state as jobs
 from shared.models import Job, utcnow
 from shared.queue import QA_QUEUE, SYNTHESIZE_TASK, engine_queue, enqueue_check, enqueue_job, make_celery
-from shared.reconcile import EPOCH_KEY, UNACKED, UNACKED_INDEX, Reconciler
+from shared.reconcile import EPOCH_KEY, UNACKED, UNACKED_INDEX, Reconciler, epoch_key
 
 
 @pytest.fixture
@@ -200,3 +202,87 @@ def test_a_waiting_check_is_resent_only_once_the_qa_queue_is_empty(
 
 def qa_keys(client: redis.Redis) -> list[bytes]:
     return sorted(client.scan_iter(match=QA_QUEUE + "*"))
+
+
+def _sent_ago(sessions: sessionmaker[Session], job_id: str, seconds: float) -> None:
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(sent_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_a_queued_job_whose_message_is_gone_is_sent_again(
+    sessions: sessionmaker[Session], reconciler: Reconciler, celery: Celery, client: redis.Redis
+) -> None:
+    """Sent, then the message vanished (the broker dropped it, or a worker of another farm on the same broker acked
+    it as unknown): the job stayed queued with `sent_at` set, which the unsent step never looks at."""
+    reconciler.lost_after_s = 60
+    gone, waiting, taken, fresh = (make_job(sessions, sent=True) for _ in range(4))
+    enqueue_job(celery, waiting, "synthesize", "kokoro", 5)  # still in its queue: only waiting
+    enqueue_job(celery, taken, "synthesize", "kokoro", 5)
+    _take_like_a_worker_by_id(client, taken)  # a worker holds it (unacked), about to claim it
+    for job_id in (gone, waiting, taken):
+        _sent_ago(sessions, job_id, 120)
+    # `fresh` was sent a moment ago: its message may be on its way; it is left alone too.
+    report = reconciler.run_once()
+    assert report.resent_lost == 1 and report.sent_unsent == 0
+    assert sorted(queued_ids(client)) == sorted([waiting, gone])
+    assert row(sessions, gone).sent_at > utcnow() - timedelta(seconds=10)  # type: ignore[operator]
+    assert fresh not in queued_ids(client)
+    assert reconciler.run_once().resent_lost == 0  # its new message is there now
+
+
+def _take_like_a_worker_by_id(client: redis.Redis, job_id: str) -> None:
+    for key in queue_keys(client):
+        for raw in client.lrange(key, 0, -1):  # type: ignore[union-attr]
+            if job_id in json.loads(raw)["headers"]["argsrepr"]:
+                client.lrem(key, 1, raw)
+                client.hset(UNACKED, "tag-" + job_id, json.dumps([json.loads(raw), "", engine_queue("kokoro")]))
+                client.zadd(UNACKED_INDEX, {"tag-" + job_id: time.time()})
+                return
+    raise AssertionError(f"no message for {job_id}")
+
+
+def test_a_long_queue_is_not_read_for_lost_messages(
+    sessions: sessionmaker[Session],
+    reconciler: Reconciler,
+    celery: Celery,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shared.reconcile
+
+    monkeypatch.setattr(shared.reconcile, "LOST_SCAN", 5)
+    reconciler.lost_after_s = 60
+    backlog = [make_job(sessions, sent=True) for _ in range(8)]
+    for job_id in backlog:
+        enqueue_job(celery, job_id, "synthesize", "kokoro", 5)
+        _sent_ago(sessions, job_id, 120)
+    _sent_ago(sessions, gone := make_job(sessions, sent=True), 120)
+    before = client.info("commandstats")
+    assert reconciler.run_once().resent_lost == 0  # the queue is too long to tell: nothing is read or re-sent
+    after = client.info("commandstats")
+    assert after.get("cmdstat_lrange", {"calls": 0})["calls"] == before.get("cmdstat_lrange", {"calls": 0})["calls"]
+    for key in queue_keys(client):
+        client.delete(key)  # the backlog drained (workers took it): now the lost one is found
+    for job_id in backlog:
+        with transaction(sessions) as session:
+            jobs.claim(session, job_id, "w", 60, 3)
+    assert reconciler.run_once().resent_lost == 1 and queued_ids(client) == [gone]
+
+
+def test_each_farm_sees_a_broker_data_loss_for_itself(
+    sessions: sessionmaker[Session], celery: Celery, client: redis.Redis
+) -> None:
+    """Two farms' reconcilers on one broker (a mistake the claims refuse, but the markers must not hide a data
+    loss from either): each keeps its own marker, so the first to walk its backlog does not silence the other."""
+    mine = Reconciler(sessions, celery, max_attempts=3, stale_unacked_s=30, farm_id="farm-a")
+    other = Reconciler(sessions, celery, max_attempts=3, stale_unacked_s=30, farm_id="farm-b")
+    mine.run_once()
+    assert client.get(OWNER_KEY) == b"farm-a" and client.exists(epoch_key("farm-a"))
+    assert not client.exists(epoch_key("farm-b")) and epoch_key("farm-a") != EPOCH_KEY
+    client.set(epoch_key("farm-b"), "walked")
+    backlog = make_job(sessions, sent=True)
+    client.flushdb()  # Redis lost its data
+    assert mine.run_once().resent_after_broker_loss == 1  # farm-a walks its backlog and sets its marker again
+    assert other.run_once().resent_after_broker_loss == 1  # farm-b still sees the loss
+    assert client.get(OWNER_KEY) == b"farm-a"  # the claim was made again, by the first farm to pass
+    assert queued_ids(client) == [backlog, backlog]

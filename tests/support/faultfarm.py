@@ -8,6 +8,7 @@ without disturbing any other test. On top of them it runs `voicefarm api`, `voic
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -309,6 +310,8 @@ class FaultFarm:
         self._sessions: sessionmaker[Session] | None = None
         self._engine: Any = None
         self.key = ""
+        # The session's (tests/conftest.py), or a key of its own when a benchmark starts this farm outside pytest.
+        self.secret_key = os.environ.get("VOICEFARM_SECRET_KEY") or base64.urlsafe_b64encode(os.urandom(32)).decode()
         self.tenant_id = ""
         self._generation = Counter[str]()
 
@@ -357,6 +360,8 @@ class FaultFarm:
                 "AWS_REGION": "us-east-1",
                 "VOICEFARM_S3_BUCKET": self.s3.bucket,
                 "VOICEFARM_DATA_DIR": str(self.root / "data"),
+                # Benchmarks start this farm outside pytest: it needs a secret key of its own (shared/secrets.py).
+                "VOICEFARM_SECRET_KEY": self.secret_key,
                 "VOICEFARM_PORT": str(self.port),
                 "VOICEFARM_API_WORKERS": str(self.api_workers),
                 "VOICEFARM_JOB_LEASE_S": str(self.lease_s),

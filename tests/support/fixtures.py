@@ -79,9 +79,9 @@ def sessions(farm_settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def new_api_key(sessions: sessionmaker[Session], tenant: str) -> str:
+def new_api_key(sessions: sessionmaker[Session], tenant: str, role: str = tenants.PLAIN) -> str:
     with transaction(sessions) as session:
-        _row, plaintext = tenants.create_key(session, tenant)
+        _row, plaintext = tenants.create_key(session, tenant, role=role)
     return plaintext
 
 

@@ -28,6 +28,7 @@ class LiveFarm:
     logs: Path
     settings: Settings
     env: dict[str, str]
+    api_pid: int = 0  # `voicefarm api`, which becomes gunicorn's master
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
@@ -75,7 +76,7 @@ def live_farm(
     if request.node.get_closest_marker("qa_pool"):
         procs.append(services.spawn([*CLI, "qa-worker", "--concurrency", "1"], env=env, log_path=logs / "qa.log"))
     url = f"http://127.0.0.1:{port}"
-    farm = LiveFarm(url, new_api_key(sessions, "live"), logs, farm_settings, env)
+    farm = LiveFarm(url, new_api_key(sessions, "live"), logs, farm_settings, env, procs[0].pid)
     try:
         if not services.wait_until(lambda: _ready(url), 240):
             pytest.fail(f"farm not ready in 240 s:\n{farm.log_tail()}")
@@ -83,3 +84,34 @@ def live_farm(
     finally:
         for proc in procs:
             services.terminate(proc, 20)
+
+
+@pytest.fixture
+def idle_farm(
+    request: pytest.FixtureRequest, farm_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> Iterator[LiveFarm]:
+    """`voicefarm api` (two gunicorn workers) beside a kokoro worker that is registered live but is no process:
+    every job waits in the queue, as when every worker is busy or hung. Costs no engine. Settings from a
+    `farm_env({...})` marker are added to the API's environment."""
+    from shared.db import transaction
+    from shared.engines import catalogue
+    from shared.engines.fleet import register_worker
+
+    with transaction(sessions) as session:
+        caps = catalogue("kokoro").capabilities.to_json()
+        register_worker(session, "idle-kokoro", engine="kokoro", model="none", capabilities=caps, device="cpu")
+    port = services.free_port()
+    marker = request.node.get_closest_marker("farm_env")
+    # The row's heartbeat never beats again: it stays live for the whole test.
+    env = farm_env(farm_settings, port) | {"VOICEFARM_WORKER_LIVE_S": "3600"} | (marker.args[0] if marker else {})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc = services.spawn([*CLI, "api"], env=env, log_path=logs / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    farm = LiveFarm(url, new_api_key(sessions, "idle"), logs, farm_settings, env, proc.pid)
+    try:
+        if not services.wait_until(lambda: _ready(url), 120):
+            pytest.fail(f"API not ready in 120 s:\n{farm.log_tail()}")
+        yield farm
+    finally:
+        services.terminate(proc, 20)

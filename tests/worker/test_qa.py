@@ -265,7 +265,12 @@ def test_a_held_check_belongs_to_its_qa_worker_until_its_lease_lapses(db: sessio
     assert _status(db, job_id).status == "succeeded"
 
 
-def test_readiness_warns_of_takes_no_qa_worker_has_taken(client: Any, sessions: sessionmaker[Session]) -> None:
+def test_readiness_warns_of_takes_no_qa_worker_has_taken(
+    farm_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    from producer.app import create_app
+
+    client = create_app(farm_settings.model_copy(update={"metrics_cache_s": 0})).test_client()  # no kept answer
     job_id, attempt = _checking_job(sessions)
     assert client.get("/readyz").get_json()["warnings"] == []  # just handed to the gate
     with transaction(sessions) as session:

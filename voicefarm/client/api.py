@@ -27,7 +27,6 @@ from urllib3.util.retry import Retry
 
 from shared.config import client_settings
 
-DEFAULT_URL = "http://127.0.0.1:7860"
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
@@ -70,6 +69,9 @@ class BatchView(TypedDict, total=False):
     audio_seconds: float
     lines_per_second: float | None
     eta_s: float | None
+    # Lines the QA gate flagged that wait for a person's decision, and {flagged, pending, approved, rejected}.
+    pending_reviews: int
+    reviews: dict[str, int]
 
 
 class ManifestLine(TypedDict, total=False):
@@ -86,6 +88,9 @@ class ManifestLine(TypedDict, total=False):
     cached: bool
     error_code: str | None
     error_message: str | None
+    qa: str | None  # "passed" or "needs_review"
+    qa_takes: int | None
+    review: str | None  # "approved", "rejected", or None
 
 
 class ApiError(Exception):
@@ -131,7 +136,7 @@ def retrying_session(retries: int = 6, backoff_s: float = 0.5) -> requests.Sessi
 
 class Client:
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0, retries: int = 6):
-        self.url = (url or client_settings().api_url or DEFAULT_URL).rstrip("/")
+        self.url = (url or client_settings().url).rstrip("/")
         self.key = key if key is not None else find_key()
         self.timeout = timeout
         self.http = retrying_session(retries)
@@ -281,6 +286,17 @@ class Client:
     def rerender_line(self, batch_id: str, line_id: str, **changes: Any) -> JobView:
         view: JobView = self.request("POST", f"/v1/batches/{batch_id}/lines/{line_id}", json=changes)
         return view
+
+    def review_queue(self, batch_id: str, *, every_line: bool = False) -> list[dict[str, Any]]:
+        """The lines the QA gate flagged that wait for a decision (`every_line`: every current line)."""
+        params = {"all": "true"} if every_line else {}
+        lines: list[dict[str, Any]] = self.request("GET", f"/v1/batches/{batch_id}/review", params=params)["lines"]
+        return lines
+
+    def review_line(self, batch_id: str, line_id: str, decision: str, note: str | None = None) -> dict[str, Any]:
+        """Approve or reject a flagged line's current take ("approved" or "rejected")."""
+        body = {"decision": decision} | ({"note": note} if note else {})
+        return dict(self.request("POST", f"/v1/batches/{batch_id}/lines/{line_id}/review", json=body))
 
     def download_archive(self, batch_id: str, path: str | os.PathLike[str]) -> int:
         """Stream the batch's zip to `path`; returns its size in bytes."""

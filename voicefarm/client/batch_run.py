@@ -5,7 +5,8 @@ content and the options, so a second run after Ctrl-C, a lost network or a farm 
 farm answers the same key with the batch it made, and a run that finds its state does not even ask), and
 downloads only the lines whose file is missing. Each file is written whole (`.{name}.part`, checked against the
 farm's sha256, then renamed). When every line is done it writes DIR/manifest.csv and exits 0, or 1 naming the
-lines that failed or were canceled.
+lines that failed or were canceled; when the QA gate flagged lines it says how many wait for a person's decision
+and where the batch's review page is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from voicefarm.client.api import ApiError, Client, ManifestLine
 STATE = ".voicefarm-batch.json"
 MANIFEST_COLUMNS = (
     "line_id", "file", "status", "job_id", "take", "duration_s", "sha256", "attempts", "cached", "error_code",
-    "error_message",
+    "error_message", "qa", "review",
 )  # fmt: skip
 
 
@@ -41,6 +42,8 @@ class BatchRun:
     poll_s: float = 1.0
     progress: bool = True
     state: dict[str, Any] = field(default_factory=dict)
+    # The batch as last seen: its review counts are reported at the end.
+    batch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -97,7 +100,9 @@ class BatchRun:
             print(f"\ninterrupted; run the same command again to resume batch {batch_id}", file=sys.stderr)
             return 130
         bar.close()
-        return self._finish(lines)
+        code = self._finish(lines)
+        self._report_reviews(batch_id)
+        return code
 
     def _follow(self, batch_id: str, bar: tqdm) -> list[ManifestLine]:
         done_seen = -1
@@ -105,6 +110,7 @@ class BatchRun:
         while True:
             try:
                 batch = self.client.get_batch(batch_id)
+                self.batch = dict(batch)
                 bar.total = batch["lines"]
                 counts = batch["counts"]
                 done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
@@ -163,6 +169,18 @@ class BatchRun:
             print(f"{len(bad)} lines did not succeed: {named}{more}", file=sys.stderr)
             return 1
         return 0
+
+    def _report_reviews(self, batch_id: str) -> None:
+        """How many lines the QA gate flagged wait for a decision, and the review page's address."""
+        flagged = int((self.batch.get("reviews") or {}).get("flagged") or 0)
+        if not flagged:
+            return
+        pending = int(self.batch.get("pending_reviews") or 0)
+        page = f"{self.client.url}/batches/{batch_id}/review"
+        if pending:
+            print(f"{pending} of {flagged} lines flagged by the QA gate wait for review: {page}")
+        else:
+            print(f"the {flagged} lines flagged by the QA gate are reviewed: {page}")
 
 
 def _sha256(path: Path) -> str:

@@ -44,42 +44,74 @@ def handle_up(args: argparse.Namespace) -> int:
 
 
 def handle_migrate(args: argparse.Namespace) -> int:
-    from shared.db import migrate
-
-    migrate(load_settings().resolved_database_url())
+    settings = load_settings()
+    _migrate(settings)
     print("database is at the latest migration")
     return 0
 
 
+def _migrate(settings: Settings) -> None:
+    """Migrations, then the farm's id into the database when it has none (shared/identity.py)."""
+    from shared import identity
+    from shared.db import make_engine, make_session_factory, migrate
+
+    url = settings.resolved_database_url()
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        identity.record_farm_id(settings, make_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
+def _require_secret_key(settings: Settings) -> None:
+    from shared.secrets import SecretKeyError, require_secret_key
+
+    try:
+        require_secret_key(settings)
+    except SecretKeyError as exc:
+        raise SystemExit(f"voicefarm: refusing to start: {exc}") from None
+
+
 def handle_api(args: argparse.Namespace) -> int:
     # Migrations run before serving, so a new release never answers on an old schema.
-    from shared.db import migrate
+    from shared import identity
     from shared.storage import Storage
 
     settings = load_settings()
-    migrate(settings.resolved_database_url())
+    _require_secret_key(settings)
+    _migrate(settings)
     Storage.from_settings(settings).ensure_bucket()
+    identity.claim_at_start(settings)
     return _exec_api(settings, args.workers or settings.api_workers)
 
 
 def handle_worker(args: argparse.Namespace) -> int:
+    from shared import identity
     from voicefarm.ops.workers import run_workers
 
-    return run_workers(load_settings(), gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
+    settings = load_settings()
+    identity.claim_at_start(settings)
+    return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
 
 
 def handle_webhook_worker(args: argparse.Namespace) -> int:
+    from shared import identity
     from shared.queue import WEBHOOK_QUEUE
 
     settings = load_settings()
+    _require_secret_key(settings)  # it signs with the secrets the API sealed
+    identity.claim_at_start(settings)
     concurrency = args.concurrency or settings.webhook_concurrency
     return _exec_celery_pool("worker.webhooks.main", WEBHOOK_QUEUE, concurrency, hostname="webhooks")
 
 
 def handle_qa_worker(args: argparse.Namespace) -> int:
+    from shared import identity
     from shared.queue import QA_QUEUE
 
     settings = load_settings()
+    identity.claim_at_start(settings)
     return _exec_celery_pool("worker.qa.main", QA_QUEUE, args.concurrency or settings.qa_concurrency)
 
 
@@ -102,7 +134,7 @@ def _exec_api(settings: Settings, workers: int) -> int:
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(workers),
-        "--threads", "4",
+        "--threads", str(settings.api_threads),  # speech streams take at most api_threads - api_reserved_threads
         "--timeout", "60",
         # Within the time `voicefarm up` gives the API to stop (Settings.stop_budget).
         "--graceful-timeout", str(int(settings.stop_budget(2))),

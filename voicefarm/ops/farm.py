@@ -12,8 +12,19 @@ Which services `voicefarm up` starts itself (the rule, kept deliberately simple)
   * SeaweedFS (`weed mini`), when `S3_ENDPOINT_URL` is an http:// URL on a loopback host and nothing answers on
     its port yet. Data under `$VOICEFARM_DATA_DIR/s3`; the access/secret key from the settings are its only
     identity. Its internal ports (master, volume, filer, gRPC, admin) are remembered in `s3/ports.json`.
-  Anything else (a remote host, or a loopback port already answering) is used as it is, never started. A second
-  command on the same data dir (`./run.sh worker --cpu 2`) resolves the same URLs, so it joins the running farm.
+  Anything else (a remote host, or a loopback port already answering) is used as it is, never started, unless it
+  belongs to another farm (shared/identity.py: its Redis key `voicefarm:owner` or its bucket's `.voicefarm-owner`
+  names another id, or it is no Redis or S3 this farm can use): then this farm runs its own Redis or SeaweedFS on
+  a free port instead, says so in the banner, and records the move in `$VOICEFARM_DATA_DIR/endpoints.json`. A
+  second command on the same data dir (`./run.sh worker --cpu 2`) resolves the same URLs (the moved ones too), so
+  it joins the running farm.
+
+One farm, one namespace: the farm's id is `VOICEFARM_FARM_ID`, else `$VOICEFARM_DATA_DIR/farm_id` (made on the first
+start); once its services answer, `up` claims the broker and the bucket for it and refuses to go on when another
+farm holds either (a remote broker or bucket it cannot move). Its children get the id, and the secret key that
+encrypts webhook secrets at rest: `VOICEFARM_SECRET_KEY`, else `$VOICEFARM_DATA_DIR/secret_key` (made on the first
+start, mode 0600; shared/secrets.py). An API port that already answers (another farm's) is refused, naming
+VOICEFARM_PORT.
 
 Then it runs, as `python -m voicefarm.cli ...`: `migrate` and `keys ensure-local` once, then the farm processes
 of `farm_children` (the API, `worker --cpu $VOICEFARM_CPU_WORKERS`, the reconciler, the webhook worker pool) for
@@ -37,7 +48,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from voicefarm.ops import services
 from voicefarm.ops.supervisor import ChildSpec, Supervisor
@@ -80,6 +91,71 @@ def _weed_ports(s3_dir: Path, s3_port: int) -> dict[str, int]:
     ports = {name: (port if not services.port_open(port) else services.free_port()) for name, port in wanted.items()}
     path.write_text(json.dumps(ports, indent=1))
     return ports
+
+
+def _broker_owner(url: str) -> str | None:
+    """Who owns the Redis answering at `url`: a farm id, None when nobody claimed it, or a description of
+    what answers when it is no Redis this farm can use."""
+    import redis
+
+    from shared import identity
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return identity.broker_owner(client)
+    except redis.RedisError as exc:
+        return f"something that is no usable Redis ({type(exc).__name__})"
+    finally:
+        client.close()
+
+
+def _bucket_owner(settings: Settings) -> str | None:
+    """Who owns the bucket at the S3 endpoint: a farm id, None when nobody claimed it (or there is no bucket yet),
+    or a description of what answers when this farm cannot use it (another farm's credentials, no S3)."""
+    from shared import identity
+    from shared.errors import VoicefarmError
+    from shared.storage import Storage
+
+    try:
+        return identity.bucket_owner(Storage.from_settings(settings))
+    except VoicefarmError as exc:
+        return f"an S3 this farm cannot use ({exc.message})"
+
+
+def place_services(settings: Settings, data_dir: Path, farm_id: str) -> tuple[Settings, list[str]]:
+    """Move the broker or the S3 endpoint to a free loopback port when what answers on theirs belongs to another
+    farm (see the module docstring); returns the settings to run with and a note per move for the banner."""
+    from shared.config import ENDPOINTS_FILE, recorded_endpoints
+
+    recorded = recorded_endpoints(data_dir)
+    notes: list[str] = []
+    moves: dict[str, tuple[str, str]] = {}
+    for name, schemes, default_port, owner_of in (
+        ("broker_url", ("redis",), 6379, lambda s: _broker_owner(s.broker_url)),
+        ("s3_endpoint_url", ("http",), 80, _bucket_owner),
+    ):
+        url: str = getattr(settings, name)
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or parts.hostname not in LOOPBACK_HOSTS:
+            continue  # a remote service: claimed as it is, refused when another farm holds it
+        port = parts.port or default_port
+        if not services.port_open(port):
+            continue
+        owner = owner_of(settings)
+        if owner is None or owner == farm_id:
+            continue
+        new_port = services.free_port()
+        moved = urlunsplit((parts.scheme, f"{parts.hostname}:{new_port}", parts.path, parts.query, parts.fragment))
+        original = recorded[name][0] if name in recorded and recorded[name][1] == url else url
+        moves[name] = (original, moved)
+        settings = settings.model_copy(update={name: moved})
+        what = "broker" if name == "broker_url" else "storage"
+        notes.append(f"the {what} on port {port} belongs to {owner}: this farm runs its own on port {new_port}")
+        log.warning("%s (recorded in %s)", notes[-1], data_dir / ENDPOINTS_FILE)
+    if moves:
+        path = data_dir / ENDPOINTS_FILE
+        path.write_text(json.dumps({**{k: list(v) for k, v in recorded.items()}, **moves}, indent=1))
+    return settings, notes
 
 
 def embedded_database(settings: Settings, data_dir: Path) -> bool:
@@ -162,6 +238,8 @@ def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         ("VOICEFARM_PORT",): str(settings.port),
         ("VOICEFARM_S3_BUCKET",): settings.s3_bucket,
         ("VOICEFARM_ENGINE",): settings.engine,
+        ("VOICEFARM_FARM_ID",): settings.farm_id,
+        ("VOICEFARM_SECRET_KEY",): settings.secret_key,
     }
     if settings.database_url:
         pairs[("DATABASE_URL", "VOICEFARM_DATABASE_URL")] = settings.database_url
@@ -171,7 +249,7 @@ def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     return env
 
 
-def _banner(settings: Settings, data_dir: Path, embedded: list[str]) -> str:
+def _banner(settings: Settings, data_dir: Path, embedded: list[str], notes: list[str] | None = None) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     api, key_file = f"http://{host}:{settings.port}", data_dir / "api_key"
 
@@ -197,6 +275,8 @@ def _banner(settings: Settings, data_dir: Path, embedded: list[str]) -> str:
             f"  storage   {where('s3', settings.s3_endpoint_url)}",
             f"  database  {database}",
             f"  logs      {data_dir / 'logs'}",
+            f"  farm id   {settings.farm_id}",
+            *(f"  note      {note}" for note in notes or []),
             "  try:",
             f'    curl -H "Authorization: Bearer $(cat {key_file})" {api}/v1/voices',
             "  Ctrl-C stops everything.",
@@ -241,9 +321,28 @@ def farm_children(settings: Settings, env: dict[str, str]) -> list[ChildSpec]:
 def run_farm(settings: Settings) -> int:
     """Start services and farm processes, supervise them until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    from shared import identity
+    from shared.secrets import SecretKeyError, ensure_key_file, require_secret_key
+
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.model_copy(update={"data_dir": data_dir})
+    # The farm's identity and the key of its secrets at rest, handed to every child (module docstring).
+    farm_id = settings.farm_id or identity.ensure_local_farm_id(data_dir)
+    secret_key = settings.secret_key or ensure_key_file(data_dir)
+    settings = settings.model_copy(update={"data_dir": data_dir, "farm_id": farm_id, "secret_key": secret_key})
+    try:
+        require_secret_key(settings)
+    except SecretKeyError as exc:
+        log.error("%s", exc)
+        return 1
+    api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if services.port_open(settings.port, api_host):
+        log.error(
+            "port %d already answers (another farm's API?): set VOICEFARM_PORT to a free port for this farm",
+            settings.port,
+        )
+        return 1
+    settings, notes = place_services(settings, data_dir, farm_id)
     postgres = None
     if embedded_database(settings, data_dir):
         try:
@@ -266,6 +365,11 @@ def run_farm(settings: Settings) -> int:
                     return 0
                 log.error("%s did not start; see %s", spec.name, spec.log_path)
                 return 1
+        try:  # its services answer: claim them for this farm before anything runs on them
+            identity.claim(settings, farm_id)
+        except identity.FarmConflict as exc:
+            log.error("refusing to start: %s", exc)
+            return 1
         if postgres is not None:
             services.ensure_database(postgres.admin_url, "voicefarm")
         cli = [sys.executable, "-m", "voicefarm.cli"]
@@ -282,7 +386,7 @@ def run_farm(settings: Settings) -> int:
                     return 0
                 log.warning("%s is not ready yet; it keeps being supervised", spec.name)
         embedded = [{"redis": "redis", "seaweedfs": "s3"}.get(s.name, s.name) for s in specs]
-        print(_banner(settings, data_dir, embedded), flush=True)
+        print(_banner(settings, data_dir, embedded, notes), flush=True)
         return sup.run()
     finally:
         sup.stop_all()

@@ -68,6 +68,7 @@ def reconcile(settings: Settings, *, once: bool) -> int:
     import signal
     import threading
 
+    from shared import identity
     from shared.db import make_engine, make_session_factory
     from shared.logs import setup_logging
     from shared.queue import make_celery
@@ -75,13 +76,16 @@ def reconcile(settings: Settings, *, once: bool) -> int:
 
     setup_logging(settings.log_format)  # JSON lines, as the API and the workers write them
     log = logging.getLogger("voicefarm.reconcile")
+    farm_id = identity.claim_at_start(settings, bucket=False)
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
-    reconciler = Reconciler.from_settings(settings, sessions, make_celery(settings))
+    reconciler = Reconciler.from_settings(settings, sessions, make_celery(settings), farm_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while True:
         try:
+            if not reconciler.farm_id:  # the database could not name the farm at start
+                reconciler.farm_id = identity.farm_id(settings, sessions)
             report = reconciler.run_once()
             if once:
                 print(report)

@@ -80,6 +80,9 @@ def create_qa_app(settings: Settings | None = None) -> Celery:
         retry_backoff_max=settings.retry_backoff_max_s,
         retry_jitter=True,
         max_retries=settings.task_max_retries,
+        # Only for a message sent without limits of its own: every sender gives each check limits that grow with
+        # its take (shared/queue.py CheckLimits), and a check that keeps running past them ends needs_review after
+        # max_check_lapses lapses (shared/jobs/state.py end_lapsed_checks).
         soft_time_limit=300,
         time_limit=360,
     )

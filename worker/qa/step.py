@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import qa, voices
 from shared.config import Settings
 from shared.db import transaction
+from shared.jobs import objects
 from shared.jobs import state as jobs
 from shared.models import Job, Tenant, Voice
 from shared.storage import Storage
@@ -86,6 +87,8 @@ def run_check(ctx: CheckContext, job_id: str) -> str:
     )
     reference = ctx.reference(take.reference_key) if take.reference_key else None
     with _holding(ctx, job_id, take.number) as lost:
+        if ctx.settings.testing.qa_check_delay_s:  # a test hook: a check that runs past its time limit
+            time.sleep(ctx.settings.testing.qa_check_delay_s)
         report = checks.evaluate(
             audio,
             rate,
@@ -199,12 +202,12 @@ def _settle(ctx: CheckContext, job_id: str, number: int, history: list[dict[str,
         if not jobs.pass_check(session, job_id, number, ctx.name, result, kept):
             return "lease_lost"
         tenant_id = session.get(Job, job_id).tenant_id  # type: ignore[union-attr]
-    for key in ctx.storage.list_keys(job_prefix(tenant_id, job_id)):
-        if key != best["key"]:
-            try:
-                ctx.storage.delete(key)
-            except Exception:  # an object no result names; harmless if it stays
-                log.warning("job %s: could not delete take object %s", job_id, key, exc_info=True)
+    try:
+        # Takes not kept are objects no result names (shared/jobs/objects.py checks that no job does).
+        others = [key for key in ctx.storage.list_keys(job_prefix(tenant_id, job_id)) if key != best["key"]]
+        objects.delete_unreferenced(ctx.sessions, ctx.storage, others)
+    except Exception:  # harmless if they stay
+        log.warning("job %s: could not delete the takes it did not keep", job_id, exc_info=True)
     ctx.notify(job_id)
     outcome = "passed" if passed else "needs_review"
     log.info("job %s: %s after %d take(s), keeping take %d", job_id, outcome, len(history), best["take"])

@@ -40,6 +40,7 @@ from shared.config import Settings
 from shared.errors import BadRequest, VoicefarmError
 from shared.jobs.views import job_view
 from shared.models import Batch, Job
+from shared.secrets import SecretKeyError, open_secret
 from shared.storage import Storage
 from shared.webhooks import deliveries
 from shared.webhooks.targets import (
@@ -192,6 +193,11 @@ def _deliver(
     if attempt.secret is None:
         return fail("no signing secret: the submitting API key is gone", retry=False)
     try:
+        secret = open_secret(settings, attempt.secret)  # stored encrypted (shared/secrets.py)
+    except SecretKeyError as exc:  # this worker lacks the key that sealed it: retried once an operator sets it
+        log.error("%s: %s", subject, exc)
+        return fail("the signing secret cannot be read with this worker's VOICEFARM_SECRET_KEY")
+    try:
         target = resolve_target(url, settings, resolve)
     except WebhookUnresolvable as exc:  # DNS may be failing for a while: try again later
         return fail(exc.message)
@@ -212,7 +218,7 @@ def _deliver(
         "Voicefarm-Event": attempt.event,
         "Voicefarm-Delivery-Attempt": str(attempt.number),
         "Voicefarm-Timestamp": timestamp,
-        "Voicefarm-Signature": deliveries.sign(attempt.secret, timestamp, body),
+        "Voicefarm-Signature": deliveries.sign(secret, timestamp, body),
     }
     address = target.addresses[0]
     try:
