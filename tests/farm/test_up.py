@@ -193,6 +193,12 @@ def test_up_runs_cpu_workers_on_embedded_postgres_and_sigterm_leaves_nothing(
     farm.wait(lambda: names <= set(farm.workers()), 300, "two workers in GET /v1/workers")
     assert (farm.data_dir / "postgres" / "PG_VERSION").exists()
     assert "database  PostgreSQL (embedded, data in" in (farm.data_dir / "up.log").read_text()
+    # `up` says it waits for a worker, then that the farm is up once one is live, naming it.
+    farm.wait(lambda: "voicefarm is up: " in (farm.data_dir / "up.log").read_text(), 30, "up to say the farm is up")
+    said = (farm.data_dir / "up.log").read_text()
+    assert said.index("waiting for a worker to load its engine") < said.index("voicefarm is up: ")
+    assert any(name in said.split("voicefarm is up: ", 1)[1].splitlines()[0] for name in names)
+    assert "Control socket listening" not in said  # gunicorn's control socket is off (not in the user's home)
     job = farm.submit(LONG_TEXT)
     farm.wait(lambda: farm.status(job) == "running", 120, "the long job to run")
     time.sleep(1.0)

@@ -46,6 +46,8 @@ import json
 import logging
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -268,7 +270,7 @@ def _banner(settings: Settings, data_dir: Path, embedded: list[str], notes: list
         [
             "",
             "=" * 72,
-            "  voicefarm is up",
+            "  voicefarm is starting: the services and the API answer; waiting for a worker to load its engine",
             f"  API       {api}/   (web UI at /, API docs at /openapi.json)",
             f"  API key   {key_file}",
             f"  broker    {where('redis', settings.broker_url)}",
@@ -316,6 +318,33 @@ def farm_children(settings: Settings, env: dict[str, str]) -> list[ChildSpec]:
         ),
     ]
     return [c for c in children if c.name != "worker" or settings.cpu_workers > 0]
+
+
+def _announce_when_ready(settings: Settings, sup: Supervisor, poll_s: float = 1.0) -> None:
+    """Say the farm is up once a worker is live (registered, heartbeat fresh): before that a job only waits."""
+    from shared.db import make_engine, make_session_factory
+    from shared.engines import fleet
+
+    started = time.monotonic()
+    if settings.cpu_workers == 0:
+        print("  no engine worker on this host: the farm is up once a worker joins (`voicefarm worker`)", flush=True)
+    engine = make_engine(settings.resolved_database_url())
+    sessions = make_session_factory(engine)
+    try:
+        while not sup.stopping:
+            try:
+                with sessions() as session:
+                    names = [row.name for row in fleet.live_rows(session, settings.worker_live_s)]
+            except Exception as exc:  # the database restarting: ask again
+                log.debug("readiness check: %s", exc)
+                names = []
+            if names:
+                took = time.monotonic() - started
+                print(f"  voicefarm is up: {', '.join(names)} live ({took:.1f} s after the API)", flush=True)
+                return
+            time.sleep(poll_s)
+    finally:
+        engine.dispose()
 
 
 def run_farm(settings: Settings) -> int:
@@ -387,6 +416,7 @@ def run_farm(settings: Settings) -> int:
                 log.warning("%s is not ready yet; it keeps being supervised", spec.name)
         embedded = [{"redis": "redis", "seaweedfs": "s3"}.get(s.name, s.name) for s in specs]
         print(_banner(settings, data_dir, embedded, notes), flush=True)
+        threading.Thread(target=_announce_when_ready, args=(settings, sup), name="ready", daemon=True).start()
         return sup.run()
     finally:
         sup.stop_all()
