@@ -4,7 +4,7 @@ A speech request is an ordinary job at interactive priority (9), answered in the
 streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
 the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not after
 the whole text. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works.
-With no live worker for the engine it answers 503 at once. `speed` takes OpenAI's 0.25-4.0; the engine speaks
+An engine on offer whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's 0.25-4.0; the engine speaks
 within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped.
 
 A waiting request holds a gunicorn thread, so streams are admitted (producer/limits.py `StreamSlots`) before the
@@ -38,7 +38,7 @@ from producer.resources import Farm, farm
 from shared.audio.codecs import FORMATS
 from shared.audio.streaming import CONTENT_TYPES, SegmentReader, StreamEncoder
 from shared.engines import engine_names
-from shared.errors import BadRequest, Unavailable
+from shared.errors import BadRequest
 from shared.jobs import dedup
 from shared.jobs import state as jobs
 from shared.models import Job
@@ -121,9 +121,8 @@ def speech() -> Response | tuple[Response, int]:
         req, warnings = _job_request(resources, body)
         with resources.sessions() as session, session.begin():
             fields = _job_fields(resources, session, tenant_id, req)
-            if fields["engine"] not in resources.fleet.live():
-                # Answered in this request: with no worker to speak it, waiting would only time out.
-                raise Unavailable(f"engine {fields['engine']} has no live workers right now", code="no_live_worker")
+            # An engine on offer with no live worker yet (the first one still loading its model) is waited for,
+            # like a busy one, within speech_start_wait_s; an engine not on offer was refused above.
             fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
             job, _ = jobs.create_job(

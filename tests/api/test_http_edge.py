@@ -4,10 +4,13 @@ farm's own assets, the answers of the API matching the models the document is bu
 from __future__ import annotations
 
 import re
+import time
 
 from flask.testing import FlaskClient
 
 from producer import bodies
+from producer.app import create_app
+from shared.config import Settings
 from tests.support.fixtures import auth
 
 
@@ -49,8 +52,15 @@ def test_answers_match_their_models(client: FlaskClient, api_key: str) -> None:
     bodies.Error.model_validate(client.get("/v1/jobs/nope", headers=headers).get_json())
 
 
-def test_speech_without_a_live_worker_answers_503_at_once(client: FlaskClient, api_key: str) -> None:
+def test_speech_waits_for_a_worker_within_the_wait_then_cancels(farm_settings: Settings, api_key: str) -> None:
+    """No live worker yet (the first one still loading its engine): the request waits within speech_start_wait_s,
+    as for a busy farm, then answers 503 with Retry-After and its job ends canceled."""
+    client = create_app(farm_settings.model_copy(update={"speech_start_wait_s": 1.0})).test_client()
     body = {"model": "tts-1", "voice": "alloy", "input": "Hello."}
+    started = time.monotonic()
     answer = client.post("/v1/audio/speech", json=body, headers=auth(api_key))
-    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "no_live_worker"
-    assert client.get("/v1/jobs", headers=auth(api_key)).get_json()["jobs"] == []
+    waited = time.monotonic() - started
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "workers_busy", answer.get_json()
+    assert answer.headers["Retry-After"] and 1.0 <= waited < 10
+    (job,) = client.get("/v1/jobs", headers=auth(api_key)).get_json()["jobs"]
+    assert job["status"] == "canceled"

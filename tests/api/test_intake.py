@@ -407,8 +407,8 @@ def test_speech_past_the_tenants_stream_cap_is_429_before_the_body_is_read(
 
 
 def test_refused_speech_requests_give_their_slots_back(farm_settings: Settings, api_key: str) -> None:
-    """No live worker (503 no_live_worker), a bad body (400): each frees its slot, so a cap of one never fills."""
-    app: Flask = create_app(farm_settings.model_copy(update={"max_streams_per_tenant": 1}))
+    """No worker starts it (503 workers_busy), a bad body (400): each frees its slot, so a cap of one never fills."""
+    app: Flask = create_app(farm_settings.model_copy(update={"max_streams_per_tenant": 1, "speech_start_wait_s": 0.2}))
     client = app.test_client()
     for _ in range(3):
         assert client.post("/v1/audio/speech", json=SPEECH, headers=auth(api_key)).status_code == 503

@@ -267,6 +267,7 @@ def test_hostile_bodies_cost_the_api_nothing(
         for pid in workers:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
         before = {pid: _status_kib(pid, "VmRSS") for pid in workers}
+        assert all(_status_kib(pid, "VmHWM") <= before[pid] + 1024 for pid in workers)  # the reset took
         status, code, elapsed = raw_post(port, path, body, headers, chunked)
         time.sleep(0.3)  # let a drain or a parse that outlives the answer show in the peak
         growth = max(_status_kib(pid, "VmHWM") - before[pid] for pid in workers) * 1024

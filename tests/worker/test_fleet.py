@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 import soundfile as sf
+from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,7 +104,12 @@ def test_the_producer_never_imports_worker_code() -> None:
         "assert not bad, bad\n"
     )
     # producer.wsgi builds the app from the environment: point it at a throwaway SQLite database.
-    env = {"DATABASE_URL": "sqlite:///:memory:", "PATH": "/usr/bin:/bin"}
+    # and give it the key of its secrets at rest, which the API refuses to start without.
+    env = {
+        "DATABASE_URL": "sqlite:///:memory:",
+        "PATH": "/usr/bin:/bin",
+        "VOICEFARM_SECRET_KEY": Fernet.generate_key().decode(),
+    }
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
 
 

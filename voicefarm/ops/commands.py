@@ -139,6 +139,8 @@ def _exec_api(settings: Settings, workers: int) -> int:
         # Within the time `voicefarm up` gives the API to stop (Settings.stop_budget).
         "--graceful-timeout", str(int(settings.stop_budget(2))),
         "--access-logfile", "-",
+        # Its control socket would sit in the user's home, shared by every farm on the host: the farm needs none.
+        "--no-control-socket",
         "producer.wsgi:app",
     ]  # fmt: skip
     os.execv(sys.executable, argv)
