@@ -4,8 +4,9 @@ A speech request is an ordinary job at interactive priority (9), answered in the
 streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
 the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not after
 the whole text. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works.
-An engine on offer whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's 0.25-4.0; the engine speaks
-within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped.
+An engine on offer whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's
+0.25-4.0; the engine speaks within its own range and the `X-Voicefarm-Warnings` header says when a speed was
+clamped.
 
 A waiting request holds a gunicorn thread, so streams are admitted (producer/limits.py `StreamSlots`) before the
 body is read: at most `api_threads - api_reserved_threads` open in one API process (503 `server_busy`), so the
