@@ -105,7 +105,7 @@ class JobRequest(PostProduction):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     text: str = Field(min_length=1)
-    # "ssml": `text` is an SSML document (shared/text/ssml.py), checked at submit (400 invalid_ssml).
+    # "ssml": `text` is an SSML document (shared/text/ssml/), checked at submit (400 invalid_ssml).
     text_format: Literal["text", "ssml"] = Field(
         default="text",
         description='"ssml": `text` is an SSML document (the W3C subset Azure, Polly and Google share: speak, p, s, '

@@ -1,4 +1,4 @@
-"""Speaking an SSML job (`text_format: "ssml"`, shared/text/ssml.py).
+"""Speaking an SSML job (`text_format: "ssml"`, shared/text/ssml/).
 
 The API checked the document at submit and stored it in the job's options (`options["ssml"]`) beside the plain
 text it speaks (the job's `text`); the worker reads it again into pieces. Each piece's text is split into segments

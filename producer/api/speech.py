@@ -213,7 +213,7 @@ def _job_request(resources: Farm, body: SpeechRequest) -> tuple[JobRequest, list
     )
     req = JobRequest(
         text=body.input,
-        # Input that starts with <speak is SSML (shared/text/ssml.py): 400 invalid_ssml when it cannot be read.
+        # Input that starts with <speak is SSML (shared/text/ssml/): 400 invalid_ssml when it cannot be read.
         text_format="ssml" if looks_like_ssml(body.input) else "text",
         voice=voice,
         engine=caps.name,

@@ -24,7 +24,7 @@ from shared.text.language import detect_language
 
 LINE_FIELDS = (
     "text", "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate", "engine",
-    # "ssml": the text is an SSML document (shared/text/ssml.py)
+    # "ssml": the text is an SSML document (shared/text/ssml/)
     "text_format",
     # post-production (shared/audio/mastering.py): a batch default gives the whole series one loudness
     "loudness", "trim_silence_s", "target_duration_s", "channels", "words",

@@ -193,7 +193,7 @@ def cache_key(
     if gated:
         # What the check would run with: the farm's defaults, the tenant's thresholds, the job's own.
         canonical["qa_thresholds"] = qa.thresholds(tenant_qa, fields.get("qa"))
-    # SSML and plain text of the same string speak differently (shared/text/ssml.py); plain keys stay as they were.
+    # SSML and plain text of the same string speak differently (shared/text/ssml/); plain keys stay as they were.
     text_format = (fields.get("options") or {}).get("text_format")
     if text_format:
         canonical["text_format"] = text_format

@@ -1,4 +1,4 @@
-"""SSML at the API boundary (`text_format: "ssml"`, shared/text/ssml.py): checked at submit, 400 before any work;
+"""SSML at the API boundary (`text_format: "ssml"`, shared/text/ssml/): checked at submit, 400 before any work;
 the job keeps the plain text it speaks and the document in its options. Real PostgreSQL, Redis and SeaweedFS; no
 worker runs."""
 

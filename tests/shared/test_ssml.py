@@ -1,4 +1,4 @@
-"""The SSML reader (shared/text/ssml.py): every element of the subset, malformed XML, DTDs and entity bombs, and
+"""The SSML reader (shared/text/ssml/): every element of the subset, malformed XML, DTDs and entity bombs, and
 what it warns about; the request schema's and the worker plan's use of it; the dedup key's text_format."""
 
 from __future__ import annotations

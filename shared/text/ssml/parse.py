@@ -1,38 +1,10 @@
-"""SSML input (`text_format: "ssml"`): the W3C SSML 1.1 subset that Azure, Amazon Polly and Google Cloud TTS share,
-mapped onto what the farm already does.
-
-`parse_ssml(document, default_language, default_voice)` reads a document into an `SsmlDocument`: the plain text
-that is spoken (the job's stored `text`, which subtitles and word timings follow), a list of pieces and warnings.
-A piece is either `Speech` (text with its language, voice, speed factor, gain and one-off lexicon entries) or a
-`Break` (silence of a length); `Mark`s point at a character of a piece (or at a break, or the end).
-
-- `speak`, `p`, `s`: a `p` or `s` ends a sentence (a full stop is added when its text has none);
-- `break`: `time` ("500ms", "1.5s", at most MAX_BREAK_S) or `strength` (BREAK_STRENGTHS) replaces the farm's pause
-  between segments with silence of that length; `<break/>` alone is `medium`;
-- `say-as interpret-as`: cardinal, ordinal, characters (spell-out, verbatim), digits, date (`format` mdy, dmy,
-  ymd, md, dm, ym, my, y, m, d, or Google's yyyymmdd style), time, telephone, currency: written out as words of
-  the piece's language (en, zh, ja) with the farm's normaliser (shared/text/normalization/);
-- `sub alias`: the alias is spoken (and is what the plain text holds);
-- `phoneme alphabet ph`: ipa, x-sampa (converted to IPA), arpabet (en), pinyin / x-amazon-pinyin (zh), kana /
-  yomigana / x-amazon-yomigana (ja): a one-off lexicon entry for the term, within its piece (shared/text/lexicon.py);
-- `prosody rate` (RATES, "80%", "+20%", "-10%", "1.5"; nested rates multiply) is the piece's speed factor (the
-  worker clamps job speed x factor to the engine's range) and `volume` (VOLUMES_DB, "+6dB", "-3dB") its gain;
-- `lang xml:lang` (and xml:lang on speak, p, s, voice): the piece's language ("en-US" -> en, "cmn-CN" -> zh);
-- `voice name`: the piece's voice (a stock voice or a cloned voice id), so one job can hold a dialogue;
-- `mark name`: reported as `result.marks` [{name, time_s}] on the output's timeline.
-
-Anything else (`audio`, `emphasis`, `prosody pitch`, vendor extensions such as `amazon:effect`) is spoken as its
-text, with a warning naming it. XML that is not well-formed, a DTD (so no entity-expansion bomb) or a root other
-than `speak` is refused with `SsmlError` (400, code `invalid_ssml`, line and column in the message). Parsing goes
-through defusedxml's SAX reader.
-"""
+"""Reading an SSML document into pieces: the XML, then the walk (see the package docstring for the subset)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from xml.sax import SAXParseException
 from xml.sax.handler import ContentHandler
@@ -40,36 +12,28 @@ from xml.sax.handler import ContentHandler
 from shared.errors import BadRequest
 from shared.text import lexicon
 from shared.text.language import detect_language
+from shared.text.ssml.say_as import say_as
+from shared.text.ssml.values import (
+    ALPHABETS,
+    BREAK_STRENGTHS,
+    CJK,
+    GAIN_RANGE_DB,
+    MAX_BREAK_S,
+    MAX_SILENCE_S,
+    VOLUMES_DB,
+    break_seconds,
+    language_code,
+    rate_factor,
+    volume_db,
+    xsampa_to_ipa,
+)
 
-TEXT_FORMATS = ("text", "ssml")
-MAX_BREAK_S = 10.0
-MAX_SILENCE_S = 300.0  # all breaks of a document together
-MAX_PIECES = 500
-MAX_DEPTH = 64
-# W3C break strengths as silence, in seconds.
-BREAK_STRENGTHS = {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.4, "strong": 0.75, "x-strong": 1.2}
-# prosody rate keywords as speed factors.
-RATES = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.25, "x-fast": 1.5}
-# prosody volume keywords as gain in dB; silent mutes the piece (its words still take their time).
-VOLUMES_DB = {"x-soft": -12.0, "soft": -6.0, "medium": 0.0, "default": 0.0, "loud": 4.0, "x-loud": 8.0}
-GAIN_RANGE_DB = (-40.0, 12.0)
-# phoneme alphabets -> (lexicon language, lexicon alphabet); x-sampa is converted to IPA first.
-ALPHABETS = {
-    "ipa": ("en", "ipa"),
-    "x-sampa": ("en", "ipa"),
-    "arpabet": ("en", "arpabet"),
-    "x-arpabet": ("en", "arpabet"),
-    "pinyin": ("zh", "pinyin"),
-    "x-amazon-pinyin": ("zh", "pinyin"),
-    "kana": ("ja", "kana"),
-    "yomigana": ("ja", "kana"),
-    "x-amazon-yomigana": ("ja", "kana"),
-}
 _MARK = "\ue000"  # a mark's place in a piece's text while it is built
-_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 _SENTENCE_END = ".!?。！？…"
 # Elements that only carry data for other systems: skipped with everything in them, silently.
 _SKIPPED = {"desc", "meta", "metadata"}
+MAX_DEPTH = 64
+MAX_PIECES = 500
 
 
 class SsmlError(BadRequest):
@@ -236,265 +200,6 @@ def _local(tag: str) -> str:
     return name if prefix in ("", "ssml") else tag
 
 
-# -- attribute values ------------------------------------------------------------------------------------------
-def language_code(value: str) -> str | None:
-    """The farm's language code for an xml:lang value: en-US -> en, cmn-CN -> zh; None when it is no tag."""
-    primary = value.strip().lower().replace("_", "-").split("-")[0]
-    if not re.fullmatch(r"[a-z]{2,3}", primary):
-        return None
-    return {"cmn": "zh"}.get(primary, primary)
-
-
-def break_seconds(time: str | None, strength: str | None) -> float | None:
-    """A break's length: `time` wins over `strength`; None when neither can be read."""
-    if time is not None:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s)\s*", time.lower())
-        if m is None:
-            return None
-        return float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
-    return BREAK_STRENGTHS.get((strength or "medium").strip().lower())
-
-
-def rate_factor(value: str) -> float | None:
-    """A prosody rate as a factor of the enclosing rate: a keyword, "80%", "+20%", "-10%" or "1.5"."""
-    value = value.strip().lower()
-    if value in RATES:
-        return RATES[value]
-    m = re.fullmatch(r"([+-])?(\d+(?:\.\d+)?)\s*(%)?", value)
-    if m is None:
-        return None
-    number = float(m[2])
-    if m[3]:
-        factor = 1 + (number / 100 if m[1] == "+" else -number / 100) if m[1] else number / 100
-    else:
-        factor = 1 + (number if m[1] == "+" else -number) if m[1] else number
-    return factor if factor > 0 else None
-
-
-def volume_db(value: str) -> float | None:
-    """A prosody volume as gain in dB relative to the enclosing volume: "+6dB", "-3dB" (keywords are handled apart);
-    None when it cannot be read."""
-    m = re.fullmatch(r"([+-]?\d+(?:\.\d+)?)\s*db", value.strip().lower())
-    return float(m[1]) if m else None
-
-
-# X-SAMPA -> IPA: the symbols of the IPA chart's pulmonic consonants, vowels, suprasegmentals and common diacritics.
-_XSAMPA = {
-    "i": "i", "y": "y", "1": "ɨ", "}": "ʉ", "M": "ɯ", "u": "u", "I": "ɪ", "Y": "ʏ", "U": "ʊ", "e": "e", "2": "ø",
-    "@\\": "ɘ", "8": "ɵ", "7": "ɤ", "o": "o", "@": "ə", "E": "ɛ", "9": "œ", "3": "ɜ", "3\\": "ɞ", "V": "ʌ",
-    "O": "ɔ", "{": "æ", "6": "ɐ", "a": "a", "&": "ɶ", "A": "ɑ", "Q": "ɒ", "@`": "ɚ", "3`": "ɝ", "I\\": "ᵻ",
-    "U\\": "ᵿ", "p": "p", "b": "b", "t": "t", "d": "d", "t`": "ʈ", "d`": "ɖ", "c": "c", "J\\": "ɟ", "k": "k",
-    "g": "ɡ", "q": "q", "G\\": "ɢ", "?": "ʔ", "m": "m", "F": "ɱ", "n": "n", "n`": "ɳ", "J": "ɲ", "N": "ŋ",
-    "N\\": "ɴ", "B\\": "ʙ", "r": "r", "R\\": "ʀ", "4": "ɾ", "r`": "ɽ", "p\\": "ɸ", "B": "β", "f": "f", "v": "v",
-    "T": "θ", "D": "ð", "s": "s", "z": "z", "S": "ʃ", "Z": "ʒ", "s`": "ʂ", "z`": "ʐ", "C": "ç", "j\\": "ʝ",
-    "x": "x", "G": "ɣ", "X": "χ", "R": "ʁ", "X\\": "ħ", "?\\": "ʕ", "h": "h", "h\\": "ɦ", "K": "ɬ", "K\\": "ɮ",
-    "P": "ʋ", "v\\": "ʋ", "r\\": "ɹ", "r\\`": "ɻ", "j": "j", "M\\": "ɰ", "l": "l", "l`": "ɭ", "L": "ʎ",
-    "L\\": "ʟ", "w": "w", "W": "ʍ", "H": "ɥ", "5": "ɫ", "s\\": "ɕ", "z\\": "ʑ", "x\\": "ɧ", "l\\": "ɺ",
-    '"': "ˈ", "%": "ˌ", ":": "ː", ":\\": "ˑ", ".": ".", "-": "", " ": " ", "_h": "ʰ", "=": "\u0329",
-    "_=": "\u0329", "~": "\u0303", "_~": "\u0303", "`": "˞", "_0": "\u0325", "_j": "ʲ", "_w": "ʷ", "_G": "ˠ",
-}  # fmt: skip
-_XSAMPA_TOKENS = sorted(_XSAMPA, key=len, reverse=True)
-
-
-def xsampa_to_ipa(text: str) -> str:
-    """IPA for an X-SAMPA transcription; ValueError naming a symbol it does not know."""
-    out, i = [], 0
-    text = text.strip().strip("/[]")
-    while i < len(text):
-        token = next((t for t in _XSAMPA_TOKENS if text.startswith(t, i)), None)
-        if token is None:
-            raise ValueError(f"{text[i]!r} is not an X-SAMPA symbol")
-        out.append(_XSAMPA[token])
-        i += len(token)
-    return "".join(out)
-
-
-# -- say-as ----------------------------------------------------------------------------------------------------
-_DIGIT_NAMES = {
-    "en": "zero one two three four five six seven eight nine".split(),
-    "ja": ["ゼロ", *"一二三四五六七八九"],
-    "zh": list("零一二三四五六七八九"),
-}
-_PHONE_JOIN = {"en": ", ", "ja": "の", "zh": "，"}
-_PLUS = {"en": "plus ", "ja": "プラス", "zh": "加"}
-_CURRENCY_CODES = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CNY": "¥", "RMB": "¥"}
-
-
-def _number(text: str) -> Decimal:
-    raw = text.strip().replace(",", "").replace(" ", "")
-    try:
-        return Decimal(raw)
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a number") from None
-
-
-def _cardinal(value: Decimal | int, language: str) -> str:
-    from shared.text.normalization import chinese, english, japanese
-
-    value = Decimal(value)
-    if language == "en":
-        return english.en_cardinal(value)
-    if language == "ja":
-        return japanese.ja_cardinal(value)
-    return chinese.zh_cardinal(value)
-
-
-def _ordinal(text: str, language: str) -> str:
-    from num2words import num2words
-
-    raw = re.sub(r"(?i)(st|nd|rd|th|\.)$", "", text.strip())
-    value = int(_number(raw))
-    if language == "en":
-        return str(num2words(value, lang="en", to="ordinal")).replace(",", "")
-    return "第" + _cardinal(value, language)
-
-
-def _characters(text: str, language: str) -> str:
-    names = _DIGIT_NAMES[language]
-    spelled = [names[int(ch)] if ch.isdigit() and ch.isascii() else ch.upper() for ch in text if not ch.isspace()]
-    if language == "ja":  # the Japanese normaliser gives Latin letters their katakana names (エー, ビー)
-        from shared.text.normalization import normalize_for_speech
-
-        return "".join(normalize_for_speech(ch, "ja") if ch.isascii() else ch for ch in spelled)
-    return " ".join(spelled) if language == "en" else "".join(c if _CJK.match(c) else f" {c} " for c in spelled)
-
-
-def _digits(text: str, language: str) -> str:
-    names = _DIGIT_NAMES[language]
-    found = [names[int(ch)] for ch in text if ch.isascii() and ch.isdigit()]
-    if not found:
-        raise ValueError("no digits")
-    return (" " if language == "en" else "").join(found)
-
-
-def _telephone(text: str, language: str) -> str:
-    groups = re.findall(r"\d+", text)
-    if not groups:
-        raise ValueError("no digits")
-    names = _DIGIT_NAMES[language]
-    if language == "zh":
-        names = ["零", "幺", *names[2:]]  # 1 is 幺 in numbers to dial, so it is not heard as 七
-    spoken = _PHONE_JOIN[language].join(
-        (" " if language == "en" else "").join(names[int(d)] for d in group) for group in groups
-    )
-    return _PLUS[language] + spoken if text.strip().startswith("+") else spoken
-
-
-def _date_order(fmt: str | None, parts: list[str], language: str) -> str:
-    """The order of a date's parts: from `format` (mdy, yyyy-mm-dd, ...), else guessed from their shape."""
-    order = "".join(dict.fromkeys(ch for ch in (fmt or "").lower() if ch in "ymd"))
-    if order:
-        return order
-    year_first = bool(parts) and len(parts[0]) == 4 and parts[0].isdigit()
-    if len(parts) == 3:
-        return "ymd" if year_first else "mdy" if language == "en" else "dmy"
-    if len(parts) == 2:
-        return "ym" if year_first else "md"
-    return "y" if year_first else "d"
-
-
-def _date(text: str, fmt: str | None, language: str) -> str:
-    from num2words import num2words
-
-    from shared.text.normalization import english
-
-    raw = text.strip()
-    parts = [p for p in re.split(r"[\s/.,-]+", raw) if p]
-    widths = re.findall(r"y+|m+|d+", (fmt or "").lower())
-    if len(parts) == 1 and parts[0].isdigit() and len(widths) > 1 and sum(map(len, widths)) == len(parts[0]):
-        digits, parts = parts[0], []
-        for width in widths:  # "20261225" with format yyyymmdd
-            parts.append(digits[: len(width)])
-            digits = digits[len(width) :]
-    order = _date_order(fmt, parts, language)
-    if len(order) != len(parts):
-        raise ValueError(f"{raw!r} does not have the parts of format {order}")
-    found: dict[str, int] = {}
-    for kind, part in zip(order, parts, strict=True):
-        if kind == "m" and not part.isdigit():
-            months = [m.lower() for m in english.MONTHS]
-            match = [i for i, name in enumerate(months) if name.startswith(part.lower()[:3])]
-            if not match:
-                raise ValueError(f"{part!r} is not a month")
-            found["m"] = match[0] + 1
-        else:
-            found[kind] = int(part)
-    if not 1 <= found.get("m", 1) <= 12 or not 1 <= found.get("d", 1) <= 31:
-        raise ValueError(f"{raw!r} is not a date")
-    year, month, day = found.get("y"), found.get("m"), found.get("d")
-    if language == "en":
-        words = []
-        if month:
-            words.append(english.MONTHS[month - 1])
-        if day:
-            words.append(str(num2words(day, lang="en", to="ordinal")))
-        if year is not None:
-            said = str(num2words(year, lang="en", to="year")).replace(",", "")
-            words.append(("," if month and day else "") + " " + said if words else said)
-        return " ".join(words).replace(" ,", ",").replace("  ", " ").strip()
-    spoken = ""
-    if year is not None:
-        spoken += _cardinal(year, "ja") if language == "ja" else "".join(_DIGIT_NAMES["zh"][int(d)] for d in str(year))
-        spoken += "年"
-    if month:
-        spoken += _cardinal(month, language) + "月"
-    if day:
-        spoken += _cardinal(day, language) + "日"
-    return spoken
-
-
-def _normalised(text: str, language: str) -> str:
-    """What the farm's normaliser says for `text`; ValueError when it reads nothing in it."""
-    from shared.text.normalization import normalize_for_speech
-
-    said = normalize_for_speech(text, language)
-    if said == " ".join(text.split()):
-        raise ValueError("nothing to read")
-    return said
-
-
-def _currency(text: str, language: str) -> str:
-    raw = " ".join(text.split())
-    m = re.fullmatch(r"(?i)([A-Z]{3})\s*([\d.,]+)|([\d.,]+)\s*([A-Z]{3})", raw)
-    if m:
-        code, amount = (m[1], m[2]) if m[1] else (m[4], m[3])
-        code = code.upper()
-        if code not in _CURRENCY_CODES:
-            raise ValueError(f"unknown currency {code}")
-        if code in ("CNY", "RMB") and language == "en":
-            return f"{_cardinal(_number(amount), 'en')} yuan"
-        raw = _CURRENCY_CODES[code] + amount
-    return _normalised(raw, language)
-
-
-SAY_AS = ("cardinal", "number", "ordinal", "characters", "spell-out", "verbatim", "digits", "date", "time",
-          "telephone", "currency")  # fmt: skip
-
-
-def say_as(text: str, interpret_as: str, fmt: str | None, language: str) -> str:
-    """The words for a say-as element's text; ValueError when it cannot be read as asked."""
-    kind = interpret_as.strip().lower()
-    if language not in _DIGIT_NAMES:
-        raise ValueError(f"say-as is read in en, zh and ja only, not {language}")
-    if kind in ("cardinal", "number"):
-        return _cardinal(_number(text), language)
-    if kind == "ordinal":
-        return _ordinal(text, language)
-    if kind in ("characters", "spell-out", "verbatim"):
-        return _characters(text, language)
-    if kind == "digits":
-        return _digits(text, language)
-    if kind == "date":
-        return _date(text, fmt, language)
-    if kind == "time":
-        return _normalised(text, language)
-    if kind == "telephone":
-        return _telephone(text, language)
-    if kind == "currency":
-        return _currency(text, language)
-    raise KeyError(kind)
-
-
 # -- the walk --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _State:
@@ -514,7 +219,7 @@ def _opening(ch: str) -> bool:
 
 
 def _is_cjk(ch: str) -> bool:
-    return bool(_CJK.match(ch))
+    return bool(CJK.match(ch))
 
 
 def _join(left: str, right: str) -> str:
