@@ -19,7 +19,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -74,7 +74,14 @@ class Entry:
     source: str = "tenant"
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        # What dataclasses.asdict gives for these string fields, without its deep copies (one per snapshot entry).
+        return {
+            "term": self.term,
+            "language": self.language,
+            "pronunciation": self.pronunciation,
+            "alphabet": self.alphabet,
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:
@@ -373,6 +380,12 @@ class Matcher:
                 if text.startswith(term, start):
                     found.add(term)
                 continue
+            end = start + len(term)
+            if _plain(term, text, start, end):
+                # ASCII throughout: the folded match is a case-insensitive one, and its casefold is in the text's.
+                if _word_edges(text, start, end):
+                    found.add(term)
+                continue
             if folded_text is None:
                 folded_text = text.casefold()
             if term.casefold() in folded_text and _occurs_pattern(term).match(text, start):
@@ -387,7 +400,12 @@ class Matcher:
             size = len(term)
             if size <= longest.get(start, 0):
                 continue
-            valid = _find_pattern(term).match(text, start) if _latin(term) else text.startswith(term, start)
+            if not _latin(term):
+                valid = text.startswith(term, start)
+            elif _plain(term, text, start, start + size):
+                valid = _word_edges(text, start, start + size)
+            else:
+                valid = _find_pattern(term).match(text, start) is not None
             if valid:
                 longest[start] = size
         spans, position = [], 0
@@ -396,6 +414,21 @@ class Matcher:
                 spans.append((start, start + longest[start]))
                 position = start + longest[start]
         return spans
+
+
+_ASCII_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _plain(term: str, text: str, start: int, end: int) -> bool:
+    """Whether a Latin term's place and the characters either side are all ASCII: there the rules need no
+    expression (ASCII letters match case-insensitively exactly when their folds do, and an ASCII neighbour is a
+    letter or digit exactly when it is in [A-Za-z0-9], with or without IGNORECASE). Elsewhere the term's own
+    pattern decides: K, ſ, ı and İ count as letters to the case-insensitive boundaries of `occurs`."""
+    return term.isascii() and text[max(0, start - 1) : end + 1].isascii()
+
+
+def _word_edges(text: str, start: int, end: int) -> bool:
+    return (start == 0 or text[start - 1] not in _ASCII_WORD) and (end >= len(text) or text[end] not in _ASCII_WORD)
 
 
 @lru_cache(maxsize=256)

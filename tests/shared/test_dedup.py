@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import transaction
-from shared.jobs import dedup
+from shared.jobs import dedup, objects
 from shared.models import Job, Tenant
 from shared.storage import Storage
 from tests.support.batches import broker_messages, finish_like_a_worker, row
@@ -182,3 +182,22 @@ def test_model_identity_follows_the_content_of_a_model_dir(tmp_path: Path) -> No
     assert dedup.model_identity("cosyvoice", str(tmp_path)) != before
     dedup.model_identity.cache_clear()
     assert dedup.model_identity("cosyvoice", str(tmp_path / "absent")) == f"cosyvoice:{tmp_path / 'absent'}"
+
+
+def test_an_object_some_job_names_is_never_deleted(
+    client: FlaskClient, api_key: str, sessions: sessionmaker[Session], farm_settings: Settings
+) -> None:
+    """The places that delete job objects (the finisher's earlier attempts, the QA gate's takes not kept) go
+    through shared/jobs/objects.py: a key another job names (a cache hit sharing it) is kept."""
+    storage = Storage.from_settings(farm_settings)
+    first = synthesized(client, api_key, sessions, storage)
+    again = submit(client, api_key, BODY)
+    shared_key = row(sessions, again["id"]).object_key
+    assert shared_key is not None and shared_key == row(sessions, first["id"]).object_key
+    stray = shared_key.rsplit("/", 1)[0] + "/a9.wav"
+    storage.put(stray, b"an attempt nobody names")
+    deleted = objects.delete_unreferenced(sessions, storage, [shared_key, stray])
+    assert deleted == [stray]
+    assert storage.exists(shared_key) and not storage.exists(stray)
+    # Named by the source only (its cached twin set aside): still named, still kept.
+    assert objects.delete_unreferenced(sessions, storage, [shared_key], besides=[again["id"]]) == []

@@ -39,8 +39,8 @@ def reference_spans(text: str, entries: Sequence[Entry]) -> list[tuple[int, int,
     return [(m.start(), m.end(), m.group()) for m in re.finditer(alternatives, text)]
 
 
-def random_text(rng: random.Random, size: int) -> str:
-    return "".join(rng.choice(ALPHABET) for _ in range(size))
+def random_text(rng: random.Random, size: int, alphabet: str = ALPHABET) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(size))
 
 
 def random_terms(rng: random.Random, text: str, count: int) -> list[str]:
@@ -60,7 +60,8 @@ def random_terms(rng: random.Random, text: str, count: int) -> list[str]:
 @pytest.mark.parametrize("seed", range(300))
 def test_matcher_agrees_with_the_per_term_expressions(seed: int) -> None:
     rng = random.Random(seed)
-    text = random_text(rng, rng.randint(0, 60))
+    # A third of the texts in ASCII alone: the matcher's fast path (no expression) decides there.
+    text = random_text(rng, rng.randint(0, 60), ALPHABET if seed % 3 else "aAbBiIkKsStTyY0 1-,.'")
     terms = random_terms(rng, text or "ab", rng.randint(1, 12))
     entries = [Entry(t, "en", "x", "ipa", source=rng.choice(("job", "tenant"))) for t in terms]
     occurring = Matcher(entries).occurring(text)
