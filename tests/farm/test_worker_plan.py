@@ -76,7 +76,11 @@ def test_cli_passes_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import voicefarm.ops.workers
     from voicefarm.cli import main
 
+    from shared import identity
+
     seen: dict[str, object] = {}
     monkeypatch.setattr(voicefarm.ops.workers, "run_workers", lambda settings, **kwargs: seen.update(kwargs) or 0)
+    # Only the flags are under test: no claim on whatever broker the default settings name.
+    monkeypatch.setattr(identity, "claim_at_start", lambda settings: None)
     assert main(["worker", "--gpus", "0,1", "--per-gpu", "4"]) == 0
     assert seen == {"gpus": "0,1", "cpu": 0, "per_gpu": 4}
