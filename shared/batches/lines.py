@@ -8,9 +8,6 @@ out. Line ids are the caller's (unique, 1-128 of `[A-Za-z0-9._-]`) or, when abse
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,53 +71,6 @@ class Line:
 
 def problem(line: int, line_id: str | None, field: str, code: str, message: str) -> dict[str, Any]:
     return {"line": line, "id": line_id, "field": field, "code": code, "message": message}
-
-
-def parse_csv(data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows of a CSV with a header row (UTF-8, a BOM allowed); empty cells count as absent."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [], [problem(0, None, "file", "invalid_encoding", f"the file is not UTF-8: {exc.reason}")]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    unknown = [name for name in header if name not in ("id", *LINE_FIELDS)]
-    if unknown or "text" not in header:
-        problems = [problem(0, None, name, "unknown_column", f"unknown column {name!r}") for name in unknown]
-        if "text" not in header:
-            problems.append(problem(0, None, "text", "missing_column", "the header has no 'text' column"))
-        return [], problems
-    rows: list[dict[str, Any]] = []
-    try:
-        for row in reader:
-            if None in row:
-                rows.append({"__error__": "the row has more cells than the header"})
-                continue
-            rows.append({k: v for k, v in row.items() if v not in (None, "")})
-    except csv.Error as exc:
-        return [], [problem(reader.line_num, None, "file", "invalid_csv", str(exc))]
-    return rows, []
-
-
-def parse_jsonl(data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One JSON object per non-empty line."""
-    rows: list[dict[str, Any]] = []
-    problems: list[dict[str, Any]] = []
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [], [problem(0, None, "file", "invalid_encoding", f"the file is not UTF-8: {exc.reason}")]
-    for number, raw in enumerate((r for r in text.splitlines() if r.strip()), start=1):
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            problems.append(problem(number, None, "line", "invalid_json", f"not JSON: {exc}"))
-            continue
-        if not isinstance(value, dict):
-            problems.append(problem(number, None, "line", "invalid_json", "each line must be a JSON object"))
-            continue
-        rows.append(value)
-    return rows, problems
 
 
 def check_defaults(defaults: Any) -> dict[str, Any]:

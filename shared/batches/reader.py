@@ -6,7 +6,7 @@ arrives, so a batch with more than `max_lines` lines is refused (413 `batch_too_
 `max_lines + 1` is read, and what is held is at most the allowed lines plus one chunk. A single line (a JSON array
 element, a JSONL or CSV line) longer than `max_line_chars` is refused the same way, before it is parsed; JSON nested
 deeper than shared/jsonbody.py's `MAX_DEPTH` is not JSON the farm reads. CSV and JSONL problems are reported as
-shared/batches/lines.py's `parse_csv` and `parse_jsonl` report them (`{line, id, field, code, message}`).
+every line problem is (shared/batches/lines.py `problem`: `{line, id, field, code, message}`).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[bytes | None]
 
 
 def read_jsonl(stream: IO[bytes], max_lines: int, max_line_chars: int) -> tuple[list[dict[str, Any]], Problems]:
-    """One JSON object per non-empty line, as `parse_jsonl` reads them, refused past `max_lines` lines."""
+    """One JSON object per non-empty line (UTF-8, a BOM allowed), refused past `max_lines` lines."""
     rows: list[dict[str, Any]] = []
     problems: Problems = []
     number = 0
@@ -230,8 +230,8 @@ def read_jsonl(stream: IO[bytes], max_lines: int, max_line_chars: int) -> tuple[
 
 
 def read_csv(stream: IO[bytes], max_lines: int, max_line_chars: int) -> tuple[list[dict[str, Any]], Problems]:
-    """Rows of a CSV with a header row, as `parse_csv` reads them, refused past `max_lines` rows; a physical line
-    over `max_line_chars` characters makes the file unreadable (`line_too_long`)."""
+    """Rows of a CSV with a header row (UTF-8, a BOM allowed; empty cells count as absent), refused past
+    `max_lines` rows; a physical line over `max_line_chars` characters makes the file unreadable (`line_too_long`)."""
     buffered: IO[bytes] = io.BufferedReader(stream) if isinstance(stream, io.RawIOBase) else stream
     wrapper = io.TextIOWrapper(buffered, encoding="utf-8-sig", newline="")
     long_line = problem(0, None, "file", "line_too_long", f"a line is over {max_line_chars} characters")
