@@ -74,9 +74,8 @@ def test_per_gpu_needs_gpus() -> None:
 
 def test_cli_passes_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import voicefarm.ops.workers
-    from voicefarm.cli import main
-
     from shared import identity
+    from voicefarm.cli import main
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(voicefarm.ops.workers, "run_workers", lambda settings, **kwargs: seen.update(kwargs) or 0)
