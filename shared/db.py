@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -42,6 +43,37 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session, session.begin():
         yield session
+
+
+# -- one clock: the database's ------------------------------------------------------------------------------------
+# Every time comparison that decides who owns what (a lease, its expiry, a worker's liveness, a webhook attempt in
+# flight) reads the database's clock, never the clock of the process asking: workers on several hosts disagree about
+# the time, the database is one. See docs/operations/guarantees.md#one-clock.
+
+# PostgreSQL's now() is the start of the transaction; SQLite's 'now' is the clock of the machine its file lives on
+# (one machine, every process on it), with milliseconds.
+_NOW_SQL = {"postgresql": "SELECT now()", "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"}
+_NOW_KEY = "voicefarm_db_now"
+
+
+def connection_now(conn: Connection) -> datetime:
+    """The database's current time (timezone-aware UTC), read once per transaction of `conn`: every value a
+    transaction computes from it (a lease's expiry, a cutoff) agrees, as PostgreSQL's now() does."""
+    tx = conn.get_transaction()
+    cached = conn.info.get(_NOW_KEY)
+    if tx is not None and cached is not None and cached[0] is tx:
+        return cached[1]
+    raw = conn.execute(text(_NOW_SQL.get(conn.dialect.name, "SELECT CURRENT_TIMESTAMP"))).scalar_one()
+    now = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    if tx is not None:
+        conn.info[_NOW_KEY] = (tx, now)
+    return now
+
+
+def db_now(session: Session) -> datetime:
+    """The database's current time in the session's transaction (see `connection_now`)."""
+    return connection_now(session.connection())
 
 
 # The session-level advisory lock `migrate` holds on PostgreSQL ("vfmigrate").

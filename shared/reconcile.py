@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import identity
 from shared.batches import scheduler
 from shared.config import Settings
-from shared.db import transaction
+from shared.db import db_now, transaction
 from shared.jobs import state as jobs
 from shared.models import Batch, Job, utcnow
 from shared.queue import (
@@ -225,6 +225,9 @@ class Reconciler:
             return False
 
     def _resend_stale_unacked(self) -> int:
+        # kombu scores the unacked index with the taking worker's time.time(), so this cutoff compares two hosts'
+        # clocks. It decides only a re-send, never who runs the job: the message's job is re-sent only while it is
+        # still queued, and a duplicate message finds the job claimed, by the database's clock (shared/jobs/state.py).
         cutoff = time.time() - self.stale_unacked_s
         with self._redis() as conn:
             client = conn.default_channel.client
@@ -260,7 +263,7 @@ class Reconciler:
                 page = jobs.queued_page(session, self._walk, PAGE)
             self._send([job.id for job in page], jobs_=page)
             if len(page) < PAGE:
-                client.set(epoch_key(self.farm_id), utcnow().isoformat())
+                client.set(epoch_key(self.farm_id), utcnow().isoformat())  # a marker: its value is only shown
                 self._walking = False
             else:
                 self._walk = (page[-1].created_at, page[-1].id)
@@ -279,8 +282,8 @@ class Reconciler:
         """Queued jobs sent over `lost_after_s` ago whose message is in no list of their engine's queue and not in
         the unacked set: the broker lost it, or another farm's worker took it. Re-sent; a message the check missed
         (taken by a worker between the reads) only makes a harmless duplicate."""
-        sent_before = utcnow() - timedelta(seconds=self.lost_after_s)
         with self.sessions() as session:
+            sent_before = db_now(session) - timedelta(seconds=self.lost_after_s)  # sent_at is the database's clock
             waiting = jobs.sent_before(session, sent_before, PAGE)
         if not waiting:
             return 0
@@ -334,9 +337,10 @@ class Reconciler:
         workers that are down for long do not pile up copies; the attempt cap lives in the database."""
         now = time.monotonic()
         self._webhooks_sent = {k: t for k, t in self._webhooks_sent.items() if now - t < self.webhook_quiet_s}
-        finished_before = utcnow() - timedelta(seconds=self.grace_s * 2)
-        quiet_since = utcnow() - timedelta(seconds=self.webhook_quiet_s)
         with self.sessions() as session:
+            clock = db_now(session)  # finished_at and started_at were written by the database's clock
+            finished_before = clock - timedelta(seconds=self.grace_s * 2)
+            quiet_since = clock - timedelta(seconds=self.webhook_quiet_s)
             owed_jobs = deliveries.undelivered(
                 session, Job, finished_before=finished_before, quiet_since=quiet_since, limit=PAGE
             )

@@ -9,10 +9,11 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import func, select, text
 
 from producer.resources import farm
+from shared.db import db_now
 from shared.engines import fleet
 from shared.jobs import state as jobs
 from shared.metrics import ScrapeCache
-from shared.models import Job, utcnow
+from shared.models import Job
 
 bp = Blueprint("health", __name__)
 # A take waiting this long for the QA gate with no QA worker on it means the pool is missing or too small.
@@ -70,7 +71,7 @@ def _readiness() -> tuple[dict[str, Any], int]:
                     .where(
                         Job.status == jobs.CHECKING,
                         Job.worker.is_(None),
-                        Job.started_at < utcnow() - timedelta(seconds=QA_WAIT_WARN_S),
+                        Job.started_at < db_now(session) - timedelta(seconds=QA_WAIT_WARN_S),
                     )
                 )
                 or 0

@@ -26,6 +26,7 @@ from shared.audio.codecs import EXTENSIONS
 from shared.batches import review
 from shared.batches.lines import Line
 from shared.config import Settings
+from shared.db import db_now
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.jobs import dedup
 from shared.jobs import settle as batch_state
@@ -132,7 +133,7 @@ def create_batch(
         "defaults": defaults,
         "webhook_url": webhook_url,
         "line_count": len(lines),
-        "created_at": utcnow(),
+        "created_at": db_now(session),  # the database's clock, as its lines' (the scheduler's order)
     }
     batch_id = _insert_batch(session, values)
     if batch_id is None:

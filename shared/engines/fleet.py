@@ -20,9 +20,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import db_now
 from shared.engines import Capabilities, catalogue, engine_names
 from shared.errors import BadRequest
-from shared.models import Worker, utcnow
+from shared.models import Worker
 
 
 # -- a worker's own row ------------------------------------------------------------------------------------------
@@ -37,8 +38,8 @@ def register_worker(
         "model": model,
         "capabilities": capabilities,
         "device": device,
-        "started_at": utcnow(),
-        "last_seen": utcnow(),
+        "started_at": db_now(session),
+        "last_seen": db_now(session),
         "jobs_done": 0,
         "audio_seconds": 0.0,
         "compute_seconds": 0.0,
@@ -57,34 +58,35 @@ def record_job(session: Session, name: str, audio_s: float, compute_s: float) ->
             jobs_done=Worker.jobs_done + 1,
             audio_seconds=Worker.audio_seconds + audio_s,
             compute_seconds=Worker.compute_seconds + compute_s,
-            last_seen=utcnow(),
+            last_seen=db_now(session),
         )
     )
 
 
 def heartbeat(session: Session, name: str) -> None:
-    """The worker is alive now."""
-    session.execute(update(Worker).where(Worker.name == name).values(last_seen=utcnow()))
+    """The worker is alive now, by the database's clock (so is every liveness test below: a worker's own clock
+    never decides whether it, or another, is live)."""
+    session.execute(update(Worker).where(Worker.name == name).values(last_seen=db_now(session)))
 
 
 # -- the live workers ---------------------------------------------------------------------------------------------
-def _live(live_s: float) -> Any:
-    """A worker is live while its heartbeat is younger than `live_s`."""
-    return Worker.last_seen > utcnow() - timedelta(seconds=live_s)
+def _live(session: Session, live_s: float) -> Any:
+    """A worker is live while its heartbeat is younger than `live_s`, by the database's clock."""
+    return Worker.last_seen > db_now(session) - timedelta(seconds=live_s)
 
 
 def live_rows(session: Session, live_s: float) -> list[Worker]:
     """The live workers' rows, by name."""
-    return list(session.scalars(select(Worker).where(_live(live_s)).order_by(Worker.name)))
+    return list(session.scalars(select(Worker).where(_live(session, live_s)).order_by(Worker.name)))
 
 
 def live_count(session: Session, live_s: float) -> int:
-    return int(session.scalar(select(func.count()).select_from(Worker).where(_live(live_s))) or 0)
+    return int(session.scalar(select(func.count()).select_from(Worker).where(_live(session, live_s))) or 0)
 
 
 def live_by_engine(session: Session, live_s: float) -> dict[str, int]:
     """Engine name -> how many of its workers are live."""
-    query = select(Worker.engine, func.count()).where(_live(live_s)).group_by(Worker.engine)
+    query = select(Worker.engine, func.count()).where(_live(session, live_s)).group_by(Worker.engine)
     return {str(engine): int(n) for engine, n in session.execute(query)}
 
 

@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, Job, utcnow
+from shared.db import db_now
+from shared.models import Batch, Job
 
 # Final line states (shared/jobs/state.TERMINAL, which imports this module); any other state is open.
 FINAL = ("succeeded", "failed", "canceled")
@@ -46,7 +47,7 @@ def settle(session: Session, batch_ids: Iterable[str | None]) -> list[str]:
             update(Batch)
             .where(Batch.id == batch_id)
             .values(
-                finished_at=utcnow(),
+                finished_at=db_now(session),  # the database's clock: the reconciler ages it (webhooks owed)
                 completions=Batch.completions + 1,
                 finished_event="batch.canceled" if status == "canceled" else "batch.completed",
                 # A new event: its own attempts (an undelivered earlier one is superseded by it).

@@ -9,6 +9,8 @@ This module is the only writer of a job's status. The rules:
 - An attempt whose lease lapsed counts in `lost_attempts`; a job that loses `max_lost` attempts is quarantined.
   That is the only rule that quarantines. Transient failures hand the job back (`release`) and count nothing.
 No ORM read-modify-write anywhere: the same code is race-free on SQLite and PostgreSQL.
+One clock: every time written or compared here (leases, their expiry, sent_at, finished_at) is the database's
+(shared/db.py `db_now`), never the worker's, so a worker whose clock is off takes no live job and loses no lease.
 Every statement that gives batch lines a final state settles their batch in the same transaction
 (shared/jobs/settle.py), which is how a batch learns it is finished.
 """
@@ -23,10 +25,11 @@ from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import pages, qa
+from shared.db import db_now
 from shared.errors import Conflict, NotFound
 from shared.jobs import idempotency
 from shared.jobs import settle as batch_state
-from shared.models import Job, utcnow
+from shared.models import Job
 
 TERMINAL = ("succeeded", "failed", "canceled")
 # "checking": a take is stored and the QA gate (worker/qa/step.py) has yet to pass it or ask for another.
@@ -44,8 +47,10 @@ def create_job(
     job's fields. The key on a request with another hash is refused with 409 `idempotency_key_reused`.
     Concurrent submissions with one key all get the one job, and none of them raises.
     """
+    # The database's clock: the reconciler's "unsent for a while" (`unsent`) compares created_at with it.
+    stamped = {"created_at": db_now(session)} | fields
     if not idempotency_key:
-        job = Job(tenant_id=tenant_id, idempotency_key=None, status="queued", request_hash=request_hash, **fields)
+        job = Job(tenant_id=tenant_id, idempotency_key=None, status="queued", request_hash=request_hash, **stamped)
         session.add(job)
         session.flush()
         return job, True
@@ -53,7 +58,7 @@ def create_job(
     existing = idempotency.find(session, tenant_id, idempotency_key)
     if existing is None:
         values = {"tenant_id": tenant_id, "idempotency_key": idempotency_key, "status": "queued"}
-        job_id = idempotency.insert_once(session, values | {"request_hash": digest} | fields)
+        job_id = idempotency.insert_once(session, values | {"request_hash": digest} | stamped)
         created = session.get(Job, job_id) if job_id is not None else None
         if created is not None:
             return created, True
@@ -124,7 +129,7 @@ def _held(attempt: Attempt) -> Any:
 
 def claim(session: Session, job_id: str, worker: str, lease_s: float, max_lost: int) -> tuple[Job, Attempt] | None:
     """Start a new attempt; None when the job is terminal, quarantined now, or running under a live lease."""
-    now = utcnow()
+    now = db_now(session)
     _expire(session, now, max_lost, Job.id == job_id)
     number = session.scalar(
         update(Job)
@@ -148,12 +153,11 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float, max_lost: 
 
 def recover_expired(session: Session, max_lost: int, limit: int = 500) -> tuple[list[str], list[str]]:
     """Jobs whose lease lapsed: back to queued (ids in the first list) or quarantined (the second)."""
-    ids = session.scalars(
-        select(Job.id).where(Job.status == "running", Job.lease_expires_at < utcnow()).limit(limit)
-    ).all()
+    now = db_now(session)
+    ids = session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now).limit(limit)).all()
     if not ids:
         return [], []
-    return _expire(session, utcnow(), max_lost, Job.id.in_(ids))
+    return _expire(session, now, max_lost, Job.id.in_(ids))
 
 
 def _expire(session: Session, now: datetime, max_lost: int, *where: Any) -> tuple[list[str], list[str]]:
@@ -184,14 +188,14 @@ def set_progress(session: Session, attempt: Attempt, progress: float, lease_s: f
     result = session.execute(
         update(Job)
         .where(_held(attempt))
-        .values(progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .values(progress=progress, lease_expires_at=db_now(session) + timedelta(seconds=lease_s))
     )
     return _rowcount(result) == 1
 
 
 def renew_lease(session: Session, attempt: Attempt, lease_s: float) -> bool:
     result = session.execute(
-        update(Job).where(_held(attempt)).values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        update(Job).where(_held(attempt)).values(lease_expires_at=db_now(session) + timedelta(seconds=lease_s))
     )
     return _rowcount(result) == 1
 
@@ -253,7 +257,7 @@ def refusal(session: Session, attempt: Attempt) -> str:
 
 def mark_sent(session: Session, job_id: str) -> None:
     """The broker took the job's message: the reconciler need not send it again."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=utcnow()))
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=db_now(session)))
 
 
 def mark_unsent(session: Session, job_id: str) -> None:
@@ -263,7 +267,7 @@ def mark_unsent(session: Session, job_id: str) -> None:
 
 def unsent(session: Session, older_than_s: float, limit: int) -> list[Job]:
     """Queued jobs with no message known to be in the broker, past the moment their own send should be done."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    cutoff = db_now(session) - timedelta(seconds=older_than_s)
     # Batch lines not sent yet are the scheduler's backlog (shared/batches/scheduler.py), not lost sends.
     query = select(Job).where(
         Job.status == "queued", Job.sent_at.is_(None), Job.created_at < cutoff, Job.batch_id.is_(None)
@@ -297,7 +301,7 @@ def _finish(session: Session, where: Any, settle: bool = True, **values: Any) ->
     finished = session.execute(
         update(Job)
         .where(where, Job.status.in_(OPEN))
-        .values(finished_at=utcnow(), lease_expires_at=None, **values)
+        .values(finished_at=db_now(session), lease_expires_at=None, **values)
         .returning(Job.batch_id)
     ).all()
     if settle:
@@ -317,7 +321,7 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
     `cached` is created succeeded with that result (answered from the dedup cache: no attempt runs); the rest
     are queued for the scheduler."""
     cached = cached or {}
-    now = utcnow()
+    now = db_now(session)
     values = [
         {
             "status": "succeeded",
@@ -325,10 +329,11 @@ def create_lines(session: Session, rows: list[dict[str, Any]], cached: dict[str,
             "object_key": cached[row["id"]].get("key"),
             "progress": 1.0,
             "finished_at": now,
+            "created_at": now,
             **row,
         }
         if row["id"] in cached
-        else {"status": "queued", **row}
+        else {"status": "queued", "created_at": now, **row}  # the scheduler sends lines in created_at order
         for row in rows
     ]
     if values:
@@ -340,7 +345,7 @@ def complete_cached(session: Session, job_id: str, result: dict[str, Any]) -> bo
     """Answer a queued job from a stored result (no attempt ran: `attempts` stays 0); False when it is not queued.
     The result names the source's object, which the job now shares (`object_key`). The job's loaded row is
     refreshed by the same statement."""
-    now = utcnow()
+    now = db_now(session)
     done = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
@@ -366,7 +371,7 @@ def cancel_queued_lines(session: Session, batch_id: str) -> int:
     result = session.execute(
         update(Job)
         .where(Job.batch_id == batch_id, Job.status == "queued")
-        .values(status="canceled", finished_at=utcnow(), lease_expires_at=None)
+        .values(status="canceled", finished_at=db_now(session), lease_expires_at=None)
     )
     return _rowcount(result)
 
@@ -405,7 +410,7 @@ def to_checking(session: Session, attempt: Attempt, result: dict[str, Any], leas
             result=result,
             progress=1.0,
             worker=None,
-            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+            lease_expires_at=db_now(session) + timedelta(seconds=lease_s),
             check_lapses=0,  # a new take: its check starts with no lapse
         )
     )
@@ -415,11 +420,12 @@ def to_checking(session: Session, attempt: Attempt, result: dict[str, Any], leas
 def hold_check(session: Session, job_id: str, number: int, worker: str, lease_s: float) -> bool:
     """A QA worker takes the check of attempt `number`, or renews its own hold; False when that take is no longer
     waiting or another QA worker holds it under a live lease (a re-sent check then does nothing)."""
-    free = Job.worker.is_(None) | (Job.worker == worker) | (Job.lease_expires_at < utcnow())
+    now = db_now(session)
+    free = Job.worker.is_(None) | (Job.worker == worker) | (Job.lease_expires_at < now)
     held = session.execute(
         update(Job)
         .where(_checking(job_id, number), free)
-        .values(worker=worker, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .values(worker=worker, lease_expires_at=now + timedelta(seconds=lease_s))
     )
     return _rowcount(held) == 1
 
@@ -455,7 +461,7 @@ def retake(session: Session, job_id: str, number: int, worker: str, takes: list[
 
 def any_waiting_check_lapsed(session: Session) -> bool:
     """Whether some take no QA worker has taken has outlived its check lease (see `lapsed_checks`)."""
-    waiting = (Job.status == CHECKING) & Job.worker.is_(None) & (Job.lease_expires_at < utcnow())
+    waiting = (Job.status == CHECKING) & Job.worker.is_(None) & (Job.lease_expires_at < db_now(session))
     return session.scalar(select(Job.id).where(waiting).limit(1)) is not None
 
 
@@ -466,7 +472,7 @@ def lapsed_checks(session: Session, lease_s: float, limit: int = 500, *, queue_e
     waiting take is most likely among them, and a re-send would only be a duplicate. A held check that lapsed
     counts in `check_lapses` (a lost message does not: no check ran); `end_lapsed_checks` ends a take whose
     checks keep lapsing, so a check that can never finish is not re-sent forever."""
-    now = utcnow()
+    now = db_now(session)
     lapsed = (Job.status == CHECKING) & (Job.lease_expires_at < now)
     if not queue_empty:
         lapsed = lapsed & Job.worker.is_not(None)
@@ -492,7 +498,7 @@ def end_lapsed_checks(session: Session, max_lapses: int, limit: int = 500) -> li
     `check_lapsed` (shared/qa.py `lapsed_verdict`), instead of being re-sent again. Each write is fenced on the
     take's attempt, its holder and its lapsed lease, so a QA worker that renews its hold meanwhile keeps it.
     Returns the ids of the jobs ended."""
-    now = utcnow()
+    now = db_now(session)
     lapsed = (
         (Job.status == CHECKING)
         & (Job.lease_expires_at < now)

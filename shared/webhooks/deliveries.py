@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import transaction
+from shared.db import db_now, transaction
 from shared.jobs.state import TERMINAL
-from shared.models import ApiKey, Batch, Job, WebhookDelivery, utcnow
+from shared.models import ApiKey, Batch, Job, WebhookDelivery
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c3c1e-51a4-4a8e-9d0e-5b1f0b7f2a10")
 SIGNATURE_VERSION = "v1"
@@ -84,8 +84,11 @@ def claim_attempt(
     """Start the next attempt at a finished job's webhook or a finished batch's final event, or None when there is
     nothing (more) to send.
 
-    An attempt unfinished after `in_flight_s` had its worker die; the last one's copy then closes the event."""
+    An attempt unfinished after `in_flight_s` had its worker die; the last one's copy then closes the event. Both
+    that age and the attempt's start are the database's clock, so a webhook worker whose clock is off neither
+    closes an event another is still delivering nor keeps a dead attempt in flight."""
     with transaction(sessions) as session:
+        now = db_now(session)
         number = session.execute(
             update(model)
             .where(
@@ -104,7 +107,7 @@ def claim_attempt(
             in_flight = exists().where(
                 _subject_column(model) == subject_id,
                 WebhookDelivery.finished_at.is_(None),
-                WebhookDelivery.started_at > utcnow() - timedelta(seconds=in_flight_s),
+                WebhookDelivery.started_at > now - timedelta(seconds=in_flight_s),
             )
             session.execute(
                 update(model)
@@ -116,7 +119,7 @@ def claim_attempt(
                     model.webhook_attempts >= max_attempts,
                     ~in_flight,
                 )
-                .values(webhook_gave_up_at=utcnow())
+                .values(webhook_gave_up_at=now)
             )
             return None
         job = session.get(Job, subject_id, populate_existing=True) if model is Job else None
@@ -128,7 +131,7 @@ def claim_attempt(
             owner, event = batch.api_key_id, str(batch.finished_event)
             evt = batch_event_id(batch.id, batch.completions)
         secret = session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == owner))
-        started = utcnow()
+        started = now
         delivery = WebhookDelivery(
             job_id=job.id if job else None,
             batch_id=batch.id if batch else None,
@@ -153,9 +156,9 @@ def finish_attempt(
     give_up: bool = False,
 ) -> None:
     """Record how an attempt ended, on its row and in its subject's webhook summary."""
-    now = utcnow()
-    duration_ms = (now - attempt.started_at).total_seconds() * 1000
     with transaction(sessions) as session:
+        now = db_now(session)  # the clock `started_at` was read from
+        duration_ms = (now - attempt.started_at).total_seconds() * 1000
         session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == attempt.delivery_id)
