@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         "many attempts, retried with Celery's exponential backoff and full jitter, capped.",
     )
     webhook_connect_timeout_s: float = Field(default=5.0, description="Seconds to connect to a webhook receiver.")
+    webhook_resolve_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds the API waits for a submitted `webhook_url`'s host to resolve (before it opens a "
+        "transaction) before answering 503 `webhook_resolve_timeout`.",
+    )
     webhook_timeout_s: float = Field(default=10.0, description="Seconds a webhook delivery may take in all.")
     webhook_retry_backoff_s: int = Field(default=5, description="The first webhook retry's backoff, in seconds.")
     webhook_retry_backoff_max_s: int = Field(default=600, description="The cap on a webhook retry's backoff.")
@@ -321,6 +327,21 @@ class Settings(BaseSettings):
         description="Encoded audio a worker keeps while storage or the database is down, so only the upload is "
         "retried.",
     )
+    label_producer: str = Field(
+        default="voicefarm",
+        min_length=1,
+        description="The content producer named in every stored file's implicit label (the `AIGC` tag's "
+        "`ContentProducer`, GB 45438-2025): the provider's name or code.",
+    )
+    c2pa_cert: Path | None = Field(
+        default=None,
+        description="The C2PA signing certificate chain (PEM, the signing certificate first) of the manifest in wav, "
+        "flac, mp3 and m4a files; unset, no manifest is written. `voicefarm up` makes a local CA and certificate "
+        "under the data dir (`c2pa/`) when neither this nor `c2pa_key` is set.",
+    )
+    c2pa_key: Path | None = Field(
+        default=None, description="The private key (PEM) of `c2pa_cert`: ECDSA P-256/384/521, Ed25519 or RSA."
+    )
     testing: TestingSettings = Field(default_factory=TestingSettings, description=TestingSettings.__doc__)
     qa_concurrency: int = Field(
         default=1,
@@ -330,7 +351,7 @@ class Settings(BaseSettings):
         default=120.0,
         gt=0,
         description="A QA check's soft time limit is this plus qa_check_time_per_audio_s per second of the take "
-        "(hard limit 30 s later), set per check when it is sent (shared/queue.py check_time_limits).",
+        "(hard limit 30 s later), set per check when it is sent (shared/queue.py CheckLimits).",
     )
     qa_check_time_per_audio_s: float = Field(
         default=4.0,

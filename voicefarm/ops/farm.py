@@ -243,6 +243,9 @@ def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         ("VOICEFARM_FARM_ID",): settings.farm_id,
         ("VOICEFARM_SECRET_KEY",): settings.secret_key,
     }
+    if settings.c2pa_cert and settings.c2pa_key:
+        pairs[("VOICEFARM_C2PA_CERT",)] = str(settings.c2pa_cert)
+        pairs[("VOICEFARM_C2PA_KEY",)] = str(settings.c2pa_key)
     if settings.database_url:
         pairs[("DATABASE_URL", "VOICEFARM_DATABASE_URL")] = settings.database_url
     for names, value in pairs.items():
@@ -359,6 +362,12 @@ def run_farm(settings: Settings) -> int:
     farm_id = settings.farm_id or identity.ensure_local_farm_id(data_dir)
     secret_key = settings.secret_key or ensure_key_file(data_dir)
     settings = settings.model_copy(update={"data_dir": data_dir, "farm_id": farm_id, "secret_key": secret_key})
+    if settings.c2pa_cert is None and settings.c2pa_key is None:
+        # The files' C2PA manifests are signed under a local CA of this farm's own (shared/provenance/certs.py).
+        from shared.provenance.certs import ensure_signing_credentials
+
+        cert, key = ensure_signing_credentials(data_dir / "c2pa", settings.label_producer)
+        settings = settings.model_copy(update={"c2pa_cert": cert, "c2pa_key": key})
     try:
         require_secret_key(settings)
     except SecretKeyError as exc:
