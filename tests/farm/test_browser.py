@@ -8,10 +8,7 @@ container), this module installs it with apt-get; without root it fails under CI
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 import requests
 
 from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
-from tests.support.needs import missing
+from tests.support.needs import debian_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -33,16 +30,7 @@ REFERENCE_TEXT = "The weather is lovely today, so we are going for a long walk i
 
 
 def ensure_chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-        if subprocess.run(install, env=env, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, check=True)
-            subprocess.run(install, env=env, check=True)
-        return CHROMIUM
-    missing(f"{CHROMIUM} is missing: apt-get install chromium (as root)")
+    return CHROMIUM if Path(CHROMIUM).exists() else debian_tool("chromium", "chromium")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,7 @@ from shared.jobs import state as jobs
 from shared.jobs.state import Attempt
 from shared.models import Job, Worker
 from shared.webhooks import deliveries
+from tests.support.needs import debian_tool
 
 SKEW = timedelta(minutes=10)
 LEASE_S = 60.0
@@ -248,13 +248,13 @@ def test_a_skewed_webhook_worker_never_closes_an_attempt_in_flight(db: sessionma
     assert delivery.duration_ms is not None and 0 <= delivery.duration_ms < 60_000
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="Debian's faketime is not installed")
 def test_a_worker_process_under_faketime_takes_no_live_job(db: sessionmaker[Session], database_url: str) -> None:
     """A real process whose whole clock (libc included) is ten minutes fast claims the job a worker holds under a
     live lease: refused, and the first worker's attempt stands. PostgreSQL only: SQLite's clock is the clock of the
     process that runs it, which faketime fakes too (on SQLite the farm is one machine, one clock)."""
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite reads the calling process's clock")
+    faketime = debian_tool("faketime", "faketime")
     job_id = new_job(db)
     assert claim(db, job_id, "honest") is not None
     script = textwrap.dedent(
@@ -269,7 +269,7 @@ def test_a_worker_process_under_faketime_takes_no_live_job(db: sessionmaker[Sess
     env = os.environ | {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     for offset in ("+10m", "-10m"):
         out = subprocess.run(
-            ["faketime", "-f", offset, sys.executable, "-c", script],
+            [faketime, "-f", offset, sys.executable, "-c", script],
             capture_output=True,
             text=True,
             env=env,
