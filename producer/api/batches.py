@@ -50,6 +50,8 @@ def submit() -> tuple[Response, int]:
     with resources.sessions() as session:
         tenant_id = authenticate(session)
     rows, defaults, meta = _read_body(settings)
+    # DNS, within webhook_resolve_timeout_s, before the transaction holds a connection.
+    webhook_url = check_webhook_url(meta["webhook_url"], settings) if meta.get("webhook_url") else None
     with resources.sessions() as session, session.begin():
         lines = batch_lines.validate(
             rows,
@@ -58,7 +60,6 @@ def submit() -> tuple[Response, int]:
             _voice_checker(resources, session, tenant_id),
             settings.max_text_chars,
         )
-        webhook_url = check_webhook_url(meta["webhook_url"], settings) if meta.get("webhook_url") else None
         digest = request_hash(
             "batch",
             {

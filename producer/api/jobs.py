@@ -53,6 +53,8 @@ def submit() -> tuple[Response, int]:
     # Length first: validation, control-character scans and language detection all walk the text.
     check_text_length(payload, max_chars)
     req = JobRequest.model_validate(payload)
+    if req.webhook_url:  # DNS, within webhook_resolve_timeout_s, before a transaction holds a connection
+        check_webhook_url(req.webhook_url, resources.settings)
     with resources.sessions() as session, session.begin():
         admission.check_priority(session, tenant_id, req.priority)  # above 5 only for an entitled tenant
         fields = _job_fields(resources, session, tenant_id, req)
@@ -98,7 +100,7 @@ def _job_fields(resources: Farm, session: Session, tenant_id: str, req: JobReque
             raise BadRequest(f"unknown voice {named!r} for engine {caps.name}", code="unknown_voice")
     fields = req.synthesis_fields(caps.name, voice, language) | {
         "priority": req.priority,
-        "webhook_url": check_webhook_url(req.webhook_url, resources.settings) if req.webhook_url else None,
+        "webhook_url": req.webhook_url,  # checked by the caller before its transaction (speech requests have none)
     }
     lexicon.attach(session, tenant_id, [fields])  # the tenant's entries its text uses: part of the dedup key
     return fields

@@ -3,6 +3,12 @@
 The API checks a URL when a job is submitted; the webhook worker checks it again right before each attempt (DNS
 can change in between) and then connects to exactly the address it checked (worker/webhooks/deliver.py), so a name that
 answers a public address to the check and a private one to the connection cannot steer the farm inward.
+
+A refusal names the URL's host and the rule it broke, never the address a name resolved to: the answer goes to the
+tenant (and into the delivery records it can list), and the farm's internal addresses are not theirs to map.
+The API resolves before it opens a transaction, in a small pool of threads and within
+`webhook_resolve_timeout_s` (`socket.getaddrinfo` itself has no timeout), so a slow or hanging name server holds
+neither a database connection nor a request for long.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,9 +27,12 @@ from urllib.parse import quote, urlsplit
 import idna
 
 from shared.config import Settings
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Unavailable
 
 MAX_URL_CHARS = 2000
+# Threads per process that resolve webhook hosts for the API at once; a hung lookup holds one until the system
+# resolver gives up, and lookups past these wait their turn within the same timeout.
+RESOLVER_THREADS = 4
 # host, port -> every address the name resolves to, in the resolver's order.
 Resolver = Callable[[str, int], list[str]]
 Address = IPv4Address | IPv6Address
@@ -48,6 +59,12 @@ class WebhookUnresolvable(BadRequest):
     """The host does not resolve: a client error at submission, possibly a passing DNS failure at delivery."""
 
     code = "webhook_unresolvable"
+
+
+class WebhookResolveTimeout(Unavailable):
+    """The host's name servers did not answer within `webhook_resolve_timeout_s`: perhaps a passing failure."""
+
+    code = "webhook_resolve_timeout"
 
 
 @dataclass(frozen=True)
@@ -144,10 +161,11 @@ def classify(address: Address) -> tuple[str, IPv4Address | IPv6Address]:
 
 
 def _why_never(address: Address) -> str:
+    """The rule an always-refused address breaks, in words that do not repeat the address."""
     for net, form in _TRANSLATED:
         if address in net:
-            return f"a {form} address ({address})"
-    return f"a link-local, multicast, unspecified or reserved address ({address})"
+            return f"a {form} address, which a gateway translates to IPv4"
+    return "a link-local, multicast, unspecified or reserved address"
 
 
 def farm_ports(settings: Settings) -> set[int]:
@@ -201,35 +219,76 @@ def _normal(address: str) -> Address:
     return ip.ipv4_mapped if isinstance(ip, IPv6Address) and ip.ipv4_mapped else ip
 
 
-def check_addresses(addresses: Iterable[str], port: int, settings: Settings) -> tuple[str, ...]:
-    """The addresses as a connection should use them, or `BadRequest` when any one of them is refused."""
+def check_addresses(addresses: Iterable[str], port: int, settings: Settings, *, host: str) -> tuple[str, ...]:
+    """The addresses as a connection should use them, or `BadRequest` when any one of them is refused.
+
+    A refusal names `host` (as the URL wrote it, IDNA-encoded) and the rule, never a resolved address."""
     checked: list[str] = []
     own_ports, own_hosts = farm_ports(settings), farm_addresses(settings)
     for raw in addresses:
         try:
             kind, real = classify(ipaddress.ip_address(raw))
         except ValueError:
-            raise BadRequest(f"webhook host resolved to {raw!r}, not an address", code="webhook_forbidden") from None
+            raise BadRequest(
+                f"webhook host {host!r} resolved to something that is not an address", code="webhook_forbidden"
+            ) from None
         if kind == "never":
-            raise BadRequest(f"webhook_url resolves to {_why_never(real)}", code="webhook_forbidden")
+            raise BadRequest(f"webhook host {host!r} resolves to {_why_never(real)}", code="webhook_forbidden")
         if kind == "private" and not settings.webhook_allow_private:
-            raise BadRequest(f"webhook_url resolves to a non-public address ({real})", code="webhook_forbidden")
+            raise BadRequest(
+                f"webhook host {host!r} resolves to a loopback or private address; webhooks go to public addresses",
+                code="webhook_forbidden",
+            )
         if port in own_ports and (kind == "private" or real in own_hosts):
-            raise BadRequest("webhook_url points at one of the farm's own services", code="webhook_forbidden")
+            raise BadRequest(
+                f"webhook host {host!r} port {port} is one of the farm's own services", code="webhook_forbidden"
+            )
         checked.append(str(real))
     if not checked:
-        raise WebhookUnresolvable("webhook host has no address")
+        raise WebhookUnresolvable(f"webhook host {host!r} has no address")
     return tuple(checked)
 
 
-def resolve_target(url: str, settings: Settings, resolve: Resolver = resolve_host) -> Target:
-    """Parse the URL, resolve its host once and check every address; raise `BadRequest` saying why not."""
+def resolve_target(url: str, settings: Settings, resolve: Resolver | None = None) -> Target:
+    """Parse the URL, resolve its host once and check every address; raise `BadRequest` saying why not.
+
+    `resolve` defaults to `resolve_host`, looked up when called (so a test may replace it)."""
     scheme, host, port, path = parse_webhook_url(url)
-    addresses = check_addresses(resolve(host, port), port, settings)
+    addresses = check_addresses((resolve or resolve_host)(host, port), port, settings, host=host)
     return Target(scheme=scheme, host=host, port=port, path=path, addresses=addresses)
 
 
-def check_webhook_url(url: str, settings: Settings, resolve: Resolver = resolve_host) -> str:
-    """Return the URL when it is a safe delivery target, else raise `BadRequest` saying why."""
-    resolve_target(url, settings, resolve)
+def check_webhook_url(url: str, settings: Settings, resolve: Resolver | None = None) -> str:
+    """Return the URL when it is a safe delivery target, else raise `BadRequest` saying why.
+
+    The lookups (the URL's host, the farm's own hosts) run on one of `RESOLVER_THREADS` daemon threads and are given
+    up after `webhook_resolve_timeout_s` with 503 `webhook_resolve_timeout`; call this before opening a
+    transaction."""
+    host = parse_webhook_url(url)[1]  # a malformed URL is refused without a thread
+    timeout = settings.webhook_resolve_timeout_s
+    deadline = time.monotonic() + timeout
+    late = WebhookResolveTimeout(f"webhook host {host!r} did not resolve within {timeout:g} s; try again later")
+    # Lookups past the pool's size wait for a thread within the same timeout.
+    if not _RESOLVER_SLOTS.acquire(timeout=timeout):
+        raise late
+    done, outcome = threading.Event(), {}
+
+    def lookup() -> None:
+        try:
+            resolve_target(url, settings, resolve)
+        except BaseException as exc:  # handed to the caller, if it is still waiting
+            outcome["error"] = exc
+        finally:
+            _RESOLVER_SLOTS.release()  # a hung lookup keeps its slot until the system resolver gives up
+            done.set()
+
+    threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise late
+    if "error" in outcome:
+        raise outcome["error"]
     return url
+
+
+# Threads per process that resolve webhook hosts for the API.
+_RESOLVER_SLOTS = threading.BoundedSemaphore(RESOLVER_THREADS)

@@ -40,7 +40,8 @@ OUTSIDE_ENV = {
     "MINIO_ROOT_USER": "minio image", "MINIO_ROOT_PASSWORD": "minio image",
     "S3_ACCESS_KEY": "s3-init shell", "S3_SECRET_KEY": "s3-init shell",
     "NVIDIA_DRIVER_CAPABILITIES": "NVIDIA container toolkit", "CUDA_VISIBLE_DEVICES": "CUDA",
-    "FLOWER_UNAUTHENTICATED_API": "flower", "PYTHONUNBUFFERED": "python", "PYTHONDONTWRITEBYTECODE": "python",
+    "FLOWER_BASIC_AUTH": "flower", "REDISCLI_AUTH": "redis-cli",
+    "PYTHONUNBUFFERED": "python", "PYTHONDONTWRITEBYTECODE": "python",
     "PIP_NO_CACHE_DIR": "pip", "PIP_DISABLE_PIP_VERSION_CHECK": "pip", "PATH": "shell", "VIRTUAL_ENV": "venv",
     "DEBIAN_FRONTEND": "apt", "HF_HUB_OFFLINE": "huggingface_hub",
 }  # fmt: skip
@@ -55,10 +56,26 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-def render_chart() -> list[dict[str, Any]]:
-    """The chart's manifests, rendered with values.yaml (the templates use only values, `quote` and the release
-    name, which this renders; anything else would be left as `{{` and fail the test)."""
+# What an operator must give the chart (values.yaml leaves every secret empty and the templates `required`).
+OPERATOR_SECRETS = {
+    "databaseUrl": "postgresql://voicefarm:s3cret-db@db.internal:5432/voicefarm",
+    "s3AccessKey": "operator-access",
+    "s3SecretKey": "operator-secret",
+    "secretKey": "bm90LWEtcmVhbC1rZXktYnV0LTMyLWJ5dGVzLWxvbmc=",
+}
+
+
+class ChartRefused(Exception):
+    """A `required` value was empty: `helm install` stops with its message."""
+
+
+def render_chart(overrides: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The chart's manifests, rendered with values.yaml plus `overrides` (by default the operator's secrets). The
+    templates use only values, `quote`, `required "message"` and the release name, which this renders as Helm does;
+    anything else would be left as `{{` and fail the test."""
     values = load_yaml(CHART / "values.yaml")
+    for group, given in ({"secrets": OPERATOR_SECRETS} if overrides is None else overrides).items():
+        values[group] = {**values.get(group, {}), **given}
 
     def lookup(path: str) -> Any:
         node: Any = values
@@ -71,7 +88,11 @@ def render_chart() -> list[dict[str, Any]]:
         if expr == ".Release.Name":
             return "voicefarm"
         quoted = expr.endswith("| quote")
-        value = lookup(expr.removesuffix("| quote").strip().removeprefix(".Values."))
+        expr = expr.removesuffix("| quote").strip()
+        required = re.fullmatch(r'required\s+"([^"]*)"\s+(\S+)', expr)
+        value = lookup((required.group(2) if required else expr).removeprefix(".Values."))
+        if required and value in (None, ""):
+            raise ChartRefused(required.group(1))
         return json.dumps(str(value)) if quoted else str(value)
 
     docs: list[dict[str, Any]] = []
@@ -158,7 +179,9 @@ def test_healthchecks_and_flower_commands_exist() -> None:
     assert "-cpu0@" in worker_checks[0] and "cosyvoice-gpu0@" in worker_checks[1]
 
     service = base["services"]["flower"]
-    assert service["entrypoint"] == ["celery"] and "flower" in service["command"]
+    # /bin/sh -c '<check FLOWER_BASIC_AUTH>; exec celery "$@"' celery <command...>
+    assert service["entrypoint"][:2] == ["/bin/sh", "-c"] and 'exec celery "$$@"' in service["entrypoint"][2]
+    assert "flower" in service["command"]
     import flower.options  # noqa: F401  (defines Flower's options)
     import tornado.options
 
@@ -301,3 +324,129 @@ def test_grafana_plots_metrics_that_exist(client: FlaskClient, sessions: session
         for name in re.findall(r"voicefarm_\w+", target["expr"])
     }
     assert used and used <= exported, used - exported
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN|_AUTH$|ACCESS_KEY")
+# Secrets that may be empty: an empty one turns a feature off, it opens nothing.
+OPTIONAL_SECRETS = {
+    "VOICEFARM_METRICS_TOKEN": "empty: /metrics answers operator keys only",
+    "FLOWER_BASIC_AUTH": "empty: Flower's entrypoint refuses to start (tested below)",
+}
+
+
+def test_compose_ships_no_default_password() -> None:
+    """Every secret a compose file hands a container is a variable the operator must set (`${VAR:?message}`),
+    never a `${VAR:-default}` or a literal, and no URL carries a literal password."""
+    for name in ("docker-compose.yml", "infra/docker-compose.gpu.yml"):
+        text = (ROOT / name).read_text()
+        for var, default in re.findall(r"\$\{(\w+):-([^}]*)\}", text):
+            assert not (SECRET_NAME.search(var) and default), f"{name}: ${{{var}}} defaults to {default!r}"
+        for var in set(re.findall(r"\$\{(\w+)(?::?[-?][^}]*)?\}", text)):
+            if SECRET_NAME.search(var) and var not in OPTIONAL_SECRETS:
+                assert re.search(rf"\$\{{{var}:\?[^}}]+\}}", text), f"{name}: {var} is not required"
+        urls = re.findall(r"\w+://(?:\$\{[^}]*\}|[^\s\"'@/$])*@", text)
+        assert urls, name
+        for url in urls:
+            password = url.split("://", 1)[1].rsplit("@", 1)[0].partition(":")[2]
+            assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", password), f"{name}: {url} has a literal password"
+        doc = load_yaml(ROOT / name)
+        blocks = [v for k, v in doc.items() if k.startswith("x-") and isinstance(v, dict)]
+        blocks += [spec.get("environment") or {} for spec in doc["services"].values()]
+        for block in blocks:
+            for key, value in block.items():
+                if isinstance(key, str) and SECRET_NAME.search(key) and key != "<<":
+                    assert re.fullmatch(r"\$\{\w+(:\?[^}]+|:-)\}", str(value)), f"{name}: {key}={value!r}"
+    base = load_yaml(ROOT / "docker-compose.yml")
+    # Redis asks for the password the farm's BROKER_URL carries (one variable for both).
+    redis = base["services"]["redis"]
+    assert "--requirepass" in " ".join(redis["command"]) and "$$REDISCLI_AUTH" in redis["command"][-1]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    assert base["x-farm-env"]["BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert "${REDIS_PASSWORD:?" in base["services"]["flower"]["command"][1]
+
+
+def _compose_shell(script: str) -> str:
+    """A compose entrypoint's shell script as the container runs it (`$$` is compose's escape for `$`)."""
+    return script.replace("$$", "$")
+
+
+def test_flower_asks_for_basic_auth_and_will_not_start_without_it(tmp_path: Path) -> None:
+    import subprocess
+
+    base = load_yaml(ROOT / "docker-compose.yml")
+    service = base["services"]["flower"]
+    env = service["environment"]
+    assert "FLOWER_UNAUTHENTICATED_API" not in env and env["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert not any("auth" in arg for arg in service["command"])  # from the environment, not the command line
+    # Flower reads FLOWER_BASIC_AUTH as its --basic-auth option, and then asks every page and API call for it.
+    import flower.command
+    import flower.options  # noqa: F401
+    import tornado.options
+
+    opts = tornado.options.options
+    saved = opts.basic_auth
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FLOWER_BASIC_AUTH", "ops:pw1,admin:pw2")
+            flower.command.apply_env_options()
+            assert opts.basic_auth == ["ops:pw1", "admin:pw2"]
+    finally:
+        opts.basic_auth = saved
+    # The entrypoint: refused without credentials; with them, celery gets the command unchanged.
+    fake = tmp_path / "celery"
+    fake.write_text('#!/bin/sh\necho "celery $*"\n')
+    fake.chmod(0o755)
+    argv = [_compose_shell(a) for a in service["entrypoint"]] + [
+        a.replace("${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}", "pw") for a in service["command"]
+    ]
+    path = f"{tmp_path}:/usr/bin:/bin"
+    refused = subprocess.run(argv, env={"PATH": path, "FLOWER_BASIC_AUTH": ""}, capture_output=True, text=True)
+    assert refused.returncode == 64 and "FLOWER_BASIC_AUTH" in refused.stderr and refused.stdout == ""
+    ran = subprocess.run(argv, env={"PATH": path, "FLOWER_BASIC_AUTH": "ops:pw"}, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.split() == ["celery", *argv[4:]]
+    # nginx passes the Authorization header to Flower, which checks it: no second password file.
+    nginx = (INFRA / "nginx" / "voicefarm.conf").read_text()
+    assert "auth_basic" not in nginx and "htpasswd" not in json.dumps(base["services"]["nginx"])
+    # The chart runs no Flower at all.
+    assert not any("flower" in json.dumps(doc).lower() for doc in render_chart())
+
+
+def test_the_chart_requires_every_secret_and_ships_none() -> None:
+    values = load_yaml(CHART / "values.yaml")
+    assert set(OPERATOR_SECRETS) <= set(values["secrets"])
+    assert all(value == "" for value in values["secrets"].values()), values["secrets"]
+    # values.yaml as shipped: helm install stops, naming the first missing value; each one is required.
+    for missing in OPERATOR_SECRETS:
+        with pytest.raises(ChartRefused, match=f"secrets.{missing}"):
+            render_chart({"secrets": {k: v for k, v in OPERATOR_SECRETS.items() if k != missing}})
+    (secret,) = [d for d in render_chart() if d["kind"] == "Secret"]
+    data = secret["stringData"]
+    assert data["DATABASE_URL"] == OPERATOR_SECRETS["databaseUrl"]
+    assert data["AWS_ACCESS_KEY_ID"] == OPERATOR_SECRETS["s3AccessKey"]
+    assert data["AWS_SECRET_ACCESS_KEY"] == OPERATOR_SECRETS["s3SecretKey"]
+    assert data["VOICEFARM_SECRET_KEY"] == OPERATOR_SECRETS["secretKey"]
+    # Nothing secret sits in the ConfigMap.
+    (configmap,) = [d for d in render_chart() if d["kind"] == "ConfigMap"]
+    assert not [k for k in configmap["data"] if SECRET_NAME.search(k)]
+    assert not any("@" in str(v) for v in configmap["data"].values())
+
+
+def test_presigned_urls_can_name_a_public_s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    public = "https://media.example.com"
+    docs = render_chart({"secrets": OPERATOR_SECRETS, "config": {"s3PublicEndpointUrl": public}})
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert configmap["data"]["VOICEFARM_S3_PUBLIC_ENDPOINT_URL"] == public
+    assert load_yaml(CHART / "values.yaml")["config"]["s3PublicEndpointUrl"] == ""
+    for name, doc in compose_files().items():
+        assert doc["x-farm-env"]["VOICEFARM_S3_PUBLIC_ENDPOINT_URL"] == "${VOICEFARM_S3_PUBLIC_ENDPOINT_URL:-}", name
+    # The farm reads it as the setting that presigned URLs use, from the environment the ConfigMap fills.
+    for key, value in configmap["data"].items():
+        monkeypatch.setenv(key, value)
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    for key, value in secret["stringData"].items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.s3_public_endpoint_url == public
+    assert settings.s3_endpoint_url == configmap["data"]["S3_ENDPOINT_URL"]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +40,7 @@ from shared.queue import enqueue_webhook, make_celery
 from shared.reconcile import Reconciler
 from shared.secrets import SecretBox, is_sealed
 from shared.storage import Storage
-from shared.webhooks import deliveries
+from shared.webhooks import deliveries, targets
 from shared.webhooks.targets import check_webhook_url, resolve_target
 from tests.conftest import S3Settings
 from tests.support.batches import finish_like_a_worker
@@ -215,7 +215,8 @@ def test_one_bad_address_among_good_ones_refuses_the_host() -> None:
     answers = resolver({"hooks.example.test": [PUBLIC, "127.0.0.1"]})
     with pytest.raises(BadRequest) as caught:
         resolve_target("https://hooks.example.test/in", Settings(), answers)
-    assert caught.value.code == "webhook_forbidden" and "127.0.0.1" in caught.value.message
+    assert caught.value.code == "webhook_forbidden" and "'hooks.example.test'" in caught.value.message
+    assert "127.0.0.1" not in caught.value.message  # the host and the rule, never what it resolved to
     # The same public address alone is a fine target.
     target = resolve_target("https://hooks.example.test/in", Settings(), resolver({"hooks.example.test": [PUBLIC]}))
     assert target.addresses == (PUBLIC,) and target.host_header == "hooks.example.test"
@@ -241,8 +242,9 @@ def test_ipv6_translation_forms_are_refused_even_on_a_trusted_network(address: s
 def test_ipv4_mapped_addresses_are_judged_by_the_ipv4_inside() -> None:
     mapped = resolver({"pub.example.test": [f"::ffff:{PUBLIC}"], "lan.example.test": ["::ffff:10.0.0.7"]})
     assert resolve_target("http://pub.example.test/", Settings(), mapped).addresses == (PUBLIC,)
-    with pytest.raises(BadRequest, match="10.0.0.7"):
+    with pytest.raises(BadRequest, match="lan.example.test") as caught:
         resolve_target("http://lan.example.test/", Settings(), mapped)
+    assert "10.0.0.7" not in caught.value.message
 
 
 def test_non_ascii_hosts_are_idna_encoded_and_paths_percent_encoded() -> None:
@@ -278,6 +280,122 @@ def test_the_farms_own_services_are_refused_even_on_a_trusted_network(farm_setti
     assert check_webhook_url("http://127.0.0.1:1/hook", trusting)
     # A public receiver may use any port, those of SeaweedFS's defaults included.
     assert resolve_target("http://hooks.example.test:8080/", trusting, resolver({"hooks.example.test": [PUBLIC]}))
+
+
+@pytest.mark.parametrize(
+    ("addresses", "allow_private", "rule"),
+    [
+        (["127.0.0.1"], False, "loopback or private"),
+        (["::1"], False, "loopback or private"),
+        ([PUBLIC, "10.20.30.40"], False, "loopback or private"),
+        (["::ffff:192.168.7.9"], False, "loopback or private"),
+        (["169.254.169.254"], True, "link-local"),
+        (["64:ff9b::a14:1e28"], True, "NAT64"),
+        (["fd12:3456::78"], False, "loopback or private"),
+        (["10.20.30.40"], True, "farm's own services"),  # port 5432: the database's
+    ],
+)
+def test_refusals_name_the_host_and_rule_never_the_resolved_address(
+    addresses: list[str], allow_private: bool, rule: str
+) -> None:
+    """What a name resolves to inside the farm's network is not the tenant's to learn: the API's answer and the
+    delivery records say which host and which rule, and nothing of the address."""
+    settings = Settings(webhook_allow_private=allow_private)
+    with pytest.raises(BadRequest) as caught:
+        check_webhook_url(
+            "http://db.internal.example.test:5432/", settings, resolver({"db.internal.example.test": addresses})
+        )
+    message = caught.value.message
+    assert caught.value.code == "webhook_forbidden" and rule in message
+    assert "'db.internal.example.test'" in message
+    for address in addresses:
+        assert address not in message
+    for leaked in ("10.20.30.40", "192.168.7.9", "169.254", "a14:1e28", "fd12", "127.0.0.1", "::1"):
+        assert leaked not in message, message
+
+
+def test_the_api_answer_does_not_echo_a_resolved_internal_address(
+    farm_settings: Settings, key: Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(targets, "resolve_host", resolver({"intranet.example.test": ["10.9.8.7"]}))
+    client = create_app(farm_settings).test_client()
+    answer = client.post(
+        "/v1/jobs", json={"text": "hi", "webhook_url": "http://intranet.example.test/x"}, headers=auth(key.plaintext)
+    )
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "webhook_forbidden"
+    assert "10.9.8.7" not in answer.get_data(as_text=True) and "intranet.example.test" in answer.get_data(as_text=True)
+
+
+def _in_transaction(database_url: str) -> int:
+    """Other sessions of the test database inside a transaction now (pg_stat_activity)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_hanging_resolver_answers_503_in_time_and_holds_no_transaction(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """`socket.getaddrinfo` has no timeout: a name server that never answers must neither hold a request past
+    webhook_resolve_timeout_s nor keep a database transaction (and its connection) open while it is waited for."""
+    release, seen = threading.Event(), []
+    real = targets.resolve_host
+
+    def hanging(host: str, port: int) -> list[str]:
+        if host != "slow.example.test":
+            return real(host, port)
+        time.sleep(0.3)  # the request is waiting for this lookup now
+        seen.append(_in_transaction(farm_settings.resolved_database_url()))
+        release.wait(30)
+        return [PUBLIC]
+
+    monkeypatch.setattr(targets, "resolve_host", hanging)
+    client = create_app(farm_settings.model_copy(update={"webhook_resolve_timeout_s": 1.0})).test_client()
+    url = "https://slow.example.test/hook"
+    body = (
+        {"text": "Hello.", "webhook_url": url}
+        if path == "/v1/jobs"
+        else {"lines": [{"text": "Hi."}], "webhook_url": url}
+    )
+    try:
+        started = time.monotonic()
+        answer = client.post(path, json=body, headers=auth(key.plaintext))
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["error"]["code"] == "webhook_resolve_timeout"
+    assert "slow.example.test" in answer.get_json()["error"]["message"] and answer.headers["Retry-After"]
+    assert 0.9 < took < 1.8, took
+    assert seen == [0]  # no transaction open anywhere on the database while the lookup hung
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == key.tenant_id)) == 0
+        assert session.scalar(select(func.count()).select_from(Batch).where(Batch.tenant_id == key.tenant_id)) == 0
+
+
+def test_a_resolver_answering_in_time_lets_the_submit_through(
+    farm_settings: Settings, key: Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = targets.resolve_host
+    monkeypatch.setattr(
+        targets, "resolve_host", lambda host, port: [PUBLIC] if host == "hooks.example.test" else real(host, port)
+    )
+    client = create_app(farm_settings).test_client()
+    answer = client.post(
+        "/v1/jobs", json={"text": "Hello.", "webhook_url": "https://hooks.example.test/in"}, headers=auth(key.plaintext)
+    )
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["webhook"]["url"] == "https://hooks.example.test/in"
 
 
 def test_api_refuses_an_internal_webhook(farm_settings: Settings, key: Key) -> None:
@@ -371,7 +489,8 @@ def test_a_public_then_loopback_answer_is_refused_and_nothing_is_sent(
     assert deliver_webhook(ctx_for(farm_settings), job_id, resolve=answers) == "refused"
     assert trap.received == []
     (row,) = attempts(sessions, job_id)
-    assert row.error.startswith("refused:") and "127.0.0.1" in row.error and row.status_code is None
+    assert row.error.startswith("refused:") and "'hooks.example.test'" in row.error and row.status_code is None
+    assert "127.0.0.1" not in row.error  # the tenant lists these records: no resolved address in them
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.webhook_gave_up_at is not None and job.webhook_delivered_at is None
