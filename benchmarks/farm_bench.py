@@ -23,7 +23,10 @@ workers on two cores do not fight over threads). In order:
 (e) the wall time of a 1,000-line batch, through the QA gate's pool (`voicefarm qa-worker`) as every batch line
     is (--quick: 10 lines and no gate, said so in the table);
 (b) API submit latency p50/p99 paced at 100 requests/s with a batch in the backlog (10,000 lines; --quick: 1,000),
-    after 200 untimed requests that open the client's and the API's connections.
+    after 200 untimed requests that open the client's and the API's connections;
+(i) streaming speech, with one idle worker: `POST /v1/audio/speech` through the official `openai` client, time to
+    the first byte against the whole answer for five sentences and for one (benchmarks/speech_stream.py `measure`,
+    medians of 3; --quick: 1), and how long a player starting at the first byte would wait for audio (stall).
 
 Figures depend on the machine and its load: the table prints the load average beside them. It exits non-zero
 only when the farm fails (a job failing, a timeout), never because of a figure.
@@ -340,6 +343,12 @@ def run(quick: bool, table: Table) -> None:
         warm = client.submit_job("Hi.", format="wav")
         client.wait_job(warm["id"], timeout=300)
         table.add("f", "worker memory (RSS of the engine process, warm)", f"{rss_mb(farm.worker.pid):.0f} MB")
+
+        # (i) streaming speech while the one worker is idle (docs/benchmarks/streaming.md)
+        from benchmarks.speech_stream import measure
+
+        for figures in measure(farm.url, farm.key, rounds=1 if quick else 3):
+            table.add("i", f"speech stream, {figures.label} ({figures.chars} characters)", figures.line())
 
         # (a), (c), (d) with one worker
         lines = [LINE.format(i=i) for i in range(n_lines)]

@@ -8,7 +8,9 @@ job's snapshot plus the piece's `<phoneme>` entries, which win). A piece's gain 
 are joined with the farm's pause (SEGMENT_PAUSE_S) except where breaks stand between them: then the silence is
 exactly the breaks' length. Marks are timed on the joined audio: at the start of the piece or break they point
 at, or inside a segment by the engine's word times (by characters where there are none), then mapped through
-post-production like every other time in the result.
+post-production like every other time in the result. A streamed job (`POST /v1/audio/speech`) splits with the
+growing split (shared/text/split.py), its first unit short and each next one up to twice the one before it, across
+pieces; its units fade in and out where silence meets them (shared/audio/codecs.py `fade_edges`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.audio.codecs import fade_edges
 from shared.audio.streaming import SEGMENT_PAUSE_S
 from shared.text import lexicon
 from shared.text.normalization import normalize_for_speech
-from shared.text.split import split_text
+from shared.text.split import is_growing, split_text
 from shared.text.ssml import Break, Speech, SsmlDocument, parse_ssml
 from worker.alignment import script_words
 from worker.takes import Take
@@ -165,6 +168,7 @@ def _spans(text: str, segments: list[str]) -> list[tuple[int, int]]:
 def plan_for(document: SsmlDocument, options: dict[str, Any] | None, max_chars: int) -> Plan:
     """Split a read document into units and the silences around them."""
     keep = [str(item["term"]) for item in (options or {}).get("lexicon") or () if item.get("term")]
+    growing = is_growing(options)  # a streamed job: segments start short and grow across pieces (split.py)
     units: list[Unit] = []
     gaps: list[float] = []
     anchors: list[tuple[int, float]] = []
@@ -175,7 +179,7 @@ def plan_for(document: SsmlDocument, options: dict[str, Any] | None, max_chars: 
             pending = (pending or 0.0) + piece.seconds
             continue
         own = keep + [entry.term for entry in piece.lexicon]
-        segments = split_text(piece.text, max_chars)
+        segments = split_text(piece.text, max_chars, growing=growing, previous=len(units[-1].text) if units else 0)
         for k, (begin, end) in enumerate(_spans(piece.text, segments)):
             text = piece.text[begin:end]
             gap = SEGMENT_PAUSE_S if units else 0.0
@@ -231,6 +235,7 @@ def render(
     rate = ctx.engine.capabilities.sample_rate
     job_entries = [entry.to_dict() for entry in lexicon.job_entries(spec.options)]
     groups = plan.stream_groups(rate)
+    growing = is_growing(spec.options)
     streamed: list[np.ndarray] = []
     count = len(plan.units)
     for i, unit in enumerate(plan.units):
@@ -245,6 +250,9 @@ def render(
         unit_spec = replace(spec, voice=name, language=piece.language, speed=round(spoken, 3), options=options)
         out = speak(ctx, unit.said, voice_of(name), unit_spec)
         audio = _gain(out.audio, piece, take.warnings)
+        if growing:  # a streamed job's units fade in and out where silence meets them (fade_edges): no clicks
+            after = plan.gaps[i + 1] if i + 1 < count else 1.0
+            audio = fade_edges(audio, rate, start=i == 0 or plan.gaps[i] > 0, end=after > 0)
         streamed += _stream_part(plan, i, groups, audio, rate)
         if i + 1 == count or groups[i + 1] != groups[i]:
             ctx.segment_done(attempt, groups[i], groups[-1] + 1, np.concatenate(streamed))

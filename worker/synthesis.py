@@ -9,15 +9,17 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
-from shared import voices
+import numpy as np
+
+from shared import provenance, voices
 from shared.audio import mastering
-from shared.audio.codecs import encode, join_segments
+from shared.audio.codecs import encode, fade_edges, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs.state import Attempt
 from shared.models import Job
 from shared.text import lexicon
 from shared.text.normalization import normalize_for_speech
-from shared.text.split import split_text
+from shared.text.split import is_growing, split_text
 from worker import ssml_render, takes
 from worker.alignment import joined_words, word_timings
 from worker.attempts import run_job
@@ -116,7 +118,8 @@ def _speak_whole(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec:
     if len(pieces) <= 1:
         return _speak(ctx, text, voice, spec)
     outs = [_speak(ctx, piece, voice, spec) for piece in pieces]
-    audio, _ = join_segments([out.audio for out in outs], outs[0].sample_rate, SEGMENT_PAUSE_S)
+    parts = [_seam(out.audio, out.sample_rate, spec) for out in outs]
+    audio, _ = join_segments(parts, outs[0].sample_rate, SEGMENT_PAUSE_S)
     measured = [(out.similarity, len(out.audio)) for out in outs if out.similarity is not None]
     return Synthesis(
         audio=audio,
@@ -124,6 +127,12 @@ def _speak_whole(ctx: WorkerContext, text: str, voice: str | VoiceProfile, spec:
         warnings=list(dict.fromkeys(w for out in outs for w in out.warnings)),
         similarity=sum(s * n for s, n in measured) / sum(n for _, n in measured) if measured else None,
     )
+
+
+def _seam(audio: np.ndarray, rate: int, spec: JobSpec) -> np.ndarray:
+    """A segment as it meets the pause beside it: faded in and out for a streamed job (`fade_edges`), so that no
+    seam clicks; any other job's as the engine spoke it (its stored audio, and the dedup cache's, unchanged)."""
+    return fade_edges(audio, rate) if is_growing(spec.options) else audio
 
 
 def _render(
@@ -142,10 +151,11 @@ def _render(
     at_speed = replace(spec, speed=round(speed, 3))
     for i, text in enumerate(texts):
         out = _speak_whole(ctx, text, voice, at_speed)
-        ctx.segment_done(attempt, i, len(texts), out.audio)  # streaming hook (shared/audio/streaming.py)
-        take.audios.append(out.audio)
+        audio = _seam(out.audio, out.sample_rate, spec)
+        ctx.segment_done(attempt, i, len(texts), audio)  # streaming hook (shared/audio/streaming.py)
+        take.audios.append(audio)
         if out.similarity is not None:
-            take.similarities.append((out.similarity, len(out.audio)))
+            take.similarities.append((out.similarity, len(audio)))
             take.similarity_basis = out.similarity_basis
         take.words.append(out.words)
         take.warnings.extend(w for w in out.warnings if w not in take.warnings)
@@ -159,7 +169,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     voice = _resolve_voice(ctx, spec)
     # An SSML job (worker/ssml_render.py): its pieces' segments, each with its own voice, language, speed and gain.
     plan = ssml_render.job_plan(spec.options, spec.language, spec.voice, caps.max_segment_chars)
-    texts = plan.texts if plan else split_text(spec.text, caps.max_segment_chars)
+    # A streamed job's segments start short and grow, so its first audio comes soon (shared/text/split.py).
+    texts = plan.texts if plan else split_text(spec.text, caps.max_segment_chars, growing=is_growing(spec.options))
     if not texts:
         raise BadRequest("text has nothing to speak", code="empty_text")
     # Segments keep the script's text (subtitles and alignment follow it); what is spoken is each one normalised,
@@ -195,6 +206,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     post_started = time.perf_counter()
     mastered = mastering.master(audio, rate, options)
     encoded = encode(mastered.audio, rate, spec.format, spec.sample_rate, options.channels)
+    # The labels every stored file carries: the AIGC tag naming this job, a signed C2PA manifest (shared/provenance/).
+    encoded = provenance.label(encoded, spec.id, ctx.settings)
     post_s = time.perf_counter() - post_started
     words = None
     if options.align_words:

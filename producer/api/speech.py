@@ -2,11 +2,12 @@
 
 A speech request is an ordinary job at interactive priority (9), answered in the same HTTP request. The answer
 streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
-the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not after
-the whole text. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works.
-An engine on offer whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's
-0.25-4.0; the engine speaks within its own range and the `X-Voicefarm-Warnings` header says when a speed was
-clamped.
+the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not
+after the whole text. The job asks for the streaming split (`options["split"] = "growing"`, shared/text/split.py):
+its first segment is the first sentence (or its leading clauses), and each later one at most twice the one before.
+OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works. An engine on offer
+whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's 0.25-4.0; the engine
+speaks within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped.
 
 A waiting request holds a gunicorn thread, so streams are admitted (producer/limits.py `StreamSlots`) before the
 body is read: at most `api_threads - api_reserved_threads` open in one API process (503 `server_busy`), so the
@@ -45,6 +46,7 @@ from shared.jobs import state as jobs
 from shared.models import Job
 from shared.queue import time_limits, try_enqueue
 from shared.schemas import Format, JobRequest, clean_text
+from shared.text.split import GROWING, SPLIT_OPTION
 from shared.text.ssml import looks_like_ssml
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ def speech() -> Response | tuple[Response, int]:
             fields = _job_fields(resources, session, tenant_id, req)
             # An engine on offer with no live worker yet (the first one still loading its model) is waited for,
             # like a busy one, within speech_start_wait_s; an engine not on offer was refused above.
+
+            # The answer streams: the segments start short and grow (shared/text/split.py), so the first audio
+            # leaves soon. It shapes the audio, so it is part of the job's options and of its dedup key.
+            fields["options"] = (fields.get("options") or {}) | {SPLIT_OPTION: GROWING}
             fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
             check_queue_depth(session, tenant_id, resources.settings.max_queued_per_tenant)
             job, _ = jobs.create_job(

@@ -38,6 +38,8 @@ _SF_FORMATS = {
     "opus": ("OGG", "OPUS"),
 }
 _WRITE_BLOCK_FRAMES = 1 << 18
+# A streamed job's segments rise from and fall to the silence between them over this long (`fade_edges`).
+SEAM_FADE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,28 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     return np.asarray(soxr.resample(audio.astype(np.float32), src_rate, dst_rate), dtype=np.float32)
 
 
+def fade_edges(
+    audio: np.ndarray, sample_rate: int, seconds: float = SEAM_FADE_S, *, start: bool = True, end: bool = True
+) -> np.ndarray:
+    """A copy of `audio` that rises from silence over its first `seconds` and falls back to it over its last
+    (raised-cosine ramps; at most half the audio each): a segment meets the silence around it without a step, so
+    without a click, whatever the engine left at its edges."""
+    out = audio.astype(np.float32, copy=True)
+    n = min(int(round(seconds * sample_rate)), len(out) // 2)
+    if n <= 0:
+        return out
+    ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1))).astype(np.float32)
+    if start:
+        out[:n] *= ramp
+    if end:
+        out[-n:] *= ramp[::-1]
+    return out
+
+
 def join_segments(segments: list[np.ndarray], sample_rate: int, pause_s: float) -> tuple[np.ndarray, list[float]]:
-    """Concatenate segments with silence between them; returns the audio and each segment's start time."""
+    """Concatenate segments with silence between them; returns the audio and each segment's start time. A stream
+    (shared/audio/streaming.py) puts the same silence between the same segments, so it is this audio sample for
+    sample; the worker fades a streamed job's segments (`fade_edges`) before both."""
     gap = np.zeros(int(round(pause_s * sample_rate)), dtype=np.float32)
     pieces: list[np.ndarray] = []
     starts: list[float] = []

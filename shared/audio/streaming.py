@@ -8,6 +8,12 @@ soon as the first segment is synthesized. The job row stays the source of truth:
 for any job, and a request whose job finished without segments (a dedup hit, a worker that lost its stream) is
 answered from that object. A second attempt after a worker died publishes again from segment 0; the relay takes
 each index once, from whichever attempt delivers it first.
+
+A streamed job's segments start short and grow (shared/text/split.py, `options["split"] = "growing"`), so the first
+segment is ready soon. The worker fades each of them in and out over a few milliseconds (shared/audio/codecs.py
+`fade_edges`) before it publishes and stores it, and the encoder puts the pause between segments that
+`join_segments` puts in the stored object: the stream is the stored audio sample for sample, without clicks at
+the seams.
 """
 
 from __future__ import annotations
