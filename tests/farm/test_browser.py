@@ -16,37 +16,17 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.browser import ARTIFACTS, chromium_page
 from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
-from tests.support.needs import debian_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 REFERENCE_TEXT = "The weather is lovely today, so we are going for a long walk in the park."
-
-
-def ensure_chromium() -> str:
-    return CHROMIUM if Path(CHROMIUM).exists() else debian_tool("chromium", "chromium")
 
 
 @pytest.fixture
 def page(live_farm: LiveFarm) -> Iterator[object]:  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
-    executable = ensure_chromium()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1100, "height": 1300})
-        page = context.new_page()
-        page.set_default_timeout(240_000)
+    with chromium_page() as page:
         yield page
-        context.close()
-        browser.close()
 
 
 def wait_job(farm: LiveFarm, job_id: str, timeout: float = 240) -> dict:

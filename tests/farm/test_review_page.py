@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.farm.test_browser import ARGS, ARTIFACTS, ensure_chromium
+from tests.support.browser import ARTIFACTS, chromium_page
 from tests.support.livefarm import LiveFarm, live_farm  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -34,18 +34,8 @@ def take_defects(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def browser_page(take_defects: None, live_farm: LiveFarm) -> Iterator[Any]:  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
-    executable = ensure_chromium()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1100, "height": 1300})
-        page = context.new_page()
-        page.set_default_timeout(240_000)
+    with chromium_page() as page:
         yield page
-        context.close()
-        browser.close()
 
 
 def wait_batch(farm: LiveFarm, batch_id: str, timeout: float = 600) -> dict[str, Any]:
