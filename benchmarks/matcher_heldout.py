@@ -1,12 +1,18 @@
 """Kokoro voice matchers judged on held-out speech of speakers they were not tuned on.
 
-    .venv/bin/python benchmarks/matcher_heldout.py [--only NAME ...] [--matchers world,blend,blend+world]
+    .venv/bin/python benchmarks/matcher_heldout.py [--set first|second|all] [--only NAME ...]
+                                                   [--matchers world,blend,blend+world]
 
-Speakers come from two synthesizers, each with a clip to fit and a held-out clip of different text:
+Speakers come in two sets, each speaker with a clip to fit and a held-out clip of different text.
+The first set (what the matcher was developed against):
 - espeak-ng: eight speakers of the evaluation set (benchmarks/make_eval_set.py; its `clone.wav` is fitted, its
   `heldout.wav` only scored), English, Mandarin and Japanese;
 - kokoro-world: Kokoro stock voices moved by the WORLD vocoder (F0 ratio and formant warp), so they are not the
   stock voices themselves; the fitting clip and the held-out clip read the eval set's two English texts.
+The second set (never looked at while the matcher was built): recorded speakers behind Debian's synthesizers,
+flite's awb, rms and slt voices and festival's kal and ked diphone voices (packages flite, festival,
+festvox-kallpc16k, festvox-kdlpc16k), reading the same two English texts. Debian ships no Mandarin or Japanese
+voice for either, so the second set is English only.
 For each speaker an evaluation sentence (neither clip's text, nor the calibration's) is spoken by every stock
 voice and through each matcher's clone of the fitting clip; each output's GE2E cosine to the held-out clip is
 reported. "best stock" is the best stock voice chosen by looking at the held-out clip (an oracle: no matcher can
@@ -19,7 +25,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +55,15 @@ KOKORO_WORLD = {
     "kw_nezumi_low": ("jf_nezumi", 0.85, 0.94),
     "kw_tebukuro_bright": ("jf_tebukuro", 1.15, 1.1),
 }
+# name: (program, voice): the recorded speaker behind each Debian voice
+DEBIAN_SPEAKERS = {
+    "flite_awb": ("flite", "awb"),
+    "flite_rms": ("flite", "rms"),
+    "flite_slt": ("flite", "slt"),
+    "festival_kal": ("festival", "kal_diphone"),
+    "festival_ked": ("festival", "ked_diphone"),
+}
+DEBIAN_PACKAGES = "flite festival festvox-kallpc16k festvox-kdlpc16k"
 
 
 @dataclass
@@ -92,6 +109,35 @@ def kokoro_world_speakers(engine: KokoroEngine, names: list[str]) -> list[Speake
         clips = [engine.synthesize(text, voice=voice, language="en").audio for text in CLIPS["en"]]
         fitting, heldout = (_as_upload(world_modified(audio, ratio, warp), RATE) for audio in clips)
         out.append(Speaker(name, "kokoro-world", "en", fitting, heldout))
+    return out
+
+
+def _debian_clip(program: str, voice: str, text: str, path: Path) -> tuple[np.ndarray, int]:
+    if program == "flite":
+        command = ["flite", "-voice", voice, "-t", text, "-o", str(path)]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+    else:
+        subprocess.run(
+            ["text2wave", "-eval", f"(voice_{voice})", "-o", str(path)],
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    audio, rate = sf.read(path, dtype="float32")
+    return audio, rate
+
+
+def debian_speakers(names: list[str]) -> list[Speaker]:
+    if names and not (shutil.which("flite") and shutil.which("text2wave")):
+        sys.exit(f"the second set needs Debian's synthesizers: apt-get install {DEBIAN_PACKAGES}")
+    folder = Path(tempfile.mkdtemp(prefix="matcher-heldout-debian-"))
+    out = []
+    for name in names:
+        program, voice = DEBIAN_SPEAKERS[name]
+        clips = [_debian_clip(program, voice, text, folder / f"{name}-{i}.wav") for i, text in enumerate(CLIPS["en"])]
+        fitting, heldout = (_as_upload(audio, rate) for audio, rate in clips)
+        out.append(Speaker(name, program, "en", fitting, heldout))
     return out
 
 
@@ -162,17 +208,25 @@ def print_means(rows: list[Row], matchers: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", help="speaker names (default: all)")
+    parser.add_argument("--set", choices=("first", "second", "all"), default="all", help="which speakers (see above)")
+    parser.add_argument("--only", nargs="*", help="speaker names (default: all of the set)")
     parser.add_argument("--matchers", default="world,blend,blend+world")
     args = parser.parse_args()
     matchers = args.matchers.split(",")
-    names = args.only or [*ESPEAK_SPEAKERS, *KOKORO_WORLD]
+    first, second = [*ESPEAK_SPEAKERS, *KOKORO_WORLD], list(DEBIAN_SPEAKERS)
+    names = args.only or {"first": first, "second": second, "all": first + second}[args.set]
     engine = KokoroEngine()
     engine.load()
     speakers = espeak_speakers([n for n in names if n in ESPEAK_SPEAKERS])
     speakers += kokoro_world_speakers(engine, [n for n in names if n in KOKORO_WORLD])
+    speakers += debian_speakers([n for n in names if n in DEBIAN_SPEAKERS])
     print(f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = evaluate(engine, speakers, matchers, SpeakerEncoder())
+    for label, members in (("first set", first), ("second set", second)):
+        chosen = [r for r in rows if r.speaker.name in members]
+        if chosen and len(chosen) < len(rows):
+            print(f"\n{label}:", end="")
+            print_means(chosen, matchers)
     print_means(rows, matchers)
 
 
