@@ -51,6 +51,15 @@ def check_priority(session: Session, tenant_id: str, priority: int) -> None:
         )
 
 
+def entitled_priority(session: Session, tenant_id: str, wanted: int) -> int:
+    """`wanted`, lowered to the tenant's entitlement: for requests whose priority the farm sets, not the client
+    (the OpenAI-compatible speech endpoint sends at interactive priority only for an entitled tenant)."""
+    if wanted <= DEFAULT_MAX_PRIORITY:
+        return wanted
+    allowed = session.scalar(select(Tenant.max_priority).where(Tenant.id == tenant_id))
+    return min(wanted, DEFAULT_MAX_PRIORITY if allowed is None else int(allowed))
+
+
 def check_voice_count(session: Session, tenant_id: str, limit: int) -> None:
     """403 `voice_limit` when the tenant already holds `limit` cloned voices (0: unlimited)."""
     if limit <= 0:

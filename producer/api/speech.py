@@ -1,13 +1,14 @@
 """OpenAI-compatible speech: `POST /v1/audio/speech` and `GET /v1/models`.
 
-A speech request is an ordinary job at interactive priority (9), answered in the same HTTP request. The answer
-streams: the API opens the job's segment stream before it enqueues the job, and relays each segment as soon as
-the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after the first segment, not
-after the whole text. The job asks for the streaming split (`options["split"] = "growing"`, shared/text/split.py):
-its first segment is the first sentence (or its leading clauses), and each later one at most twice the one before.
-OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id works. An engine on offer
-whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's 0.25-4.0; the engine
-speaks within its own range and the `X-Voicefarm-Warnings` header says when a speed was clamped.
+A speech request is an ordinary job at interactive priority (9, or the tenant's highest if lower), answered in the
+same HTTP request. The answer streams: the API opens the job's segment stream before it enqueues the job, and relays
+each segment as soon as the worker has synthesized it (shared/audio/streaming.py), so the first bytes leave after
+the first segment, not after the whole text. The job asks for the streaming split (`options["split"] = "growing"`,
+shared/text/split.py): its first segment is the first sentence (or its leading clauses), and each later one at most
+twice the one before. OpenAI's voice names map to stock voices (`OPENAI_VOICES`); any stock or cloned voice id
+works. An engine on offer whose first worker is still loading is waited for like a busy one. `speed` takes OpenAI's
+0.25-4.0; the engine speaks within its own range and the `X-Voicefarm-Warnings` header says when a speed was
+clamped.
 
 A waiting request holds a gunicorn thread, so streams are admitted (producer/limits.py `StreamSlots`) before the
 body is read: at most `api_threads - api_reserved_threads` open in one API process (503 `server_busy`), so the
@@ -37,6 +38,7 @@ from producer.auth import authenticate
 from producer.errors import error_response
 from producer.limits import StreamSlot, StreamSlots, check_queue_depth
 from producer.resources import Farm, farm
+from shared import admission
 from shared.audio.codecs import FORMATS
 from shared.audio.streaming import CONTENT_TYPES, SegmentReader, StreamEncoder
 from shared.engines import engine_names
@@ -123,6 +125,8 @@ def speech() -> Response | tuple[Response, int]:
         body = SpeechRequest.model_validate(payload)
         req, warnings = _job_request(resources, body)
         with resources.sessions() as session, session.begin():
+            # Interactive priority (9) for a tenant entitled to it; others send at their own highest.
+            req = req.model_copy(update={"priority": admission.entitled_priority(session, tenant_id, req.priority)})
             fields = _job_fields(resources, session, tenant_id, req)
             # An engine on offer with no live worker yet (the first one still loading its model) is waited for,
             # like a busy one, within speech_start_wait_s; an engine not on offer was refused above.

@@ -59,6 +59,27 @@ def test_a_priority_above_the_tenants_entitlement_is_refused(
     assert error(client.post("/v1/jobs", json={"text": "more", "priority": 9}, headers=auth(api_key)))[0] == 403
 
 
+def test_speech_sends_at_interactive_priority_only_for_an_entitled_tenant(
+    farm_settings: Settings, api_key: str, sessions: sessionmaker[Session]
+) -> None:
+    """The speech endpoint sets its own priority (9): a tenant not entitled to it sends at its highest instead."""
+    client = client_with(farm_settings, speech_start_wait_s=0.5)  # no worker: each request waits, then cancels
+    body = {"model": "tts-1", "voice": "alloy", "input": "Right now, please."}
+
+    def speech_priority() -> int:
+        assert client.post("/v1/audio/speech", json=body, headers=auth(api_key)).status_code == 503
+        with sessions() as session:
+            return int(session.scalars(select(Job.priority).order_by(Job.created_at.desc())).first() or -1)
+
+    assert speech_priority() == 5
+    with transaction(sessions) as session:
+        admission.set_max_priority(session, "acme", 7)
+    assert speech_priority() == 7
+    with transaction(sessions) as session:
+        admission.set_max_priority(session, "acme", 9)
+    assert speech_priority() == 9
+
+
 def test_priorities_are_granted_from_the_command_line_and_the_local_tenant_has_all(
     pg_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
