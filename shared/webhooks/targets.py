@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import idna
@@ -259,11 +260,16 @@ def resolve_target(url: str, settings: Settings, resolve: Resolver | None = None
 
 
 def check_webhook_url(url: str, settings: Settings, resolve: Resolver | None = None) -> str:
-    """Return the URL when it is a safe delivery target, else raise `BadRequest` saying why.
+    """Return the URL when it is a safe delivery target, else raise `BadRequest` saying why; within
+    `webhook_resolve_timeout_s` (`resolve_target_within`). Call this before opening a transaction."""
+    resolve_target_within(url, settings, resolve)
+    return url
 
-    The lookups (the URL's host, the farm's own hosts) run on one of `RESOLVER_THREADS` daemon threads and are given
-    up after `webhook_resolve_timeout_s` with 503 `webhook_resolve_timeout`; call this before opening a
-    transaction."""
+
+def resolve_target_within(url: str, settings: Settings, resolve: Resolver | None = None) -> Target:
+    """`resolve_target`, with the lookups (the URL's host, the farm's own hosts) on one of `RESOLVER_THREADS` daemon
+    threads, given up after `webhook_resolve_timeout_s` with `WebhookResolveTimeout` (503 at the API, a retried
+    attempt at delivery): `socket.getaddrinfo` itself has no timeout."""
     host = parse_webhook_url(url)[1]  # a malformed URL is refused without a thread
     timeout = settings.webhook_resolve_timeout_s
     deadline = time.monotonic() + timeout
@@ -271,11 +277,12 @@ def check_webhook_url(url: str, settings: Settings, resolve: Resolver | None = N
     # Lookups past the pool's size wait for a thread within the same timeout.
     if not _RESOLVER_SLOTS.acquire(timeout=timeout):
         raise late
-    done, outcome = threading.Event(), {}
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
 
     def lookup() -> None:
         try:
-            resolve_target(url, settings, resolve)
+            outcome["target"] = resolve_target(url, settings, resolve)
         except BaseException as exc:  # handed to the caller, if it is still waiting
             outcome["error"] = exc
         finally:
@@ -287,8 +294,8 @@ def check_webhook_url(url: str, settings: Settings, resolve: Resolver | None = N
         raise late
     if "error" in outcome:
         raise outcome["error"]
-    return url
+    return outcome["target"]
 
 
-# Threads per process that resolve webhook hosts for the API.
+# Threads per process that resolve webhook hosts (the API's checks, a webhook worker's deliveries).
 _RESOLVER_SLOTS = threading.BoundedSemaphore(RESOLVER_THREADS)

@@ -611,6 +611,31 @@ def test_a_slow_receiver_times_out_and_the_attempt_is_recorded(
     assert 450 <= row.duration_ms < 2500 and row.event_id == deliveries.event_id(job_id, "failed")
 
 
+def test_a_hanging_resolver_holds_a_delivery_no_longer_than_the_resolve_timeout(
+    farm_settings: Settings, sessions: sessionmaker[Session], key: Key
+) -> None:
+    """A delivery resolves its host again (the address may have changed since the submit): a name server that never
+    answers fails the attempt, to be retried, after webhook_resolve_timeout_s instead of holding the worker."""
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return [PUBLIC]
+
+    job_id = finished_job(sessions, key, "https://slow.example.test/hook")
+    ctx = ctx_for(farm_settings, webhook_resolve_timeout_s=1.0)
+    began = time.monotonic()
+    try:
+        with pytest.raises(WebhookFailed, match="did not resolve within 1 s"):
+            deliver_webhook(ctx, job_id, resolve=hanging)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert 0.9 < took < 2.5, took
+    (row,) = attempts(sessions, job_id)
+    assert "slow.example.test" in (row.error or "") and row.status_code is None
+
+
 def test_a_receiver_answering_a_byte_at_a_time_is_cut_at_the_attempts_deadline(
     farm_settings: Settings, sessions: sessionmaker[Session], key: Key
 ) -> None:

@@ -46,10 +46,11 @@ from shared.webhooks import deliveries
 from shared.webhooks.targets import (
     Resolver,
     Target,
+    WebhookResolveTimeout,
     WebhookUnresolvable,
     parse_webhook_url,
     resolve_host,
-    resolve_target,
+    resolve_target_within,
 )
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,8 @@ def _deliver(
         log.error("%s: %s", subject, exc)
         return fail("the signing secret cannot be read with this worker's VOICEFARM_SECRET_KEY")
     try:
-        target = resolve_target(url, settings, resolve)
-    except WebhookUnresolvable as exc:  # DNS may be failing for a while: try again later
+        target = resolve_target_within(url, settings, resolve)  # a hung name server holds no worker for long
+    except (WebhookUnresolvable, WebhookResolveTimeout) as exc:  # DNS may be failing for a while: try again later
         return fail(exc.message)
     except BadRequest as exc:
         return fail(f"refused: {exc.message}", retry=False)
