@@ -4,6 +4,12 @@
 #                            VOICEFARM_CPU_WORKERS CPU workers (default 1)
 #   ./run.sh worker --cpu N  N more CPU workers beside a running farm: same data dir, so the same database, broker
 #                            and storage (run it with the same VOICEFARM_* settings as the farm)
+#   VOICEFARM_LISTEN=ADDR ./run.sh
+#                            the farm, its API and services also on ADDR with authentication on, for other hosts
+#   ./run.sh join-token      a token for another host to join with (join-token list / revoke ID)
+#   ./run.sh worker --join http://ADDR:7860 --token TOKEN [--cpu N | --gpus all --per-gpu N]
+#                            on another host: workers of that farm, told everything by its API; nothing shared
+#                            on disk (docs/operations/multi-host.md)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS); services for it are started by the fixtures
 #   ./run.sh check           ruff check, ruff format --check and mypy; any finding fails
 #   ./run.sh bench [--quick] the farm's figures in one table, from a throwaway farm on loopback (docs/benchmarks/)

@@ -24,6 +24,10 @@ workers on two cores do not fight over threads). In order:
     is (--quick: 10 lines and no gate, said so in the table);
 (b) API submit latency p50/p99 paced at 100 requests/s with a batch in the backlog (10,000 lines; --quick: 1,000),
     after 200 untimed requests that open the client's and the API's connections;
+(j) the engine's graphs (benchmarks/engine_variants.py), before any farm process: RTF per language of the int8
+    and the float32 graph, one thread like the workers, same lines alternating (--quick: one line per language);
+    the farm's workers then run the one that cost less CPU time on English (`VOICEFARM_KOKORO_GRAPH`), reading
+    the float32 graph from the local farm's cache;
 (i) streaming speech, with one idle worker: `POST /v1/audio/speech` through the official `openai` client, time to
     the first byte against the whole answer for five sentences and for one (benchmarks/speech_stream.py `measure`,
     medians of 3; --quick: 1), and how long a player starting at the first byte would wait for audio (stall).
@@ -129,12 +133,13 @@ def spawn_worker(farm: Any, name: str, table: Table, timeout: float) -> Any:
 # --- measurements ----------------------------------------------------------------------------------------------
 
 
-def engine_direct(lines: list[str], engine: Any = None) -> tuple[float, float, Any]:
-    """The engine in this process, one thread like the workers: (wall s, audio s, engine)."""
+def engine_direct(lines: list[str], engine: Any = None, graph: str = "int8") -> tuple[float, float, Any]:
+    """The engine in this process, one thread and the graph like the workers: (wall s, audio s, engine)."""
+    from shared.config import Settings
     from worker.engines.kokoro import KokoroEngine
 
     if engine is None:
-        engine = KokoroEngine(threads=1, warm_languages=("en",))
+        engine = KokoroEngine(Settings(), threads=1, warm_languages=("en",), graph=graph)
         engine.load()
         engine.synthesize("Hello there.", voice="jf_alpha", language="en")
     wall = audio = 0.0
@@ -146,20 +151,20 @@ def engine_direct(lines: list[str], engine: Any = None) -> tuple[float, float, A
     return wall, audio, engine
 
 
-def _engine_process(lines: list[str], ready: Any, go: Any, out: Any) -> None:
-    engine = engine_direct(lines[:1])[2]  # loaded and warm before the start line
+def _engine_process(lines: list[str], ready: Any, go: Any, out: Any, graph: str) -> None:
+    engine = engine_direct(lines[:1], graph=graph)[2]  # loaded and warm before the start line
     ready.put(True)
     go.wait()
     out.put(engine_direct(lines, engine)[:2])
 
 
-def bare_engines(lines: list[str], processes: int) -> float:
+def bare_engines(lines: list[str], processes: int, graph: str) -> float:
     """Audio s per wall s of `processes` engine processes (one thread each) speaking `lines` at once, no farm."""
     import multiprocessing
 
     mp = multiprocessing.get_context("spawn")
     ready, out, go = mp.Queue(), mp.Queue(), mp.Event()
-    procs = [mp.Process(target=_engine_process, args=(lines, ready, go, out)) for _ in range(processes)]
+    procs = [mp.Process(target=_engine_process, args=(lines, ready, go, out, graph)) for _ in range(processes)]
     for proc in procs:
         proc.start()
     for _ in procs:
@@ -259,9 +264,8 @@ def gated_idle(rows: list[Job]) -> tuple[float, int]:
 
 
 def clone(client: Client, farm: Any, wav: bytes, name: str) -> str:
-    response = client.request(
-        "POST", "/v1/voices", data={"transcript": REFERENCE, "name": name}, files={"audio": ("ref.wav", wav)}
-    )
+    form = {"transcript": REFERENCE, "name": name, "consent_attested": "true"}  # the farm's tenant attests
+    response = client.request("POST", "/v1/voices", data=form, files={"audio": ("ref.wav", wav)})
     return str(response["job_id"])
 
 
@@ -307,6 +311,21 @@ def paced_submits(client: Client, rate: float, count: int, warmup: int = 0) -> l
     return latencies
 
 
+def engine_graphs(quick: bool, table: Table) -> str:
+    """(j): RTF per language of each graph in this process; returns the graph the farm's workers will run."""
+    from benchmarks.engine_variants import compare
+    from shared.config import Settings
+    from worker.engines.kokoro.variants import decide
+
+    figures = compare(threads=1, rounds=1, lines=1 if quick else 3, data_dir=Settings().data_dir)
+    for language, by_graph in figures.items():
+        table.add("j", f"engine RTF per graph, {language} (1 thread, in-process, same lines; CPU s per audio s)",
+                  " / ".join(f"{graph} {f.rtf:.3f} ({f.cpu_rtf:.3f})" for graph, f in by_graph.items()))  # fmt: skip
+    graph = decide({name: f.cpu_rtf for name, f in figures["en"].items()})
+    table.add("j", "graph the farm's workers run (the cheaper in CPU time on English)", graph)
+    return graph
+
+
 def run(quick: bool, table: Table) -> None:
     from tests.support.faultfarm import FaultFarm
 
@@ -324,9 +343,10 @@ def run(quick: bool, table: Table) -> None:
         same = "identical" if after.identical else "DIFFERS"
         table.add("a", f"engine RTF before / after session tuning ({os.cpu_count()} threads, in-process)",
                   f"{before.rtf:.3f} / {after.rtf:.3f} (audio {same})")  # fmt: skip
+    env = ENV | {"VOICEFARM_KOKORO_GRAPH": engine_graphs(quick, table)}
     logs = Path(tempfile.mkdtemp(prefix="vf-bench-"))
     print(f"bench: logs in {logs}; load average {load()} on {os.cpu_count()} cores", flush=True)
-    farm = FaultFarm(logs, worker_cpu=1, api_workers=2, extra_env=ENV)  # 2 API processes, as `voicefarm up`
+    farm = FaultFarm(logs, worker_cpu=1, api_workers=2, extra_env=env)  # 2 API processes, as `voicefarm up`
     extra: list[Any] = []
     try:
         farm.start_services()
@@ -352,7 +372,7 @@ def run(quick: bool, table: Table) -> None:
 
         # (a), (c), (d) with one worker
         lines = [LINE.format(i=i) for i in range(n_lines)]
-        direct_wall, direct_audio, engine = engine_direct(lines)
+        direct_wall, direct_audio, engine = engine_direct(lines, graph=env["VOICEFARM_KOKORO_GRAPH"])
         table.add("a", f"engine RTF, called directly ({n_lines} lines, 1 thread)", f"{direct_wall / direct_audio:.3f}")
         ids, submitted = submit_all(client, lines)
         one = saturation(wait_done(farm, ids, 900), submitted)
@@ -386,7 +406,8 @@ def run(quick: bool, table: Table) -> None:
                   f"{two.rate / one.rate:.2f}x; {spans:.2f}x")  # fmt: skip
         if not quick:
             # The machine's own scaling: two engines in two bare processes, no farm, same lines
-            alone, pair = bare_engines(lines, 1), bare_engines(lines, 2)
+            graph = env["VOICEFARM_KOKORO_GRAPH"]
+            alone, pair = bare_engines(lines, 1, graph), bare_engines(lines, 2, graph)
             table.add("d", "bare engine processes without the farm, 2 vs 1 (audio s per wall s)",
                       f"{pair / alone:.2f}x ({alone:.3f} -> {pair:.3f})")  # fmt: skip
         table.add("c", "jobs per second end to end, 2 workers", f"{two.jobs / two.e2e_s:.3f} jobs/s")

@@ -53,6 +53,7 @@ from sqlalchemy import text  # noqa: E402
 
 from shared import tenants  # noqa: E402
 from shared.db import transaction  # noqa: E402
+from shared.provenance import consent  # noqa: E402
 
 try:
     from tests.support.faultfarm import FaultFarm, descendants
@@ -93,6 +94,7 @@ def answer(response: requests.Response) -> str:
 def new_key(farm: Any, tenant: str) -> tuple[str, str]:
     with transaction(farm.sessions) as session:
         row, plaintext = tenants.create_key(session, tenant)
+        consent.set_policy_by_id(session, row.tenant_id, consent.ATTESTED)  # its clones assert consent
         return row.tenant_id, plaintext
 
 
@@ -232,7 +234,7 @@ class Flood:
                 response = requests.post(
                     f"{self.url}/v1/voices",
                     files={"audio": ("reference.wav", self.wav, "audio/wav")},
-                    data={"name": f"flood-{n}", "transcript": REFERENCE},
+                    data={"name": f"flood-{n}", "transcript": REFERENCE, "consent_attested": "true"},
                     headers=auth(self.a),
                     timeout=60,
                 )
@@ -321,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = requests.post(
             f"{farm.url}/v1/voices",
             files={"audio": ("reference.wav", wav, "audio/wav")},
-            data={"name": "warm-up", "transcript": REFERENCE},
+            data={"name": "warm-up", "transcript": REFERENCE, "consent_attested": "true"},
             headers=auth(setup_key),
             timeout=60,
         )

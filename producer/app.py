@@ -9,13 +9,16 @@ from flask import Flask, render_template
 
 from producer.api.batches import bp as batches_bp
 from producer.api.catalog import bp as catalog_bp
+from producer.api.consent import bp as consent_bp
 from producer.api.docs import bp as docs_bp
 from producer.api.health import bp as health_bp
 from producer.api.jobs import bp as jobs_bp
+from producer.api.join import bp as join_bp
 from producer.api.lexicon import bp as lexicon_bp
 from producer.api.metrics import bp as metrics_bp
 from producer.api.review import bp as review_bp
 from producer.api.speech import bp as speech_bp
+from producer.api.verify import bp as verify_bp
 from producer.api.voices import bp as voices_bp
 from producer.api.webhooks import bp as webhooks_bp
 from producer.errors import register_error_handlers
@@ -58,13 +61,16 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(voices_bp)
+    app.register_blueprint(consent_bp)
     app.register_blueprint(catalog_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(review_bp)  # the review queue and decisions, and the page at /batches/<id>/review
     app.register_blueprint(speech_bp)
     app.register_blueprint(lexicon_bp)
+    app.register_blueprint(verify_bp)  # is this file the farm's: watermark and label
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(join_bp)  # worker hosts joining with a join token
 
     app.register_blueprint(docs_bp)
     app.extensions["voicefarm.openapi"] = openapi_document()

@@ -54,6 +54,8 @@ class JobResult(_Open):
     words_source: str | None = None
     # SSML jobs: each <mark>'s {name, time_s} on the output's timeline.
     marks: list[dict[str, Any]] | None = None
+    # The spoken AI notice, when the job has one: {position, text, language, start_s, end_s, slot_s?}.
+    disclosure: dict[str, Any] | None = None
     # The QA gate's verdict, takes and checks (batch lines by default; jobs with `qa`).
     qa: dict[str, Any] | None = None
     # Answered from the dedup cache: the job whose stored audio was copied.
@@ -77,6 +79,8 @@ class JobView(_Open):
     speed: float
     format: str
     priority: int
+    # The spoken AI notice (docs/guide/labels.md): the job's own, or its tenant's default when it did not say.
+    disclosure: Literal["none", "start", "end"] = "none"
     created_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -99,6 +103,56 @@ class CloneForm(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     language: str | None = None
     engine: str | None = None
+    # Consent (docs/guide/consent.md), as the tenant's policy asks: the statement read aloud by the reference's
+    # speaker and the statement's id (verified), or the key holder's assertion (attested).
+    consent_audio: bytes | None = Field(default=None, json_schema_extra={"format": "binary"})
+    consent_id: str | None = None
+    consent_attested: bool | None = None
+
+
+class ConsentStatement(BaseModel):
+    """`GET /v1/consent/statement`: a statement for the reference's speaker to read aloud; single use."""
+
+    id: str
+    language: Literal["en", "zh", "ja"]
+    text: str
+    expires_at: str
+    policy: Literal["verified", "attested", "off"]
+
+
+class VerifyForm(BaseModel):
+    """multipart/form-data of `POST /v1/verify`."""
+
+    audio: bytes = Field(json_schema_extra={"format": "binary"})
+    # Only for raw 16-bit little-endian mono PCM (the farm's `pcm`), which has no container to say its rate.
+    format: Literal["pcm"] | None = None
+    sample_rate: int | None = Field(default=None, ge=8000, le=192000)
+
+
+class VerifyLabelJob(BaseModel):
+    id: str
+    status: str
+    created_at: str | None
+
+
+class VerifyResult(BaseModel):
+    """Is the file the farm's: the watermark detector's verdict on its first 60 s; the label and the job it names
+    only for the tenant that owns that job."""
+
+    watermarked: bool
+    score: float = Field(description="0-1: marked audio scores near 1, other audio near 0; watermarked above 0.5")
+    analysed_s: float
+    label: dict[str, str] | None = Field(default=None, description="The file's AIGC tag (GB 45438-2025 fields)")
+    job: VerifyLabelJob | None = None
+
+
+class ConsentRecord(_Open):
+    """How a voice's consent was given: `verified` (a recording, what Whisper heard, the scores) or `attested`."""
+
+    method: Literal["verified", "attested"]
+    status: Literal["pending", "verified", "refused", "attested"]
+    key: str | None
+    at: str | None
 
 
 class VoiceView(_Open):
@@ -115,6 +169,7 @@ class VoiceView(_Open):
     job_id: str | None = None
     warnings: list[str] = []
     second_clip_s: float | None = None
+    consent: ConsentRecord | None = None
 
 
 class StockVoice(BaseModel):
@@ -219,6 +274,7 @@ class BatchLineFields(BaseModel):
     words: Any = None
     lexicon: Any = None
     qa: Any = None
+    disclosure: Any = None
 
 
 class BatchLine(BatchLineFields):

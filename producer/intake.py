@@ -5,9 +5,9 @@ bounded part of what is left and closes the connection). Before any handler runs
 over its endpoint's cap is refused (413) unread, and the cap is set as the request's `max_content_length`, so a
 chunked body is read no further than the cap either (413 `payload_too_large`). The caps are what each endpoint
 needs: a speech request 64 KiB, a job (and a batch line's re-render) what its longest text can take as JSON, a
-voice its upload limit, a batch `max_batch_bytes` (read as a stream with a line cap, shared/batches/reader.py),
-and anything else 64 KiB. `request.get_json()` parses through shared/jsonbody.py: JSON nested deeper than 64
-levels is not JSON (400 `invalid_json`), never a RecursionError.
+voice (and a file to verify) its upload limit, a batch `max_batch_bytes` (read as a stream with a line cap,
+shared/batches/reader.py), and anything else 64 KiB. `request.get_json()` parses through shared/jsonbody.py:
+JSON nested deeper than 64 levels is not JSON (400 `invalid_json`), never a RecursionError.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def body_cap(endpoint: str | None, settings: Settings) -> tuple[int, str, str]:
         return job_body_bytes(settings), "body_too_large", f"a text of max_text_chars={settings.max_text_chars}"
     if endpoint == "batches.submit":
         return settings.max_batch_bytes, "batch_body_too_large", f"max_batch_bytes={settings.max_batch_bytes}"
-    if endpoint == "voices.create":
+    if endpoint in ("voices.create", "verify.verify"):
         return settings.max_upload_bytes, "payload_too_large", f"max_upload_bytes={settings.max_upload_bytes}"
     if endpoint == "speech.speech":
         return SPEECH_BODY_BYTES, "body_too_large", f"{SPEECH_BODY_BYTES} bytes"

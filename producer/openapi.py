@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from producer import bodies as b
+from producer.api.join import JoinAnswer
 from producer.api.lexicon import LexiconEntryView, LexiconList, LexiconPut
 from producer.api.speech import SpeechRequest
 from shared.pages import MAX_PAGE
@@ -128,12 +129,19 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(401, 404, 429, 503)),
     Op("post", "/v1/voices", "Clone a voice from a 3-30 s reference clip", b.VoiceView, 202, form=b.CloneForm,
        errors=(400, 401, 403, 409, 413, 429, 503)),
+    Op("get", "/v1/consent/statement", "A consent statement for the reference's speaker to read aloud",
+       b.ConsentStatement, errors=(400, 401, 429, 503),
+       params=(Query("language", {"type": "string", "enum": ["en", "zh", "ja"]}),)),
+    Op("post", "/v1/verify", "Does a file carry the farm's watermark; its label for the tenant that made it",
+       b.VerifyResult, form=b.VerifyForm, errors=(400, 401, 413, 429, 503)),
     Op("get", "/v1/voices", "Stock voices of the live engines and the tenant's cloned voices", b.VoiceList),
     Op("get", "/v1/voices/{voice_id}", "A cloned voice", b.VoiceView, errors=(401, 404, 429, 503)),
     Op("delete", "/v1/voices/{voice_id}", "Delete a cloned voice and its stored audio", status=204,
        errors=(401, 404, 429, 503)),
     Op("get", "/v1/instructions", "Instructions each live engine honours", b.Instructions),
     Op("get", "/v1/workers", "Live workers and what each serves", b.WorkerList),
+    Op("post", "/v1/join", "A worker host joins the farm: bearer a join token (`voicefarm join-token`), not an API key",
+       JoinAnswer, errors=(401, 404, 429, 503)),
     Op("get", "/v1/models", "Engines on offer (OpenAI-compatible model list)", b.ModelList),
     Op("post", "/v1/audio/speech", "OpenAI-compatible speech, streamed as it is synthesized", body=SpeechRequest,
        errors=(400, 401, 404, 409, 413, 429, 502, 503, 504),

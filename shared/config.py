@@ -21,8 +21,8 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -41,6 +41,18 @@ class KokoroSettings(BaseModel):
         ge=0,
         validation_alias="VOICEFARM_ENGINE_THREADS",
         description="Intra-op threads for CPU inference; 0 means every core.",
+    )
+    graph: Literal["auto", "int8", "float32"] = Field(
+        default="auto",
+        validation_alias="VOICEFARM_KOKORO_GRAPH",
+        description="The graph the engine runs: the shipped int8 one, its weights dequantised to float32 at load "
+        "(cached in the cache dir), or auto: time both once per machine at the first load and keep the faster.",
+    )
+    cache_dir: str = Field(
+        default="",
+        validation_alias="VOICEFARM_KOKORO_CACHE_DIR",
+        description="Where the engine keeps the float32 graph and this machine's graph choice; empty: the user's "
+        "cache dir (~/.cache/voicefarm/kokoro), shared by every farm on the machine, else the data dir's cache.",
     )
 
 
@@ -262,6 +274,27 @@ class Settings(BaseSettings):
         default=1000,
         description="Cloned voices a tenant may hold (POST /v1/voices answers 403 voice_limit beyond; 0: unlimited).",
     )
+    consent_statement_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a consent statement (GET /v1/consent/statement) may be used for, once, after it is "
+        "issued.",
+    )
+    consent_max_error: float = Field(
+        default=0.35,
+        ge=0,
+        description="A consent recording says its statement when Whisper's transcript of it is within this word "
+        "(en) or character (zh, ja) error rate of the statement, and all but at most one of its farm-chosen words are "
+        "heard.",
+    )
+    consent_min_similarity: float = Field(
+        default=0.905,
+        ge=-1,
+        le=1,
+        description="A consent recording's speaker is the reference clip's when their GE2E speaker similarity is at "
+        "least this: between the lowest same-speaker pair (0.911) and the highest different-speaker pair (0.900) "
+        "measured on synthetic speakers (docs/benchmarks/consent.md).",
+    )
     batch_window_per_worker: int = Field(
         default=2,
         description="The scheduler keeps at most this many of a tenant's batch lines in the broker per live worker.",
@@ -342,6 +375,12 @@ class Settings(BaseSettings):
     c2pa_key: Path | None = Field(
         default=None, description="The private key (PEM) of `c2pa_cert`: ECDSA P-256/384/521, Ed25519 or RSA."
     )
+    watermark: bool = Field(
+        default=True,
+        description="Mark every take the workers make (stored, cached, streamed) with Perth's imperceptible "
+        "watermark after post-production and before encoding (shared/provenance/watermark.py); `POST /v1/verify` "
+        "and `voicefarm verify` find it. Off only for measurements (docs/benchmarks/watermark.md).",
+    )
     testing: TestingSettings = Field(default_factory=TestingSettings, description=TestingSettings.__doc__)
     qa_concurrency: int = Field(
         default=1,
@@ -375,6 +414,21 @@ class Settings(BaseSettings):
     )
     reconcile_interval_s: float = Field(default=15.0, description="Seconds between the reconciler's passes.")
     cpu_workers: int = Field(default=1, description="The one-machine farm (`voicefarm up`): its CPU worker processes.")
+    listen: str = Field(
+        default="",
+        description="An address of this host on which `voicefarm up` also opens the API and the embedded PostgreSQL, "
+        "Redis and SeaweedFS S3, each with authentication on (passwords and keys generated into the data dir's "
+        "`listen.json`, mode 0600), so that workers on other hosts join with `voicefarm worker --join` "
+        "(docs/operations/multi-host.md). Empty: loopback (and PostgreSQL's Unix socket) only.",
+    )
+    join_token: str = Field(
+        default="",
+        description="The join token of `voicefarm worker --join URL` when `--token` is not given (an environment "
+        "file keeps it off the command line, where any user of the host could read it).",
+    )
+    postgres_port: int = Field(
+        default=5432, description="The TCP port of the embedded PostgreSQL on the `listen` address."
+    )
     farm_id: str = Field(
         default="",
         description="This farm's identity, claimed on its broker (the Redis key `voicefarm:owner`) and its bucket "
@@ -445,6 +499,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _listen_credentials(self) -> Settings:
+        """A farm that listens on a network address (`listen`) runs its embedded Redis and S3 with the password and
+        keys kept in the data dir's `listen.json` (voicefarm/ops/listen.py): every command on that data dir whose
+        settings name the embedded defaults gets them, as it finds the embedded PostgreSQL there."""
+        found = listen_credentials(self.data_dir)
+        if found:
+            apply_listen_credentials(self, found)
+        return self
+
+    @model_validator(mode="after")
     def _threads_left_for_the_api(self) -> Settings:
         if self.api_reserved_threads >= self.api_threads:
             raise ValueError(
@@ -478,11 +542,16 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
         if (self.data_dir / "postgres" / "PG_VERSION").exists():
-            return embedded_postgres_url(self.data_dir)
+            return embedded_postgres_url(self.data_dir, self.postgres_port)
         return f"sqlite:///{(self.data_dir / 'voicefarm.db').resolve()}"
 
 
 _STOP_MARGIN_S = 4.0
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_DEFAULT_S3_KEYS = ("voicefarm", "voicefarm-secret")
+# The passwords and keys of a farm that listens on a network address (voicefarm/ops/listen.py writes it).
+LISTEN_FILE = "listen.json"
+_LISTEN_KEYS = ("redis_password", "s3_access_key", "s3_secret_key")
 # Files in the data dir: the embedded farm's secret key, and the services `voicefarm up` moved to ports of their own.
 SECRET_KEY_FILE = "secret_key"
 ENDPOINTS_FILE = "endpoints.json"
@@ -505,6 +574,30 @@ def recorded_endpoints(data_dir: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+def apply_listen_credentials(settings: Settings, found: dict[str, str]) -> None:
+    """Put the embedded services' password and keys (`listen.json`) into settings that name the embedded defaults:
+    a loopback Redis URL without a password, the default S3 keys."""
+    broker = urlsplit(settings.broker_url)
+    if broker.scheme == "redis" and broker.hostname in _LOOPBACK and not broker.password:
+        netloc = f":{quote(found['redis_password'], safe='')}@{broker.hostname}:{broker.port or 6379}"
+        settings.broker_url = urlunsplit(broker._replace(netloc=netloc))
+    if (settings.s3_access_key, settings.s3_secret_key) == _DEFAULT_S3_KEYS:
+        settings.s3_access_key, settings.s3_secret_key = found["s3_access_key"], found["s3_secret_key"]
+
+
+def listen_credentials(data_dir: Path) -> dict[str, str]:
+    """The data dir's `listen.json` (the embedded services' passwords and keys once the farm listened on a network
+    address); empty when there is none or it is unreadable."""
+    path = data_dir / LISTEN_FILE
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict) or not all(isinstance(found.get(key), str) for key in _LISTEN_KEYS):
+        return {}
+    return {str(key): str(value) for key, value in found.items()}
+
+
 def embedded_postgres_socket_dir(data_dir: Path) -> Path:
     """Where the embedded PostgreSQL of a data dir listens (a Unix socket, no TCP port): its own dir, or a short
     dir in the temp dir named after it when that path is too long for a socket name (107 bytes)."""
@@ -515,9 +608,11 @@ def embedded_postgres_socket_dir(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"voicefarm-pg-{digest}"
 
 
-def embedded_postgres_url(data_dir: Path) -> str:
-    """The database of the embedded PostgreSQL of a data dir, so any command finds the one `voicefarm up` runs."""
-    return f"postgresql+psycopg://postgres@/voicefarm?host={quote(str(embedded_postgres_socket_dir(data_dir)))}"
+def embedded_postgres_url(data_dir: Path, port: int = 5432) -> str:
+    """The database of the embedded PostgreSQL of a data dir, so any command finds the one `voicefarm up` runs (its
+    socket is named after `postgres_port`)."""
+    url = f"postgresql+psycopg://postgres@/voicefarm?host={quote(str(embedded_postgres_socket_dir(data_dir)))}"
+    return url if port == 5432 else f"{url}&port={port}"
 
 
 def setting_env_names() -> set[str]:

@@ -60,6 +60,11 @@ class Tenant(Base):
     qa: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # The highest job priority the tenant may ask for: the default (5) unless an operator entitled it to more.
     max_priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
+    # Consent before cloning (shared/provenance/consent.py): "verified" (a statement read aloud, checked),
+    # "attested" (the key holder asserts it) or "off".
+    consent_policy: Mapped[str] = mapped_column(String(16), default="verified", server_default="verified")
+    # The spoken AI notice a job gets when it does not say (shared/provenance/disclosure.py): none, start or end.
+    disclosure: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
 
 
 class ApiKey(Base):
@@ -240,6 +245,37 @@ class Voice(Base):
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class Consent(Base):
+    """A consent statement the farm issued, and then the record of the voice that used it: the recording, what
+    Whisper heard, the scores, when, and which key. An attested consent is a row with no statement. Written by
+    shared/provenance/consent.py only."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: "cs_" + new_id()[:24])
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # "verified" (a statement read aloud) or "attested" (asserted by the key holder)
+    method: Mapped[str] = mapped_column(String(16))
+    # issued -> pending (used by a voice, not yet checked) -> verified | refused; or attested
+    status: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    statement: Mapped[str | None] = mapped_column(Text, default=None)
+    # The farm-chosen words in the statement: each must be heard in the recording.
+    words: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    issued_by: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    voice_id: Mapped[str | None] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"), default=None, index=True)
+    used_by: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    recording_key: Mapped[str | None] = mapped_column(String(300), default=None)
+    transcript: Mapped[str | None] = mapped_column(Text, default=None)
+    # The checks' values and thresholds: text error, words missed, speaker similarity.
+    scores: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
 class Worker(Base):
     """One row per live worker process, refreshed by its heartbeat."""
 
@@ -256,6 +292,23 @@ class Worker(Base):
     compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     # What the worker serves, published when it registers: shared.engines.Capabilities as JSON.
     capabilities: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class JoinToken(Base):
+    """A token that lets a worker host join the farm (POST /v1/join; shared/engines/join.py owns this table):
+    stored as a SHA-256 digest, listed by its label, revocable, with an optional expiry."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class LexiconEntry(Base):

@@ -3,12 +3,16 @@ digest is ever stored."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
 from shared.keys import hash_key, key_label, new_key, new_webhook_secret
 from shared.models import ApiKey, Tenant, utcnow
+from shared.provenance import disclosure
 from shared.secrets import SecretBox
 
 # A key's role: "plain" keys use the API; "operator" keys also read the operator endpoints (GET /metrics).
@@ -83,3 +87,28 @@ def reencrypt_secrets(session: Session, secrets: SecretBox, page: int = 500) -> 
         if len(rows) < page:
             return changed
         after = rows[-1][0]
+
+
+def set_disclosure(session: Session, tenant_name: str, position: str) -> Tenant:
+    """The spoken AI notice (none, start or end) a tenant's jobs get when they do not say
+    (shared/provenance/disclosure.py)."""
+    disclosure.check(position)
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    if tenant is None:
+        raise NotFound(f"no tenant named {tenant_name!r}", code="tenant_not_found")
+    session.execute(update(Tenant).where(Tenant.id == tenant.id).values(disclosure=position))
+    session.refresh(tenant)
+    return tenant
+
+
+def apply_disclosure(session: Session, tenant_id: str, fields: Iterable[dict[str, Any]]) -> None:
+    """Settle each job's notice in its options, before its dedup key is computed: the position the request asked
+    for, else the tenant's default; "none" leaves nothing in the options."""
+    default: str | None = None
+    for job in fields:
+        options = dict(job.get("options") or {})
+        asked = options.pop("disclosure", None)
+        if asked is None and default is None:
+            default = session.scalar(select(Tenant.disclosure).where(Tenant.id == tenant_id)) or disclosure.DEFAULT
+        options |= disclosure.options(disclosure.resolve(asked, default))
+        job["options"] = options or None

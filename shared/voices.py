@@ -1,4 +1,5 @@
-"""Cloned voices: rows, object keys, and the lookups both the API and the worker make."""
+"""Cloned voices: rows, object keys, the lookups both the API and the worker make, and deletion (the voice's
+clips, reference, profiles and consent recording go with it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound
 from shared.models import Voice, utcnow
+from shared.provenance import consent
+from shared.storage import Storage
 
 
 def voice_prefix(tenant_id: str, voice_id: str) -> str:
@@ -22,6 +25,11 @@ def upload_key(tenant_id: str, voice_id: str) -> str:
 def second_clip_key(tenant_id: str, voice_id: str) -> str:
     """An optional second clip of the speaker, as uploaded: outputs' similarity is measured against it."""
     return voice_prefix(tenant_id, voice_id) + "second-clip"
+
+
+def consent_key(tenant_id: str, voice_id: str) -> str:
+    """The consent recording as uploaded: the statement read aloud by the reference's speaker."""
+    return voice_prefix(tenant_id, voice_id) + "consent"
 
 
 # Per clone attempt, so a stale attempt never overwrites the objects the voice row names.
@@ -72,3 +80,13 @@ def mark_failed(session: Session, voice_id: str, code: str, message: str) -> Non
         .where(Voice.id == voice_id, Voice.status != "ready")
         .values(status="failed", error_code=code, error_message=message)
     )
+
+
+def delete_voice(session: Session, storage: Storage, voice: Voice) -> None:
+    """Delete a voice: every object under its prefix (upload, second clip, references, profiles, consent
+    recording), any consent recording stored elsewhere, its consent record, then its row."""
+    keys = set(storage.list_keys(voice_prefix(voice.tenant_id, voice.id)))
+    keys |= set(consent.delete_for_voice(session, voice.id))
+    for key in sorted(keys):
+        storage.delete(key)
+    session.delete(voice)

@@ -35,6 +35,9 @@ pytest_plugins = ["tests.support.fixtures"]
 # wants (shared/secrets.py). Tests of other farms (tests/farm/test_two_farms.py, `voicefarm up`) drop both.
 os.environ.setdefault("VOICEFARM_FARM_ID", "farm-tests-" + uuid.uuid4().hex[:8])
 os.environ.setdefault("VOICEFARM_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
+# The kokoro engines of the tests run the shipped int8 graph: `auto` would build the float32 graph and time both in
+# every fresh data dir. tests/worker/test_engine_variants.py tests the other settings.
+os.environ.setdefault("VOICEFARM_KOKORO_GRAPH", "int8")
 
 
 @dataclass(frozen=True)

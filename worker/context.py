@@ -22,6 +22,7 @@ from shared.db import make_engine, make_session_factory, transaction
 from shared.engines import fleet
 from shared.jobs import state as jobs
 from shared.models import Job
+from shared.provenance import watermark
 from shared.storage import Storage
 from worker.engines import create_engine, engine_options
 from worker.engines.base import Engine, VoiceProfile
@@ -104,9 +105,13 @@ class WorkerContext:
             storage=Storage.from_settings(settings),
             sessions=make_session_factory(make_engine(settings.resolved_database_url())),
             name=name,
-            segments=SegmentPublisher(settings.broker_url) if settings.broker_url.startswith("redis") else None,
+            segments=SegmentPublisher(settings.broker_url, watermark.embed if settings.watermark else None)
+            if settings.broker_url.startswith("redis")
+            else None,
         )
         ctx.storage.ensure_bucket()
+        if settings.watermark:  # the watermark's weights, read now: a worker without them stops here, not per job
+            watermark.network()
         if hasattr(engine, "calibration_store"):  # kokoro: stock-voice calibration shared through S3
             from worker.engines.kokoro.calibration import S3CalibrationStore
 

@@ -17,11 +17,12 @@ from shared.audio.codecs import encode, fade_edges, join_segments
 from shared.errors import BadRequest, EngineError, VoicefarmError
 from shared.jobs.state import Attempt
 from shared.models import Job
+from shared.provenance import watermark
 from shared.text import lexicon
 from shared.text.normalization import normalize_for_speech
 from shared.text.split import is_growing, split_text
-from worker import ssml_render, takes
-from worker.alignment import joined_words, word_timings
+from worker import disclosure, ssml_render, takes
+from worker.alignment import joined_words
 from worker.attempts import run_job
 from worker.context import WorkerContext
 from worker.engines.base import Synthesis, VoiceProfile
@@ -164,6 +165,16 @@ def _render(
     return take
 
 
+def _notice(ctx: WorkerContext, spec: JobSpec, voice: str | VoiceProfile) -> disclosure.Notice | None:
+    """The job's spoken AI notice, if it has one, spoken as its segments are (the job's speed, not a fit's)."""
+    asked = disclosure.notice_for(spec.options, spec.language)
+    if asked is None:
+        return None
+    return disclosure.speak(
+        asked, lambda text, language: _speak_whole(ctx, text, voice, replace(spec, language=language))
+    )
+
+
 def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     caps = ctx.engine.capabilities
     voice = _resolve_voice(ctx, spec)
@@ -187,13 +198,19 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     else:
         take = ssml_render.render(ctx, spec, attempt, plan, spec.speed, _voices(ctx, spec), _speak_whole, steps=steps)
         audio, starts = plan.join(take.audios, rate)
-    if options.target_duration_s:
+    # The spoken AI notice, when the job has one (worker/disclosure.py): the job's voice, seed and speed, in its
+    # language; a slot holds the notice and the content, which is fitted to what the notice leaves.
+    notice = _notice(ctx, spec, voice)
+    slot = options.target_duration_s
+    if slot and notice is not None:
+        slot = disclosure.content_slot(slot, notice, options.trim_pad_s)
+    if slot:
         # Fit to slot, engine speed first: one more take at the speed that should fill the slot, when the first
         # is further off than a light stretch mends well; what is left is stretched (shared/audio/mastering.py).
         spoken = mastering.trim_silence(audio, rate, options.trim_pad_s)[0] if options.trim_pad_s is not None else audio
         duration = len(spoken) / rate
-        if abs(duration / options.target_duration_s - 1) > RETAKE_FOR_SLOT:
-            speed = mastering.speed_for_slot(duration, options.target_duration_s, spec.speed)
+        if abs(duration / slot - 1) > RETAKE_FOR_SLOT:
+            speed = mastering.speed_for_slot(duration, slot, spec.speed)
             if plan is None:
                 take = _render(ctx, spec, attempt, said, voice, speed, steps=2, first_step=1)
                 audio, starts = join_segments(take.audios, rate, SEGMENT_PAUSE_S)
@@ -204,8 +221,14 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
                 audio, starts = plan.join(take.audios, rate)
     compute_s = time.perf_counter() - started
     post_started = time.perf_counter()
-    mastered = mastering.master(audio, rate, options)
-    encoded = encode(mastered.audio, rate, spec.format, spec.sample_rate, options.channels)
+    mastered = (
+        mastering.master(audio, rate, options)
+        if notice is None
+        else disclosure.master(notice, audio, rate, options, slot)
+    )
+    # The watermark goes in last, after loudness, trimming and fit to slot, and before encoding (shared/provenance/).
+    marked = watermark.embed(mastered.audio, rate) if ctx.settings.watermark else mastered.audio
+    encoded = encode(marked, rate, spec.format, spec.sample_rate, options.channels)
     # The labels every stored file carries: the AIGC tag naming this job, a signed C2PA manifest (shared/provenance/).
     encoded = provenance.label(encoded, spec.id, ctx.settings)
     post_s = time.perf_counter() - post_started
@@ -217,8 +240,9 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         words = joined_words(spec.text, take.words, starts, lambda t: mastered.map_time(t, length_s))
         words_source = "engine"
         if words is None:
-            words = word_timings(ctx.transcriber(), mastered.audio, rate, spec.text, spec.language)
+            words = disclosure.content_words(ctx.transcriber, mastered, rate, spec.text, spec.language)
             words_source = "alignment"
+        words = disclosure.with_notice_words(words, ctx.transcriber, mastered, rate)  # the notice's, marked
         align_s = time.perf_counter() - align_started
     duration_s = len(mastered.audio) / rate
     key = attempt_key(spec.tenant_id, attempt, spec.format)
@@ -241,7 +265,9 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
         "sha256": encoded.sha256,
         "segments": segments,
         # What was spoken: the script with numbers, dates, units, ... written out as words.
-        "normalized_text": (" " if spec.language == "en" else "").join(said),
+        "normalized_text": disclosure.normalized_text(
+            (" " if spec.language == "en" else "").join(said), mastered, spec.language
+        ),
         "warnings": warnings,
         "engine": caps.name,
         # Speaker similarity to a cloned voice's reference, weighted by each segment's length.
@@ -254,6 +280,8 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     }
     if options.to_dict():
         result["options"] = options.to_dict()
+    if (notice_at := disclosure.result(mastered)) is not None:  # where the spoken notice is, and what it says
+        result["disclosure"] = notice_at
     if plan is not None:  # SSML <mark>s on the output's timeline
         result["marks"] = ssml_render.marks_result(plan, take, starts, rate, lambda t: mastered.map_time(t, duration_s))
     if words is not None:

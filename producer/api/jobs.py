@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from producer.auth import authenticate
 from producer.limits import check_queue_depth
 from producer.resources import Farm, farm
-from shared import admission, voices
+from shared import admission, tenants, voices
 from shared.audio import subtitles
 from shared.audio.codecs import CONTENT_TYPES, EXTENSIONS
 from shared.errors import BadRequest, Conflict, NotFound
@@ -58,6 +58,8 @@ def submit() -> tuple[Response, int]:
     with resources.sessions() as session, session.begin():
         admission.check_priority(session, tenant_id, req.priority)  # above 5 only for an entitled tenant
         fields = _job_fields(resources, session, tenant_id, req)
+        # The spoken AI notice, the tenant's default if not asked (a streamed speech answer has none).
+        tenants.apply_disclosure(session, tenant_id, [fields])
         fields["cache_key"] = dedup.job_cache_key(session, resources.settings, tenant_id, fields)
         # A reused key is compared by the whole request as validated, defaults filled in.
         digest = request_hash("synthesize", req.model_dump(mode="json")) if key else None

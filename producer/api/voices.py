@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.orm import Session
 
 from producer.auth import authenticate
@@ -17,6 +17,7 @@ from shared.errors import BadRequest, VoicefarmError
 from shared.jobs import state as jobs
 from shared.jobs.views import iso
 from shared.models import Job, Voice, new_id
+from shared.provenance import consent
 from shared.queue import try_enqueue
 from shared.schemas import clean_text
 
@@ -33,9 +34,19 @@ def create() -> tuple[Response, int]:
         tenant_id = authenticate(session)
         # Early, before anything is read or stored; counted again under the tenant's lock below.
         admission.check_voice_count(session, tenant_id, settings.max_voices_per_tenant)
+        policy = consent.policy(session, tenant_id)
     upload = request.files.get("audio")
     if upload is None:
         raise BadRequest("send the reference clip as multipart field 'audio'", code="missing_audio")
+    # The tenant's consent policy, before any clip is read (shared/provenance/consent.py).
+    consent_upload = request.files.get("consent_audio")
+    statement_id = (request.form.get("consent_id") or "").strip() or None
+    method = consent.required(
+        policy,
+        recording=consent_upload is not None,
+        statement_id=statement_id,
+        attested=_flag(request.form.get("consent_attested")),
+    )
     raw_name = request.form.get("name") or ""
     raw_transcript = request.form.get("transcript") or ""
     # Lengths as sent, before anything walks the text character by character.
@@ -60,11 +71,16 @@ def create() -> tuple[Response, int]:
     second = request.files.get("second_clip")
     second_data = second.read() if second is not None else None
     second_s = _second_clip_seconds(second_data) if second_data is not None else None
+    consent_data = consent_upload.read() if consent_upload is not None else None
+    if consent_data is not None:
+        _clip_seconds(consent_data, "consent_audio")
 
     voice_id = "v_" + new_id()[:24]
     resources.storage.put(voices.upload_key(tenant_id, voice_id), data)
     if second_data is not None:
         resources.storage.put(voices.second_clip_key(tenant_id, voice_id), second_data)
+    if consent_data is not None:
+        resources.storage.put(voices.consent_key(tenant_id, voice_id), consent_data)
     try:
         with transaction(resources.sessions) as session:
             # The clone job counts against the queue depth like any single job, and the voice against the cap,
@@ -73,12 +89,20 @@ def create() -> tuple[Response, int]:
             admission.lock_tenant(session, tenant_id)
             admission.check_voice_count(session, tenant_id, settings.max_voices_per_tenant)
             voice, job = _insert(session, tenant_id, voice_id, caps.name, name, language, transcript, clip, second_s)
+            session.flush()
+            if method == consent.VERIFIED:
+                assert statement_id is not None
+                key = voices.consent_key(tenant_id, voice_id)
+                consent.use_statement(session, tenant_id, statement_id, voice_id, g.api_key_id, key)
+            elif method == consent.ATTESTED:
+                consent.attest(session, tenant_id, voice_id, g.api_key_id)
+            record = consent.record_view(session, consent.for_voice(session, voice_id))
     except VoicefarmError:
         for key in resources.storage.list_keys(voices.voice_prefix(tenant_id, voice_id)):
             resources.storage.delete(key)  # refused: the clip stored above belongs to no voice
         raise
     try_enqueue(resources.celery, job.id, "clone", job.engine, job.priority, sessions=resources.sessions)
-    return jsonify(voice_view(voice) | {"job_id": job.id, "warnings": clip.warnings}), 202
+    return jsonify(voice_view(voice, record) | {"job_id": job.id, "warnings": clip.warnings}), 202
 
 
 def _insert(
@@ -121,10 +145,22 @@ def _insert(
 
 
 def _second_clip_seconds(data: bytes) -> float:
+    return _clip_seconds(data, "second_clip")
+
+
+def _clip_seconds(data: bytes, field: str) -> float:
     try:
         return round(inspect_upload(data).duration_s, 3)
     except BadRequest as exc:
-        raise BadRequest(f"second_clip: {exc.message}", code=exc.code) from None
+        raise BadRequest(f"{field}: {exc.message}", code=exc.code) from None
+
+
+def _flag(value: str | None) -> bool:
+    if value is None or value.strip().lower() in ("", "0", "false", "no"):
+        return False
+    if value.strip().lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest("consent_attested is true or false", code="invalid_consent_attested")
 
 
 @bp.get("")
@@ -132,7 +168,9 @@ def index() -> Response:
     resources = farm()
     with resources.sessions() as session:
         cloned = voices.list_voices(session, authenticate(session))
-    return jsonify({"stock": stock_voices(resources), "voices": [voice_view(v) for v in cloned]})
+        records = consent.record_views(session, [v.id for v in cloned])
+        shown = [voice_view(v, records.get(v.id)) for v in cloned]
+    return jsonify({"stock": stock_voices(resources), "voices": shown})
 
 
 @bp.get("/<voice_id>")
@@ -140,17 +178,15 @@ def show(voice_id: str) -> Response:
     resources = farm()
     with resources.sessions() as session:
         voice = voices.get_voice(session, authenticate(session), voice_id)
-    return jsonify(voice_view(voice))
+        record = consent.record_view(session, consent.for_voice(session, voice.id))
+    return jsonify(voice_view(voice, record))
 
 
 @bp.delete("/<voice_id>")
 def delete(voice_id: str) -> tuple[str, int]:
     resources = farm()
     with transaction(resources.sessions) as session:
-        voice = voices.get_voice(session, authenticate(session), voice_id)
-        for key in resources.storage.list_keys(voices.voice_prefix(voice.tenant_id, voice.id)):
-            resources.storage.delete(key)
-        session.delete(voice)
+        voices.delete_voice(session, resources.storage, voices.get_voice(session, authenticate(session), voice_id))
     return "", 204
 
 
@@ -168,7 +204,7 @@ def stock_voices(resources: Farm) -> list[dict[str, Any]]:
     ]
 
 
-def voice_view(voice: Voice) -> dict[str, Any]:
+def voice_view(voice: Voice, consent_record: dict[str, Any] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": voice.id,
         "kind": "cloned",
@@ -188,4 +224,5 @@ def voice_view(voice: Voice) -> dict[str, Any]:
             view["second_clip_s"] = voice.details["second_clip_s"]
     if voice.status == "failed":
         view["error"] = {"code": voice.error_code, "message": voice.error_message}
+    view["consent"] = consent_record
     return view

@@ -137,6 +137,58 @@ function wavBlob(chunks, rate) {
   return new Blob([view], { type: "audio/wav" });
 }
 
+// --- consent: a statement the speaker reads aloud, recorded with MediaRecorder ----------------------------------
+const consent = { statement: null, recording: null, recorder: null };
+$("consent-get").addEventListener("click", async () => {
+  try {
+    const lang = /[\u3040-\u30ff]/.test($("transcript").value) ? "ja" : /[\u4e00-\u9fff]/.test($("transcript").value) ? "zh" : "en";
+    consent.statement = await api(`/v1/consent/statement?language=${lang}`);
+    consent.recording = null;
+    $("consent-text").textContent = consent.statement.text;
+    $("consent-text").lang = consent.statement.language;
+    $("consent-text").hidden = false;
+    $("consent-record").disabled = false;
+    say("consent-policy", `policy: ${consent.statement.policy}; use it before ${new Date(consent.statement.expires_at).toLocaleTimeString()}`);
+    say("consent-status", "");
+  } catch (err) {
+    say("consent-policy", err.message, true);
+  }
+});
+
+$("consent-record").addEventListener("click", async () => {
+  if (consent.recorder) {
+    consent.recorder.stop();
+    return;
+  }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const recorder = new MediaRecorder(stream);
+    const parts = [];
+    recorder.ondataavailable = (e) => parts.push(e.data);
+    recorder.onstop = async () => {
+      stream.getTracks().forEach((t) => t.stop());
+      consent.recorder = null;
+      $("consent-record").textContent = "Record the statement again";
+      try {
+        // The browser's recording (webm/opus) decoded here and sent as WAV, which the farm reads.
+        const context = new AudioContext();
+        const decoded = await context.decodeAudioData(await new Blob(parts).arrayBuffer());
+        await context.close();
+        consent.recording = wavBlob([decoded.getChannelData(0)], decoded.sampleRate);
+        say("consent-status", `recorded ${decoded.duration.toFixed(1)} s`);
+      } catch (err) {
+        say("consent-status", `cannot read the recording: ${err.message}`, true);
+      }
+    };
+    recorder.start();
+    consent.recorder = recorder;
+    $("consent-record").textContent = "Stop recording";
+    say("consent-status", "recording: read the statement aloud…");
+  } catch (err) {
+    say("consent-status", `cannot record: ${err.message}`, true);
+  }
+});
+
 // --- cloning --------------------------------------------------------------------------------------------------
 $("clone").addEventListener("click", async () => {
   const file = $("sample").files[0] || recorded;
@@ -145,6 +197,11 @@ $("clone").addEventListener("click", async () => {
   form.append("audio", file, file.name || "recording.wav");
   if ($("transcript").value.trim()) form.append("transcript", $("transcript").value.trim());
   if ($("voice-name").value.trim()) form.append("name", $("voice-name").value.trim());
+  if (consent.recording) {
+    form.append("consent_audio", consent.recording, "consent.wav");
+    form.append("consent_id", consent.statement.id);
+  }
+  if ($("consent-attest").checked) form.append("consent_attested", "true");
   try {
     say("clone-status", "uploading…");
     let voice = await api("/v1/voices", { method: "POST", body: form });
@@ -154,6 +211,8 @@ $("clone").addEventListener("click", async () => {
       voice = await api(`/v1/voices/${voice.id}`);
     }
     if (voice.status !== "ready") throw new Error(`${voice.error?.code}: ${voice.error?.message}`);
+    consent.statement = consent.recording = null; // spent: the next voice needs a new statement
+    $("consent-record").disabled = true;
     const notes = (voice.warnings || []).join(" ");
     say("clone-status", `voice ${voice.id} is ready. ${notes}`);
     await refreshCatalogue(voice.id);

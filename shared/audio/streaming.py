@@ -12,8 +12,9 @@ each index once, from whichever attempt delivers it first.
 A streamed job's segments start short and grow (shared/text/split.py, `options["split"] = "growing"`), so the first
 segment is ready soon. The worker fades each of them in and out over a few milliseconds (shared/audio/codecs.py
 `fade_edges`) before it publishes and stores it, and the encoder puts the pause between segments that
-`join_segments` puts in the stored object: the stream is the stored audio sample for sample, without clicks at
-the seams.
+`join_segments` puts in the stored object: the stream is the stored audio without clicks at the seams. Each
+segment carries the watermark (shared/provenance/watermark.py), put in by the worker as it publishes the segment;
+the stored object is marked as a whole, so the two differ in the mark's low bits only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,14 +70,18 @@ class SegmentPublisher:
     """The worker's side: append each segment of a streamed job to its stream. Best effort: the stored object is
     what the job promises, so a Redis error here is logged and the job goes on."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, mark: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
         self._redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
+        # The watermark (shared/provenance/watermark.py `embed`), put into each segment before it leaves.
+        self._mark = mark
 
     def publish(self, job_id: str, attempt: int, index: int, count: int, audio: np.ndarray, rate: int) -> None:
         key = stream_key(job_id)
         try:
             if not self._redis.exists(key):
                 return
+            if self._mark is not None:
+                audio = self._mark(audio, rate)
             pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
             fields: dict[Any, Any] = {"attempt": attempt, "index": index, "count": count, "rate": rate, "pcm": pcm}
             pipe = self._redis.pipeline()

@@ -173,9 +173,21 @@ def cues(text: str, segments: list[dict[str, Any]], words: list[dict[str, Any]] 
 
 
 def for_result(text: str, result: dict[str, Any]) -> list[Cue]:
-    """The cues of a finished job's script, from its word timings, else its segments, else its whole duration."""
+    """The cues of a finished job's script, from its word timings, else its segments, else its whole duration;
+    a spoken AI notice (`result.disclosure`, shared/provenance/disclosure.py) is a cue of its own before or after
+    them."""
     segments = result.get("segments") or [{"text": text, "start_s": 0.0, "end_s": result.get("duration_s", 0.0)}]
-    return cues(text, segments, result.get("words"))
+    words = [w for w in result.get("words") or () if not w.get("disclosure")] or None
+    script = cues(text, segments, words)
+    notice = result.get("disclosure")
+    if not notice:
+        return script
+    wrapped = _wrap(str(notice["text"]), _width_limit(str(notice["text"])))
+    if len(wrapped) > 1 and not any(ch.isalnum() for ch in wrapped[-1]):  # no line of punctuation alone
+        wrapped[-2:] = [wrapped[-2] + wrapped[-1]]
+    lines = tuple(wrapped)
+    cue = Cue(round(float(notice["start_s"]), 3), round(float(notice["end_s"]), 3), lines)
+    return [cue, *script] if notice.get("position") == "start" else [*script, cue]
 
 
 def shifted(cue_list: list[Cue], offset_s: float) -> list[Cue]:

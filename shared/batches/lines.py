@@ -29,6 +29,8 @@ LINE_FIELDS = (
     "lexicon",
     # the QA gate (shared/qa.py), on for every line unless the defaults or the line say false or set thresholds
     "qa",
+    # the spoken AI notice (shared/provenance/disclosure.py): none, start or end; else the tenant's default
+    "disclosure",
 )  # fmt: skip
 DEFAULT_FIELDS = tuple(f for f in LINE_FIELDS if f != "text")
 # What a job row keeps of a line as asked (the rest only in processed form, as `options`).

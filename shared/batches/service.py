@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import admission, pages
+from shared import admission, pages, tenants
 from shared.audio.codecs import EXTENSIONS
 from shared.batches import review
 from shared.batches.lines import Line
@@ -172,6 +172,7 @@ def line_rows(
 ) -> list[dict[str, Any]]:
     lines = list(lines)
     lexicon.attach(session, tenant_id, (line.fields for line in lines))  # snapshot: part of each line's dedup key
+    tenants.apply_disclosure(session, tenant_id, (line.fields for line in lines))  # asked, else the tenant's
     profiles = dedup.profile_keys(session, tenant_id, {str(line.fields["voice"]) for line in lines})
     tenant_qa = dedup.tenant_thresholds(session, tenant_id)  # a gated line's verdict depends on them
     return [

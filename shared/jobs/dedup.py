@@ -11,7 +11,8 @@ verdict the QA gate would give them:
   espeak-ng; onnxruntime; the audio packages); for a gated job also the gate's checks and Whisper's packages;
 - the voice (a stock voice's name, or a cloned voice's id with the object key of its profile, which is immutable
   once built), the normalised text, mode, instruct, language, speed, seed, output format and sample rate, the
-  job's options (post-production, the lexicon snapshot), and `POSTPROCESS` (bumped by hand on top);
+  job's options (post-production, the lexicon snapshot, the spoken AI notice's position, settled with the
+  tenant's default before the key is made), and `POSTPROCESS` (bumped by hand on top);
 - the QA gate: the job's own settings (`qa`) and, for a gated job, the thresholds its check would run with, the
   tenant's included (`qa_thresholds`): a gated line's audio is the take the gate kept, and its verdict travels
   with it, so only a job checked alike answers it.
@@ -77,7 +78,7 @@ _ENGINE_CODE = {
 }
 _COMMON_CODE = (
     "shared/text", "shared/audio/codecs.py", "shared/audio/mastering.py", "worker/synthesis.py", "worker/takes.py",
-    "worker/alignment.py",
+    "worker/alignment.py", "worker/disclosure.py", "shared/provenance/disclosure.py",
 )  # fmt: skip
 _VERDICT_CODE = ("worker/qa/checks.py", "worker/qa/step.py", "worker/evaluators", "shared/qa.py")
 

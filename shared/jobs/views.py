@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.models import Batch, Job, WebhookDelivery
+from shared.provenance import disclosure
 from shared.storage import Storage
 
 
@@ -29,6 +30,8 @@ def job_view(job: Job, storage: Storage, expiry_s: int) -> dict[str, Any]:
         "speed": job.speed,
         "format": job.format,
         "priority": job.priority,
+        # The spoken AI notice it gets: its own, or its tenant's default when it did not say.
+        "disclosure": disclosure.position_of(job.options),
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

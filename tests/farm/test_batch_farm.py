@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from shared import tenants
 from shared.db import transaction
 from shared.models import Batch, Job
+from shared.provenance import consent
 from tests.farm.test_webhooks import Receiver, readme_verifier
 from tests.support.asr import error_rate, transcribe
 from tests.support.faultfarm import FaultFarm, log
@@ -275,7 +276,9 @@ def test_voices_add_say_jobs_status(farm: FaultFarm, tmp_path: Path) -> None:
     reference = tmp_path / "reference.wav"
     text = "This is the narrator of the series, reading a sample for the farm to learn the voice from."
     assert "s of audio" in run("say", text, "--voice", "jf_alpha", "-o", str(reference))
-    added = run("voices", "add", str(reference), "--transcript", text, "--name", "narrator")
+    with transaction(farm.sessions) as session:
+        consent.set_policy(session, "cli-say", consent.ATTESTED)
+    added = run("voices", "add", str(reference), "--transcript", text, "--name", "narrator", "--attest")
     voice_id = added.split()[1].rstrip(":")
     assert voice_id.startswith("v_") and f"voice {voice_id}: ready" in added, added
     line = tmp_path / "line.flac"

@@ -22,14 +22,15 @@ def ensure_chromium() -> str:
 
 
 @contextlib.contextmanager
-def chromium_page() -> Iterator[Any]:
-    """A page in a new headless Chromium, closed afterwards; screenshots go to ARTIFACTS."""
+def chromium_page(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A page in a new headless Chromium, closed afterwards; screenshots go to ARTIFACTS. `extra_args` are more
+    Chromium switches (a fake microphone, for one)."""
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=executable, args=[*ARGS, *extra_args], headless=True)
         context = browser.new_context(viewport={"width": 1100, "height": 1300})
         page = context.new_page()
         page.set_default_timeout(240_000)

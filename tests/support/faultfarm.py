@@ -35,6 +35,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, migrate, transaction
 from shared.errors import Unavailable
 from shared.models import Job
+from shared.provenance import consent
 from shared.storage import Storage
 from voicefarm.ops import services
 
@@ -331,6 +332,8 @@ class FaultFarm:
         self._sessions = make_session_factory(self._engine)
         with transaction(self._sessions) as session:
             row, self.key = tenants.create_key(session, "faults")
+            # Like the `local` tenant of ./run.sh: a clone asserts consent (consent_attested=true).
+            consent.set_policy_by_id(session, row.tenant_id, consent.ATTESTED)
             self.tenant_id = row.tenant_id
         log(
             f"services up in {time.monotonic() - started:.1f}s ({self.database_url.split('@')[-1]}, "

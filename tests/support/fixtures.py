@@ -15,6 +15,7 @@ from shared import tenants
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, migrate, transaction
 from shared.models import Base
+from shared.provenance import consent
 from tests.conftest import S3Settings
 
 
@@ -79,9 +80,14 @@ def sessions(farm_settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def new_api_key(sessions: sessionmaker[Session], tenant: str, role: str = tenants.PLAIN) -> str:
+def new_api_key(
+    sessions: sessionmaker[Session], tenant: str, role: str = tenants.PLAIN, *, consent_policy: str = "off"
+) -> str:
+    """A key of `tenant`. The tenant clones without a consent statement (policy off) unless `consent_policy` says
+    otherwise: new tenants are `verified` (shared/provenance/consent.py), which tests/api/test_consent.py covers."""
     with transaction(sessions) as session:
-        _row, plaintext = tenants.create_key(session, tenant, role=role)
+        row, plaintext = tenants.create_key(session, tenant, role=role)
+        consent.set_policy_by_id(session, row.tenant_id, consent_policy)
     return plaintext
 
 

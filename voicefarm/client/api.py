@@ -171,11 +171,31 @@ class Client:
         transcript: str | None = None,
         name: str = "",
         language: str | None = None,
+        consent_audio: str | os.PathLike[str] | None = None,
+        consent_id: str | None = None,
+        consent_attested: bool = False,
     ) -> dict[str, Any]:
-        form = {k: v for k, v in {"transcript": transcript, "name": name, "language": language}.items() if v}
-        with open(audio, "rb") as fh:
-            files = {"audio": (Path(audio).name, fh.read())}
+        """Clone a voice. The tenant's consent policy decides what goes with it: a recording of the statement
+        `consent_id` names (`consent_statement()`), or `consent_attested=True` (docs/guide/consent.md)."""
+        fields = {"transcript": transcript, "name": name, "language": language, "consent_id": consent_id}
+        form = {k: v for k, v in fields.items() if v}
+        if consent_attested:
+            form["consent_attested"] = "true"
+        files = {"audio": (Path(audio).name, Path(audio).read_bytes())}
+        if consent_audio is not None:
+            files["consent_audio"] = (Path(consent_audio).name, Path(consent_audio).read_bytes())
         return dict(self.request("POST", "/v1/voices", data=form, files=files))
+
+    def verify(self, audio: str | os.PathLike[str], *, pcm_rate: int | None = None) -> dict[str, Any]:
+        """Does the file carry the farm's watermark: {watermarked, score, analysed_s}, and its label and job when
+        this key's tenant made it (`POST /v1/verify`). Raw 16-bit PCM needs `pcm_rate`."""
+        form = {"format": "pcm", "sample_rate": str(pcm_rate)} if pcm_rate else {}
+        files = {"audio": (Path(audio).name, Path(audio).read_bytes())}
+        return dict(self.request("POST", "/v1/verify", data=form, files=files))
+
+    def consent_statement(self, language: str = "en") -> dict[str, Any]:
+        """A consent statement for the reference's speaker to read aloud: {id, text, expires_at}."""
+        return dict(self.request("GET", "/v1/consent/statement", params={"language": language}))
 
     def get_voice(self, voice_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/voices/{voice_id}"))

@@ -1,5 +1,5 @@
-"""The client commands of `voicefarm`: voices add, say, batch, jobs, status, eval. They talk to a farm's API only
-(VOICEFARM_API_URL, default the local farm's port; the key from VOICEFARM_API_KEY or
+"""The client commands of `voicefarm`: voices add, say, batch, jobs, status, verify, eval. They talk to a farm's API
+only (VOICEFARM_API_URL, default the local farm's port; the key from VOICEFARM_API_KEY or
 $VOICEFARM_DATA_DIR/api_key).
 
 `register(sub)` adds each command's parser and its handler (`args.handler(args)` runs it; it returns the exit code):
@@ -28,6 +28,14 @@ def register(sub: Any) -> None:
     add.add_argument("--name", default="")
     add.add_argument("--language")
     add.add_argument("--no-wait", action="store_true")
+    consent = add.add_argument_group("consent (docs/guide/consent.md)")
+    consent.add_argument(
+        "--consent-audio", type=Path, metavar="FILE", help="the speaker reading the statement of --consent-id aloud"
+    )
+    consent.add_argument("--consent-id", help="the statement's id (GET /v1/consent/statement)")
+    consent.add_argument(
+        "--attest", action="store_true", help="assert that the speaker agreed to the cloning (attested tenants)"
+    )
     add.set_defaults(handler=_with_client(voices_add))
     voices.add_parser("list", help="stock and cloned voices").set_defaults(handler=_with_client(voices_list))
 
@@ -56,6 +64,12 @@ def register(sub: Any) -> None:
     status = sub.add_parser("status", help="the farm's readiness, live workers and recent batches (client)")
     status.set_defaults(handler=_with_client(status_command))
 
+    verify = sub.add_parser("verify", help="does a file carry the farm's watermark; its label if you made it (client)")
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--pcm-rate", type=int, metavar="HZ", help="the file is raw 16-bit PCM at this rate")
+    verify.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    verify.set_defaults(handler=_with_client(verify_command))
+
     ev = sub.add_parser("eval", help="run an evaluation set through the farm: CER/WER, held-out SIM, RTF (client)")
     ev.add_argument("set", type=Path, help="a set directory (benchmarks/make_eval_set.py makes one)")
     ev.add_argument("--json", type=Path, metavar="FILE", help="write the per-line figures here")
@@ -76,6 +90,11 @@ def _speech_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trim-silence", type=float, metavar="S", dest="trim_silence_s", help="pad left each end")
     parser.add_argument("--channels", type=int, choices=(1, 2))
     parser.add_argument("--words", action="store_true", default=None, help="word timings in the result")
+    parser.add_argument(
+        "--disclosure",
+        choices=("none", "start", "end"),
+        help="a spoken AI notice before or after the text (default: the tenant's)",
+    )
     qa = parser.add_mutually_exclusive_group()
     qa.add_argument("--qa", action="store_true", default=None, help="check every take (default for batch lines)")
     qa.add_argument("--no-qa", action="store_false", dest="qa", help="skip the QA gate")
@@ -83,7 +102,7 @@ def _speech_options(parser: argparse.ArgumentParser) -> None:
 
 _OPTION_NAMES = (
     "voice", "mode", "instruct", "language", "speed", "seed", "format", "sample_rate",
-    "loudness", "trim_silence_s", "channels", "words", "qa", "text_format",
+    "loudness", "trim_silence_s", "channels", "words", "qa", "text_format", "disclosure",
 )  # fmt: skip
 
 
@@ -113,7 +132,15 @@ def voices_list(client: Any, args: argparse.Namespace) -> int:
 
 
 def voices_add(client: Any, args: argparse.Namespace) -> int:
-    created = client.create_voice(args.audio, transcript=args.transcript, name=args.name, language=args.language)
+    created = client.create_voice(
+        args.audio,
+        transcript=args.transcript,
+        name=args.name,
+        language=args.language,
+        consent_audio=args.consent_audio,
+        consent_id=args.consent_id,
+        consent_attested=args.attest,
+    )
     print(f"voice {created['id']}: {created['status']}")
     if args.no_wait:
         return 0
@@ -149,6 +176,23 @@ def eval_command(client: Any, args: argparse.Namespace) -> int:
     from voicefarm.client import eval as evaluation
 
     return evaluation.run(client, args.set, json_path=args.json, seed=args.seed, quiet=args.quiet)
+
+
+def verify_command(client: Any, args: argparse.Namespace) -> int:
+    """Exit 0 when the file carries the watermark, 1 when it does not."""
+    answer = client.verify(args.file, pcm_rate=args.pcm_rate)
+    if args.json:
+        import json
+
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+        return 0 if answer["watermarked"] else 1
+    verdict = "watermarked" if answer["watermarked"] else "no watermark found"
+    print(f"{args.file}: {verdict} (score {answer['score']:.3f} over {answer['analysed_s']:.1f} s)")
+    if "label" in answer:
+        job = answer.get("job") or {}
+        print(f"label: {answer['label']}")
+        print(f"made by your job {job.get('id')} ({job.get('status')}, created {job.get('created_at')})")
+    return 0 if answer["watermarked"] else 1
 
 
 def jobs_command(client: Any, args: argparse.Namespace) -> int:

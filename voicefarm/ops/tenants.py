@@ -1,8 +1,11 @@
-"""Tenants' entitlements as `voicefarm tenants` commands: set-priority, list.
+"""Tenants' entitlements and defaults as `voicefarm tenants` commands: set-priority, set-disclosure, list.
 
 `register(sub)` adds the parsers and their handlers (`args.handler(args)` runs one; it returns the exit code).
 A job priority above the default (5) is an entitlement (shared/admission.py): without it a request for more is
-refused with 403 `priority_not_allowed`.
+refused with 403 `priority_not_allowed`. The spoken AI notice (shared/provenance/disclosure.py) a tenant's jobs
+get when they do not ask for one is its default disclosure: none (the default), start or end. Its consent policy
+(shared/provenance/consent.py, `set-consent`) decides what cloning a voice needs: verified (new tenants), attested
+or off.
 """
 
 from __future__ import annotations
@@ -23,9 +26,24 @@ def register(sub: Any) -> None:
     priority.add_argument("tenant", help="the tenant's name (as `voicefarm keys create --tenant` named it)")
     priority.add_argument("priority", type=int, choices=range(10), metavar="PRIORITY")
     priority.set_defaults(handler=handle_set_priority)
-    tenants.add_parser("list", help="tenants and the highest priority each may ask for").set_defaults(
-        handler=handle_list
+    notice = tenants.add_parser(
+        "set-disclosure",
+        help="the spoken AI notice a tenant's jobs get when they do not say: none (the default), start or end",
     )
+    notice.add_argument("tenant", help="the tenant's name (as `voicefarm keys create --tenant` named it)")
+    notice.add_argument("position", choices=("none", "start", "end"))
+    notice.set_defaults(handler=handle_set_disclosure)
+    consent = tenants.add_parser(
+        "set-consent",
+        help="what cloning a voice needs: verified (a statement read aloud by the speaker, checked; the default), "
+        "attested (the key holder asserts consent) or off",
+    )
+    consent.add_argument("tenant", help="the tenant's name (as `voicefarm keys create --tenant` named it)")
+    consent.add_argument("policy", choices=("verified", "attested", "off"))
+    consent.set_defaults(handler=handle_set_consent)
+    tenants.add_parser(
+        "list", help="tenants, the highest priority each may ask for, its default notice and its consent policy"
+    ).set_defaults(handler=handle_list)
 
 
 def handle_set_priority(args: argparse.Namespace) -> int:
@@ -45,6 +63,45 @@ def handle_set_priority(args: argparse.Namespace) -> int:
     return 0
 
 
+def handle_set_disclosure(args: argparse.Namespace) -> int:
+    from shared import tenants
+    from shared.db import make_engine, make_session_factory, transaction
+    from shared.errors import NotFound
+
+    engine = make_engine(load_settings().resolved_database_url())
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            tenant = tenants.set_disclosure(session, args.tenant, args.position)
+            where = {
+                "none": "no spoken notice",
+                "start": "a spoken notice at the start",
+                "end": "a spoken notice at the end",
+            }
+            print(f"tenant {tenant.name}: jobs that do not say get {where[tenant.disclosure]}")
+    except NotFound as exc:
+        raise SystemExit(f"voicefarm tenants: {exc.message}") from None
+    finally:
+        engine.dispose()
+    return 0
+
+
+def handle_set_consent(args: argparse.Namespace) -> int:
+    from shared.db import make_engine, make_session_factory, transaction
+    from shared.errors import NotFound
+    from shared.provenance import consent
+
+    engine = make_engine(load_settings().resolved_database_url())
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            tenant = consent.set_policy(session, args.tenant, args.policy)
+            print(f"tenant {tenant.name} clones voices with consent policy {tenant.consent_policy}")
+    except NotFound as exc:
+        raise SystemExit(f"voicefarm tenants: {exc.message}") from None
+    finally:
+        engine.dispose()
+    return 0
+
+
 def handle_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
@@ -55,7 +112,10 @@ def handle_list(args: argparse.Namespace) -> int:
     try:
         with make_session_factory(engine)() as session:
             for tenant in session.scalars(select(Tenant).order_by(Tenant.name)):
-                print(f"{tenant.name:<32} max_priority={tenant.max_priority}")
+                print(
+                    f"{tenant.name:<32} max_priority={tenant.max_priority} disclosure={tenant.disclosure}"
+                    f" consent={tenant.consent_policy}"
+                )
     finally:
         engine.dispose()
     return 0

@@ -111,7 +111,10 @@ def claim_cpu_slots(data_dir: Path, count: int) -> tuple[list[int], list[IO[byte
     return slots, held
 
 
-def run_workers(settings: Settings, *, gpus: str | None, cpu: int, per_gpu: int = 1) -> int:
+def run_workers(
+    settings: Settings, *, gpus: str | None, cpu: int, per_gpu: int = 1, base_env: dict[str, str] | None = None
+) -> int:
+    """`base_env`: the workers' environment (default: ours); a joined host's carries the farm's answer."""
     gpu_list = parse_gpus(gpus, detect_gpus()) if gpus else []
     if per_gpu != 1 and not gpu_list:
         raise SystemExit("--per-gpu needs --gpus (all, or GPU indices like 0,1)")
@@ -123,6 +126,7 @@ def run_workers(settings: Settings, *, gpus: str | None, cpu: int, per_gpu: int 
     # Done before `voicefarm up`, which runs this, gives up on it (Settings.stop_budget).
     supervisor = Supervisor(stop_timeout=settings.stop_budget(2))
     supervisor.install_signal_handlers()
-    for spec in plan_workers(settings, gpus=gpu_list, cpu=cpu, cpu_slots=cpu_slots, per_gpu=per_gpu):
+    plan = plan_workers(settings, gpus=gpu_list, cpu=cpu, cpu_slots=cpu_slots, per_gpu=per_gpu, base_env=base_env)
+    for spec in plan:
         supervisor.add(spec)
     return supervisor.run()

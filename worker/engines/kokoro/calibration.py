@@ -58,15 +58,16 @@ class S3CalibrationStore:
             log.warning("kokoro calibration %s could not be stored (%s)", key, exc)
 
 
-def calibration_key(sentences: tuple[tuple[str, str], ...], voices: tuple[str, ...]) -> str:
-    """The object key: a hash of the model version, the packages and farm code that shape the renders and their
-    embeddings (so a changed G2P, model session or encoder never reads an old calibration), the sentences and the
-    voices."""
+def calibration_key(sentences: tuple[tuple[str, str], ...], voices: tuple[str, ...], graph: str = "int8") -> str:
+    """The object key: a hash of the model version and the graph it runs (int8 or float32), the packages and farm
+    code that shape the renders and their embeddings (so a changed G2P, model session or encoder never reads an old
+    calibration), the sentences and the voices."""
     from shared.jobs.dedup import model_version
 
     identity = {
         "format": FORMAT,
         "model": model_version("kokoro", ""),
+        "graph": graph,
         "packages": {name: _version(name) for name in _PACKAGES},
         "code": CODE_HASH,
         "sentences": sentences,
