@@ -228,6 +228,10 @@ def _synthesize(ctx: WorkerContext, spec: JobSpec, attempt: Attempt) -> Pending:
     )
     # The watermark goes in last, after loudness, trimming and fit to slot, and before encoding (shared/provenance/).
     marked = watermark.embed(mastered.audio, rate) if ctx.settings.watermark else mastered.audio
+    if ctx.settings.watermark and options.loudness_lufs is not None:
+        # The mark takes a little energy from the band below 2 kHz (up to about 1 LU): the marked take is levelled
+        # again to the target and its true-peak ceiling, a gain the mark survives (docs/benchmarks/watermark.md).
+        marked = mastering.normalise_loudness(marked, rate, options.loudness_lufs, options.true_peak_db)
     encoded = encode(marked, rate, spec.format, spec.sample_rate, options.channels)
     # The labels every stored file carries: the AIGC tag naming this job, a signed C2PA manifest (shared/provenance/).
     encoded = provenance.label(encoded, spec.id, ctx.settings)

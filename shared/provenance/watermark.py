@@ -28,7 +28,7 @@ the inverse STFT of their change (the inverse STFT is linear and the untouched b
 rate other than 32 kHz only that difference is resampled back, so the audio itself never makes a round trip through
 another rate. Perth resamples the whole marked signal back and drops the last partial hop; here the take keeps its
 length, sample for sample. And the take's sample peak is kept: where the mark would raise it (past the true-peak
-ceiling mastering set, or past full scale), the marked take is turned down to the peak it had.
+ceiling mastering set, or past full scale), those samples are held at the peak it had, so its loudness stays.
 """
 
 from __future__ import annotations
@@ -310,10 +310,10 @@ def embed(audio: np.ndarray, rate: int, net: Network | None = None) -> np.ndarra
         return audio
     out = audio + mark(audio, rate, net)
     # The mark goes in after mastering: it must not take the peak past the one mastering left (its ceiling, or full
-    # scale). Where it would, the whole take is turned down by that much (well under 1 dB; the mark survives gain).
-    peak, marked_peak = float(np.max(np.abs(audio))), float(np.max(np.abs(out)))
-    if marked_peak > peak > 0:
-        out *= peak / marked_peak
+    # scale). The few samples where it would are held at that peak; turning the whole take down instead moved its
+    # loudness off the target mastering had met (by up to 1.2 LU).
+    peak = float(np.max(np.abs(audio)))
+    np.clip(out, -peak, peak, out=out)
     return np.asarray(out, dtype=np.float32)
 
 
