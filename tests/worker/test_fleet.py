@@ -261,9 +261,10 @@ def test_speech_streams_segment_by_segment_from_a_cosyvoice_clone(
     assert done["engine"] == "cosyvoice" and len(done["result"]["segments"]) >= 2
     stored, stored_rate = sf.read(io.BytesIO(client.get(f"/v1/jobs/{job_id}/audio", headers=headers).data))
     assert publisher.streamed == list(range(len(done["result"]["segments"])))
-    # The stream is the stored object's audio, segment after segment with the same pauses.
+    # The stream is the stored object's audio, segment after segment with the same pauses. Not to the sample: each
+    # segment is watermarked alone, and the stored take is levelled to its loudness target again after its mark.
     assert rate == stored_rate and abs(len(streamed) - len(stored)) <= 2
-    assert float(np.corrcoef(streamed[: len(stored)], stored[: len(streamed)])[0, 1]) > 0.999
+    assert float(np.corrcoef(streamed[: len(stored)], stored[: len(streamed)])[0, 1]) > 0.99
     # The same request again is answered at once from the dedup cache's copy of the stored object, no worker run.
     again = client.post("/v1/audio/speech", json=body, headers=headers)
     assert again.status_code == 200 and again.headers["X-Voicefarm-Job-Id"] != job_id
