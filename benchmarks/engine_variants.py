@@ -41,28 +41,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.engine_rtf import SENTENCES  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.engines.kokoro import DEFAULT_VOICES  # noqa: E402
 from worker.engines.kokoro import KokoroEngine  # noqa: E402
 from worker.engines.kokoro.variants import GRAPHS  # noqa: E402
 
-LINES = {
-    "en": [
-        "The quick brown fox jumps over the lazy dog near the river bank.",
-        "Please remember to back up your files before installing the update.",
-        "Our store opens at nine in the morning and closes at six in the evening.",
-    ],
-    "zh": [
-        "今天天气很好，我们一起去公园散步吧。",
-        "请在下午三点之前把报告发给我。",
-        "这家餐厅的菜很好吃，价格也不贵。",
-    ],
-    "ja": [
-        "今日はとてもいい天気ですね。",
-        "駅までの道を教えていただけますか。",
-        "この本は先週図書館で借りたものです。",
-    ],
-}
+# The same three lines per language as benchmarks/engine_rtf.py, so the two pages' figures compare.
+LINES = SENTENCES
 
 
 # Eight English lines of 3-6 s, none of them among the lines above.

@@ -11,9 +11,13 @@ or off.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.config import load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def register(sub: Any) -> None:
@@ -46,60 +50,54 @@ def register(sub: Any) -> None:
     ).set_defaults(handler=handle_list)
 
 
-def handle_set_priority(args: argparse.Namespace) -> int:
-    from shared import admission
+def _set(args: argparse.Namespace, change: Callable[[Session], str]) -> int:
+    """Run one tenant change in a transaction on the farm's database and print what it says; an unknown tenant
+    exits with the error's message."""
     from shared.db import make_engine, make_session_factory, transaction
     from shared.errors import NotFound
 
     engine = make_engine(load_settings().resolved_database_url())
     try:
         with transaction(make_session_factory(engine)) as session:
-            tenant = admission.set_max_priority(session, args.tenant, args.priority)
-            print(f"tenant {tenant.name} may ask for job priorities up to {tenant.max_priority}")
+            print(change(session))
     except NotFound as exc:
         raise SystemExit(f"voicefarm tenants: {exc.message}") from None
     finally:
         engine.dispose()
     return 0
+
+
+def handle_set_priority(args: argparse.Namespace) -> int:
+    from shared import admission
+
+    def change(session: Session) -> str:
+        tenant = admission.set_max_priority(session, args.tenant, args.priority)
+        return f"tenant {tenant.name} may ask for job priorities up to {tenant.max_priority}"
+
+    return _set(args, change)
+
+
+_NOTICES = {"none": "no spoken notice", "start": "a spoken notice at the start", "end": "a spoken notice at the end"}
 
 
 def handle_set_disclosure(args: argparse.Namespace) -> int:
     from shared import tenants
-    from shared.db import make_engine, make_session_factory, transaction
-    from shared.errors import NotFound
 
-    engine = make_engine(load_settings().resolved_database_url())
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            tenant = tenants.set_disclosure(session, args.tenant, args.position)
-            where = {
-                "none": "no spoken notice",
-                "start": "a spoken notice at the start",
-                "end": "a spoken notice at the end",
-            }
-            print(f"tenant {tenant.name}: jobs that do not say get {where[tenant.disclosure]}")
-    except NotFound as exc:
-        raise SystemExit(f"voicefarm tenants: {exc.message}") from None
-    finally:
-        engine.dispose()
-    return 0
+    def change(session: Session) -> str:
+        tenant = tenants.set_disclosure(session, args.tenant, args.position)
+        return f"tenant {tenant.name}: jobs that do not say get {_NOTICES[tenant.disclosure]}"
+
+    return _set(args, change)
 
 
 def handle_set_consent(args: argparse.Namespace) -> int:
-    from shared.db import make_engine, make_session_factory, transaction
-    from shared.errors import NotFound
     from shared.provenance import consent
 
-    engine = make_engine(load_settings().resolved_database_url())
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            tenant = consent.set_policy(session, args.tenant, args.policy)
-            print(f"tenant {tenant.name} clones voices with consent policy {tenant.consent_policy}")
-    except NotFound as exc:
-        raise SystemExit(f"voicefarm tenants: {exc.message}") from None
-    finally:
-        engine.dispose()
-    return 0
+    def change(session: Session) -> str:
+        tenant = consent.set_policy(session, args.tenant, args.policy)
+        return f"tenant {tenant.name} clones voices with consent policy {tenant.consent_policy}"
+
+    return _set(args, change)
 
 
 def handle_list(args: argparse.Namespace) -> int:
