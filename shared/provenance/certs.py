@@ -20,6 +20,9 @@ CERT_FILE, KEY_FILE = "signer.pem", "signer.key"
 # anyExtendedKeyUsage; id-kp-documentSigning (RFC 9336) and id-kp-emailProtection are both accepted.
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 CA_DAYS, SIGNER_DAYS, RENEW_DAYS = 3650, 397, 30
+# Valid from a day before it is made: the manifest's signing time is the worker host's own clock (c2pa-rs reads it),
+# and a worker host whose clock lags the API host's, which makes the certificate, must still sign.
+BACKDATE = datetime.timedelta(days=1)
 
 
 def ensure_signing_credentials(directory: Path, organization: str = "voicefarm") -> tuple[Path, Path]:
@@ -30,8 +33,10 @@ def ensure_signing_credentials(directory: Path, organization: str = "voicefarm")
     now = datetime.datetime.now(datetime.UTC)
     if cert_path.exists() and key_path.exists():
         leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-        if leaf.not_valid_after_utc - now > datetime.timedelta(days=RENEW_DAYS):
-            return cert_path, key_path
+        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        backdated = lifetime >= datetime.timedelta(days=SIGNER_DAYS) + BACKDATE
+        if backdated and leaf.not_valid_after_utc - now > datetime.timedelta(days=RENEW_DAYS):
+            return cert_path, key_path  # else renewed: near its end, or made valid from only minutes before
     ca_cert, ca_key = _ensure_ca(directory, organization, now)
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
@@ -86,7 +91,7 @@ def _base(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )

@@ -4,10 +4,13 @@ demuxers through PyAV), and a C2PA manifest read back with c2pa's Reader."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -19,6 +22,7 @@ from shared import provenance
 from shared.audio.codecs import EXTENSIONS, FORMATS, encode
 from shared.config import Settings
 from shared.provenance import aigc, certs, manifest
+from tests.support import clock
 
 CONTAINERS = [f for f in FORMATS if f != "pcm"]
 FIELDS = ["Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID", "ReservedCode2"]
@@ -158,3 +162,45 @@ def test_the_embedded_farm_hands_its_signing_files_to_every_child(tmp_path: Path
     cert, key = certs.ensure_signing_credentials(tmp_path / "c2pa")
     env = farm_env(Settings(c2pa_cert=cert, c2pa_key=key, secret_key="k", farm_id="f"), tmp_path)
     assert env["VOICEFARM_C2PA_CERT"] == str(cert) and env["VOICEFARM_C2PA_KEY"] == str(key)
+
+
+def test_a_host_whose_clock_lags_signs_with_the_farms_certificate(tmp_path: Path) -> None:
+    """The API host makes the certificate; a worker host ten minutes behind it signs with it (c2pa-rs checks the
+    certificate against the signing host's own clock)."""
+    cert, key = certs.ensure_signing_credentials(tmp_path / "c2pa")
+    shim = clock.build_shim(tmp_path)
+    script = (
+        "import sys; from pathlib import Path; from shared.audio.codecs import encode; import numpy as np;"
+        "from shared.provenance import manifest;"
+        "data = encode(np.zeros(24000, dtype=np.float32), 24000, 'wav').data;"
+        "signed = manifest.sign(data, 'wav', Path(sys.argv[1]), Path(sys.argv[2]), manifest.manifest_definition('t'));"
+        "print(len(signed) > len(data))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for offset in (-600, 600):
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(cert), str(key)],
+            env=os.environ | clock.skewed(shim, offset) | {"PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0 and res.stdout.strip() == "True", (offset, res.stderr[-2000:])
+
+
+def test_a_signer_valid_from_minutes_before_is_renewed_under_the_same_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Farms made before the certificate was backdated a day get a new signer at their next start, same CA."""
+    from cryptography import x509
+
+    monkeypatch.setattr(certs, "BACKDATE", datetime.timedelta(minutes=5))
+    old_cert, _ = certs.ensure_signing_credentials(tmp_path)
+    old = old_cert.read_bytes()
+    ca = (tmp_path / certs.CA_FILE).read_bytes()
+    monkeypatch.undo()
+    cert, _ = certs.ensure_signing_credentials(tmp_path)
+    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    assert cert.read_bytes() != old and (tmp_path / certs.CA_FILE).read_bytes() == ca
+    age = datetime.datetime.now(datetime.UTC) - leaf.not_valid_before_utc
+    assert age >= datetime.timedelta(days=1) - datetime.timedelta(seconds=60), age

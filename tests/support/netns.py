@@ -6,7 +6,9 @@ networks), the switch's end is a bridge port. Nothing is added to the namespace 
 to the network:
   * `link(host, up=False)`: the switch's end of the host's cable goes down: the host is cut off (its connections
     hang, nothing answers it), as with a pulled cable, and comes back with `up=True`;
-  * `netem(host, delay_ms, loss_pct)`: latency and loss on both ends of its cable (`tc qdisc ... netem`);
+  * `netem(host, delay_ms, loss_pct)`: latency and loss on both ends of its cable (`tc qdisc ... netem`; on a
+    kernel without sch_netem the host's cable is swapped for a TAP pair joined by tests/support/wire.py, which
+    delays and drops frames in user space, and swapped back by `clear_netem`);
   * `block_port(host, port)`: the host's packets to one TCP port are dropped (a one-sided partition: a policy
     route into a blackhole), `unblock(host, port)` lifts it.
 Processes run on a host through `ip netns exec` (and `unshare --uts`, so each host has its own hostname, as real
@@ -148,6 +150,8 @@ class Network:
         self.tag = uuid.uuid4().hex[:6]
         self.switch = f"vf{self.tag}-sw"
         self.hosts: dict[str, Host] = {}
+        self._kernel_netem: bool | None = None
+        self._wires: dict[str, tuple[subprocess.Popen[str], str]] = {}  # host -> (wire.py, its veth's switch port)
         sh(IP, "netns", "add", self.switch)
         sh(IP, "-n", self.switch, "link", "add", "br0", "type", "bridge")
         sh(IP, "-n", self.switch, "link", "set", "br0", "up")
@@ -171,15 +175,63 @@ class Network:
     def link(self, host: Host, up: bool) -> None:
         sh(IP, "-n", self.switch, "link", "set", host.switch_port, "up" if up else "down")
 
-    def netem(self, host: Host, delay_ms: float, loss_pct: float) -> None:
-        """Latency and loss on both ends of the host's cable (so each way gets `delay_ms`, a round trip twice)."""
+    def netem(self, host: Host, delay_ms: float, loss_pct: float) -> str:
+        """Latency and loss on both ends of the host's cable (so each way gets `delay_ms`, a round trip twice);
+        which emulation carries it: "kernel" (tc netem) or "user space" (tests/support/wire.py)."""
+        if self._kernel_netem is None:
+            self._kernel_netem = netem_missing() is None
+        if not self._kernel_netem:
+            self._wire(host, delay_ms, loss_pct)
+            return "user space"
         for netns, dev in ((host.netns, "eth0"), (self.switch, host.switch_port)):
             sh(TC, "-n", netns, "qdisc", "replace", "dev", dev, "root", "netem",
                "delay", f"{delay_ms}ms", "loss", f"{loss_pct}%")  # fmt: skip
+        return "kernel"
 
     def clear_netem(self, host: Host) -> None:
+        if host.name in self._wires:
+            self._unwire(host)
+            return
         for netns, dev in ((host.netns, "eth0"), (self.switch, host.switch_port)):
             sh(TC, "-n", netns, "qdisc", "del", "dev", dev, "root", check=False)
+
+    def _wire(self, host: Host, delay_ms: float, loss_pct: float) -> None:
+        """Swap the host's veth cable for a TAP pair carried by wire.py: same MAC and address on the host's end, so
+        the other hosts' ARP entries and every open connection carry on over the slow cable."""
+        index = list(self.hosts).index(host.name) + 1
+        veth_port, tap_port = host.switch_port, f"t{index}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.wire", "--end", f"{host.netns}:tap0",
+             "--end", f"{self.switch}:{tap_port}", "--delay-ms", str(delay_ms), "--loss-pct", str(loss_pct),
+             "--seed", str(index)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"tests.support.wire did not start (exit {proc.wait()})")
+        mac = json.loads(sh(IP, "-n", host.netns, "-j", "link", "show", "eth0").stdout)[0]["address"]
+        sh(IP, "-n", self.switch, "link", "set", tap_port, "master", "br0")
+        sh(IP, "-n", self.switch, "link", "set", tap_port, "up")
+        sh(IP, "-n", self.switch, "link", "set", veth_port, "down")
+        sh(IP, "-n", host.netns, "link", "set", "eth0", "down")
+        sh(IP, "-n", host.netns, "addr", "del", f"{host.addr}/24", "dev", "eth0")
+        sh(IP, "-n", host.netns, "link", "set", "tap0", "address", mac)
+        sh(IP, "-n", host.netns, "addr", "add", f"{host.addr}/24", "dev", "tap0")
+        sh(IP, "-n", host.netns, "link", "set", "tap0", "up")
+        host.switch_port = tap_port  # `link(host, up=False)` now pulls this cable
+        self._wires[host.name] = (proc, veth_port)
+
+    def _unwire(self, host: Host) -> None:
+        proc, veth_port = self._wires.pop(host.name)
+        sh(IP, "-n", host.netns, "link", "set", "tap0", "down", check=False)
+        sh(IP, "-n", host.netns, "addr", "del", f"{host.addr}/24", "dev", "tap0", check=False)
+        sh(IP, "-n", host.netns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
+        sh(IP, "-n", host.netns, "link", "set", "eth0", "up")
+        sh(IP, "-n", self.switch, "link", "set", veth_port, "up")
+        host.switch_port = veth_port
+        proc.terminate()  # its TAP devices go with it
+        proc.wait(10)
 
     def block_port(self, host: Host, port: int) -> None:
         """Drop the host's packets to TCP `port` (anywhere), silently: it reaches everything else. A policy route
@@ -193,6 +245,8 @@ class Network:
         sh(IP, "-n", host.netns, "route", "flush", "table", str(port), check=False)
 
     def close(self) -> None:
+        for proc, _ in self._wires.values():
+            proc.kill()
         for host in self.hosts.values():
             host.close()
             host.kill_all()

@@ -101,7 +101,7 @@ def upstream_env() -> Iterator[dict[str, Path]]:
             started = time.monotonic()
             subprocess.run(
                 ["bash", str(INSTALL), "--no-farm", str(cache / "venv"), str(home)],
-                check=True, timeout=1200, env=os.environ | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+                check=True, timeout=2400, env=os.environ | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
             )  # fmt: skip
             (cache / ".complete").write_text(f"built in {time.monotonic() - started:.0f} s\n")
         in_use = open(cache / ".in-use", "w")  # held shared while this session runs: never pruned under it
