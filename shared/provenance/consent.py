@@ -34,14 +34,16 @@ LANGUAGES = ("en", "zh", "ja")
 TEXT_MISMATCH = "consent_text_mismatch"
 SPEAKER_MISMATCH = "consent_speaker_mismatch"
 # Four words in each statement; a recording passes with at most one of them misheard. Another statement shares
-# three or more of its words by chance once in about 600 draws (English, 40 words), so a recording made for one
+# three or more of its words by chance once in about 500 draws (English, 37 words), so a recording made for one
 # statement does not pass for the next.
 WORD_COUNT = 4
 MAX_MISSED_WORDS = 1
 
 # A short statement (7-9 s read aloud) and the farm's words: common, concrete and unlike one another, so that
 # Whisper writes them as they are and one is not heard for another (English: longer words, which synthetic and
-# hurried speech keeps intelligible; any two differ in at least 40 % of their letters).
+# hurried speech keeps intelligible; any two differ in at least 40 % of their letters). Left out after the farm's
+# Whisper missed them in statements read by Debian's flite voices: lighthouse ("like house"), giraffe ("Jorath",
+# "Charger"), zebra ("vibra").
 STATEMENTS = {
     "en": "I agree that my voice may be cloned from my recordings to make synthetic speech. My words are {words}.",
     "zh": "我同意用我的录音克隆我的声音来合成语音。我的验证词是{words}。",
@@ -51,10 +53,10 @@ _JOINERS = {"en": (", ", " and "), "zh": ("、", "、"), "ja": ("、", "、")}
 WORDS = {
     "en": (
         "elephant", "umbrella", "tomato", "banana", "chocolate", "kangaroo", "butterfly", "helicopter", "dinosaur",
-        "waterfall", "volcano", "pineapple", "penguin", "giraffe", "octopus", "spaghetti", "alligator", "computer",
+        "waterfall", "volcano", "pineapple", "penguin", "octopus", "spaghetti", "alligator", "computer",
         "calendar", "strawberry", "hamburger", "pumpkin", "tornado", "cucumber", "avocado", "camera", "piano",
-        "zebra", "lemonade", "bicycle", "kitchen", "rainbow", "sandwich", "basketball", "dolphin", "cinnamon",
-        "lighthouse", "mushroom", "popcorn", "snowman",
+        "lemonade", "bicycle", "kitchen", "rainbow", "sandwich", "basketball", "dolphin", "cinnamon",
+        "mushroom", "popcorn", "snowman",
     ),
     "zh": (
         "苹果", "太阳", "月亮", "森林", "老虎", "熊猫", "蜡烛", "铅笔", "窗户", "城堡",

@@ -62,7 +62,7 @@ def test_a_statement_has_farm_chosen_words_and_expires(client: FlaskClient, veri
     assert first["id"] != second["id"] and first["id"].startswith("cs_")
     assert first["policy"] == "verified" and first["language"] == "en"
     assert first["text"].startswith("I agree that my voice may be cloned")
-    # The words differ from one statement to the next (4 of 40: the same four by chance once in 91,390 draws).
+    # The words differ from one statement to the next (4 of 37: the same four by chance once in 66,045 draws).
     assert first["text"] != second["text"]
     words = first["text"].split("My words are ")[1].rstrip(".").replace(" and ", ", ").split(", ")
     assert len(words) == consent.WORD_COUNT and set(words) <= set(consent.WORDS["en"])
