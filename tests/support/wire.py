@@ -9,8 +9,8 @@ addresses or bridge ports with `ip`, as it would a veth pair. Every Ethernet fra
 probability `loss` or written to the other end `delay` later, in order; so a round trip takes twice the delay, as
 with netem on both ends. The devices vanish when this process exits.
 
-Why not a library: the Python TUN/TAP packages wrap the same two ioctl calls and none can place its ends in two
-namespaces; the rest (a heap of due frames) is the emulation itself.
+Why no library: making a TAP device is one open and one ioctl, and each end must be made after a setns into its
+namespace, which a TUN/TAP wrapper would not save; the rest (a heap of due frames) is the emulation itself.
 """
 
 from __future__ import annotations
