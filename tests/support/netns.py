@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -46,11 +45,11 @@ from shared.config import embedded_postgres_url
 from shared.db import make_engine, transaction
 from shared.models import Job, Worker
 from shared.storage import Storage
+from tests.support import wire
 from voicefarm.ops import services
 
 IP = "/usr/sbin/ip"
 TC = "/usr/sbin/tc"
-CLONE_NEWNET = 0x40000000
 SUBNET = "198.18.0"
 T = TypeVar("T")
 
@@ -88,16 +87,6 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
-def _enter(netns: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {netns}")
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Host:
     name: str  # the hostname its processes see
@@ -133,7 +122,7 @@ class Host:
         """Run `fn` in a thread of this process that lives in this host's network namespace."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"netns-{self.name}", initializer=_enter, initargs=(self.netns,)
+                1, thread_name_prefix=f"netns-{self.name}", initializer=wire.enter, initargs=(self.netns,)
             )
         return self._executor.submit(fn).result(timeout)
 

@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     ).set_defaults(handler=handle_list)
 
 
-def _set(args: argparse.Namespace, change: Callable[[Session], str]) -> int:
+def _set(change: Callable[[Session], str]) -> int:
     """Run one tenant change in a transaction on the farm's database and print what it says; an unknown tenant
     exits with the error's message."""
     from shared.db import make_engine, make_session_factory, transaction
@@ -74,7 +74,7 @@ def handle_set_priority(args: argparse.Namespace) -> int:
         tenant = admission.set_max_priority(session, args.tenant, args.priority)
         return f"tenant {tenant.name} may ask for job priorities up to {tenant.max_priority}"
 
-    return _set(args, change)
+    return _set(change)
 
 
 _NOTICES = {"none": "no spoken notice", "start": "a spoken notice at the start", "end": "a spoken notice at the end"}
@@ -87,7 +87,7 @@ def handle_set_disclosure(args: argparse.Namespace) -> int:
         tenant = tenants.set_disclosure(session, args.tenant, args.position)
         return f"tenant {tenant.name}: jobs that do not say get {_NOTICES[tenant.disclosure]}"
 
-    return _set(args, change)
+    return _set(change)
 
 
 def handle_set_consent(args: argparse.Namespace) -> int:
@@ -97,7 +97,7 @@ def handle_set_consent(args: argparse.Namespace) -> int:
         tenant = consent.set_policy(session, args.tenant, args.policy)
         return f"tenant {tenant.name} clones voices with consent policy {tenant.consent_policy}"
 
-    return _set(args, change)
+    return _set(change)
 
 
 def handle_list(args: argparse.Namespace) -> int:
